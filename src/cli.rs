@@ -1,0 +1,56 @@
+//! Command line: one subcommand per role (DESIGN.md, "Roles and their command lines").
+//! Each role owns its `Args` and its `cli_main`; this file only wires them together.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mqdispatch",
+    version,
+    about = "MQTT v5 server-redirection dispatcher and experiment harness"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole experiment from a scenario file.
+    Run(crate::run::Args),
+    /// Check a scenario file without running it.
+    Validate(crate::scenario::ValidateArgs),
+    /// Redraw every PNG of a results directory from its CSV files.
+    Plot(crate::report::PlotArgs),
+    /// Redirect every MQTT v5 CONNECT to the least loaded broker.
+    Dispatcher(crate::dispatcher::Args),
+    /// Sample a broker's CPU every interval and report it to a dispatcher.
+    Agent(crate::agent::Args),
+    /// Run the embedded broker (rumqttd) in this process.
+    Broker(crate::broker::Args),
+    /// Run fixed-rate publishers against a dispatcher or brokers.
+    Load(crate::loadgen::Args),
+}
+
+pub async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => crate::run::cli_main(args).await,
+        Command::Validate(args) => crate::scenario::cli_main(args),
+        Command::Plot(args) => crate::report::cli_main(args).await,
+        Command::Dispatcher(args) => crate::dispatcher::cli_main(args).await,
+        Command::Agent(args) => crate::agent::cli_main(args).await,
+        Command::Broker(args) => crate::broker::cli_main(args).await,
+        Command::Load(args) => crate::loadgen::cli_main(args).await,
+    }
+}
+
+/// Logs go to stderr (stdout carries `listening on ADDR` and data), filtered by `RUST_LOG`
+/// (default `info`).
+pub fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

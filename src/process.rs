@@ -1,0 +1,1 @@
+//! Placeholder: child processes that are always killed and reaped.
