@@ -1,0 +1,9 @@
+//! The one integration-test binary (ripgrep style): a module per role, shared helpers in `util`.
+
+mod agent;
+mod broker;
+mod dispatcher;
+mod loadgen;
+mod report;
+mod run;
+mod util;

@@ -1,0 +1,47 @@
+//! Shared helpers for the integration tests: the built binary, and roles started as children
+//! that print `listening on ADDR` first and are killed when the guard drops.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// The `mqdispatch` binary cargo built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mqdispatch")
+}
+
+/// A child process killed and reaped when dropped, so a failing assertion leaves no orphan.
+pub struct ChildGuard {
+    pub child: Child,
+    /// The address from the child's first stdout line (`listening on ADDR`).
+    pub addr: String,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `mqdispatch ARGS...` and waits for its `listening on ADDR` line.
+pub fn spawn_listening(args: &[&str]) -> ChildGuard {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("MQDISPATCH_BIN", bin())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mqdispatch");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("read first stdout line");
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line was {first:?}, expected `listening on ADDR`"))
+        .to_owned();
+    ChildGuard { child, addr }
+}
