@@ -1,8 +1,577 @@
-//! Placeholder: scenario files.
+//! Scenario files: YAML → a validated [`Scenario`] (DESIGN.md, "Scenario file").
+//!
+//! Parsing keeps YAML locations ([`Spanned`]) on every value a later check may reject, so every
+//! error names `file:line:column`, says what is wrong and how to fix it, and exits with code 2.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::InputError;
+use crate::broker::BrokerKind;
+use crate::dispatcher::{Metric, Policy};
+use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile};
+
+/// A scenario, checked and with its time scale applied: what the runner executes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub seed: u64,
+    pub trials: u32,
+    pub brokers: BrokersPlan,
+    #[serde(with = "duration_serde")]
+    pub sample_interval: Duration,
+    #[serde(with = "duration_serde")]
+    pub window: Duration,
+    pub profiles: Vec<Profile>,
+    pub arrival: ArrivalSpec,
+    pub methods: Vec<MethodPlan>,
+    pub faults: Vec<FaultPlan>,
+    pub time_scale: f64,
+}
+
+mod duration_serde {
+    pub use crate::duration::serialize;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokersPlan {
+    pub kind: BrokerKind,
+    pub count: usize,
+    pub cpu_limit: Option<f64>,
+    /// `host:port` of each external broker (kind `external` only).
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MethodPlan {
+    pub name: String,
+    pub assign: Assignment,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "assign")]
+pub enum Assignment {
+    /// The paper's baseline: publisher i in arrival order → broker i mod n, no dispatcher hop.
+    DnsRr,
+    /// Through the dispatcher with this policy and metric.
+    Dispatcher { policy: Policy, metric: Metric },
+}
+
+/// Something broken on purpose during a run (issue 6).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultPlan {
+    #[serde(with = "duration_serde")]
+    pub at: Duration,
+    pub kind: FaultKind,
+    /// Index of the broker (0-based) the fault targets.
+    pub broker: usize,
+    /// For `kill` and `stop`: bring the broker back after this long.
+    pub restore_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL the broker (restart with `restore_after`).
+    Kill,
+    /// SIGSTOP the broker: alive but silent (SIGCONT with `restore_after`).
+    Stop,
+    /// Kill the broker's agent: its reports stop while the broker keeps serving.
+    KillAgent,
+}
+
+// ---- the file as written ------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    trials: Option<Spanned<u32>>,
+    brokers: Spanned<RawBrokers>,
+    #[serde(default)]
+    sampler: Option<Spanned<RawSampler>>,
+    publishers: Spanned<Vec<Spanned<RawProfile>>>,
+    arrival: RawArrival,
+    methods: Spanned<Vec<Spanned<RawMethod>>>,
+    #[serde(default)]
+    faults: Vec<Spanned<RawFault>>,
+    #[serde(default)]
+    time_scale: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBrokers {
+    kind: BrokerKind,
+    #[serde(default)]
+    count: Option<Spanned<usize>>,
+    #[serde(default)]
+    cpu_limit: Option<Spanned<f64>>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSampler {
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    window: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: Spanned<String>,
+    #[serde(default)]
+    count: Option<Spanned<usize>>,
+    rate: Spanned<f64>,
+    payload_bytes: Spanned<usize>,
+    duration: Spanned<String>,
+    #[serde(default)]
+    qos: Option<Spanned<u8>>,
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArrival {
+    order: Spanned<RawOrder>,
+    interval: Spanned<String>,
+    #[serde(default)]
+    jitter: Option<Spanned<String>>,
+    #[serde(default)]
+    burst: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawOrder {
+    Word(String),
+    Names(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMethod {
+    name: Spanned<String>,
+    assign: RawAssign,
+    #[serde(default)]
+    policy: Option<Spanned<Policy>>,
+    #[serde(default)]
+    metric: Option<Metric>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawAssign {
+    DnsRr,
+    Dispatcher,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    at: Spanned<String>,
+    kind: FaultKind,
+    broker: Spanned<usize>,
+    #[serde(default)]
+    restore_after: Option<Spanned<String>>,
+}
+
+// ---- loading and checking -----------------------------------------------------------------
+
+/// Reads and checks a scenario file. Every error is an [`InputError`] naming `file:line:col`.
+pub fn load(path: &Path) -> Result<Scenario, InputError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError(format!("{}: cannot read scenario: {e}", path.display())))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses scenario text; `origin` names it in error messages.
+pub fn parse(text: &str, origin: &str) -> Result<Scenario, InputError> {
+    let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| yaml_error(origin, &e))?;
+    Checker { origin }.check(raw)
+}
+
+fn yaml_error(origin: &str, err: &serde_saphyr::Error) -> InputError {
+    // The crate's Display is "error: line L column C: message" plus a source snippet: keep the
+    // message, put the location in the conventional file:line:col form.
+    let rendered = err.to_string();
+    let first = rendered.lines().next().unwrap_or("invalid YAML");
+    let message = first
+        .split_once(": ")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split_once(": ").map(|(_, m)| m))
+        .unwrap_or(first);
+    match err.location() {
+        Some(loc) if loc.line() > 0 => InputError(format!(
+            "{origin}:{}:{}: {message}",
+            loc.line(),
+            loc.column()
+        )),
+        _ => InputError(format!("{origin}: {message}")),
+    }
+}
+
+struct Checker<'a> {
+    origin: &'a str,
+}
+
+impl Checker<'_> {
+    fn at<T>(&self, spanned: &Spanned<T>, message: impl std::fmt::Display) -> InputError {
+        self.at_location(spanned.referenced, message)
+    }
+
+    fn at_location(
+        &self,
+        loc: serde_saphyr::Location,
+        message: impl std::fmt::Display,
+    ) -> InputError {
+        InputError(format!(
+            "{}:{}:{}: {message}",
+            self.origin,
+            loc.line(),
+            loc.column()
+        ))
+    }
+
+    fn duration(&self, text: &Spanned<String>, scale: f64) -> Result<Duration, InputError> {
+        let d = crate::duration::parse(&text.value).map_err(|e| self.at(text, e))?;
+        Ok(d.mul_f64(scale))
+    }
+
+    fn check(&self, raw: RawScenario) -> Result<Scenario, InputError> {
+        let _ = raw.description;
+        let name = raw.name.value.trim().to_owned();
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(self.at(
+                &raw.name,
+                "name must be a plain word (it names the results folder): e.g. `name: paper`",
+            ));
+        }
+        let trials = match &raw.trials {
+            None => 1,
+            Some(t) if t.value == 0 => return Err(self.at(t, "trials must be at least 1")),
+            Some(t) => t.value,
+        };
+        let time_scale = match &raw.time_scale {
+            None => 1.0,
+            Some(s) if s.value.is_finite() && s.value > 0.0 && s.value <= 100.0 => s.value,
+            Some(s) => {
+                return Err(self.at(s, "time_scale must be > 0 (e.g. 0.2 for a 5× quicker run)"));
+            }
+        };
+        let brokers = self.brokers(&raw.brokers)?;
+        let (sample_interval, window) = self.sampler(raw.sampler.as_ref(), time_scale)?;
+        let profiles = self.profiles(&raw.publishers, time_scale)?;
+        let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
+        let methods = self.methods(&raw.methods)?;
+        let faults = raw
+            .faults
+            .iter()
+            .map(|f| self.fault(f, &brokers, time_scale))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Scenario {
+            name,
+            seed: raw.seed,
+            trials,
+            brokers,
+            sample_interval,
+            window,
+            profiles,
+            arrival,
+            methods,
+            faults,
+            time_scale,
+        })
+    }
+
+    fn brokers(&self, raw: &Spanned<RawBrokers>) -> Result<BrokersPlan, InputError> {
+        let b = &raw.value;
+        let cpu_limit = match &b.cpu_limit {
+            None => None,
+            Some(l) if l.value.is_finite() && l.value > 0.0 && l.value <= 1024.0 => Some(l.value),
+            Some(l) => return Err(self.at(l, "cpu_limit is in cores and must be > 0, e.g. 0.25")),
+        };
+        let addresses: Vec<String> = b.addresses.iter().map(|a| a.value.clone()).collect();
+        for a in &b.addresses {
+            if !is_host_port(&a.value) {
+                return Err(self.at(a, format!("`{}` is not a HOST:PORT address", a.value)));
+            }
+        }
+        let count = match (b.kind, &b.count) {
+            (BrokerKind::External, None) => addresses.len(),
+            (BrokerKind::External, Some(c)) if c.value != addresses.len() => {
+                return Err(self.at(
+                    c,
+                    "count must match the number of addresses for external brokers",
+                ));
+            }
+            (_, Some(c)) => c.value,
+            (_, None) => return Err(self.at(raw, "brokers needs `count`, e.g. `count: 2`")),
+        };
+        if count == 0 {
+            let loc = b.count.as_ref().map_or(raw.referenced, |c| c.referenced);
+            return Err(self.at_location(loc, "zero brokers: set `count` to 1 or more"));
+        }
+        if b.kind != BrokerKind::External && !addresses.is_empty() {
+            return Err(self.at(&b.addresses[0], "addresses only apply to `kind: external`"));
+        }
+        if b.kind == BrokerKind::External && cpu_limit.is_some() {
+            return Err(self.at(raw, "cpu_limit cannot be applied to external brokers"));
+        }
+        Ok(BrokersPlan {
+            kind: b.kind,
+            count,
+            cpu_limit,
+            addresses,
+        })
+    }
+
+    fn sampler(
+        &self,
+        raw: Option<&Spanned<RawSampler>>,
+        scale: f64,
+    ) -> Result<(Duration, Duration), InputError> {
+        let mut interval = Duration::from_secs(1).mul_f64(scale);
+        let mut window = Duration::from_secs(5).mul_f64(scale);
+        if let Some(s) = raw {
+            if let Some(i) = &s.value.interval {
+                interval = self.duration(i, scale)?;
+                if interval < Duration::from_millis(50) {
+                    return Err(
+                        self.at(i, "sampler interval must be at least 50ms after time_scale")
+                    );
+                }
+            }
+            if let Some(w) = &s.value.window {
+                window = self.duration(w, scale)?;
+                if window < interval {
+                    return Err(self.at(w, "window must be at least one sampler interval"));
+                }
+            }
+        }
+        Ok((interval, window))
+    }
+
+    fn profiles(
+        &self,
+        raw: &Spanned<Vec<Spanned<RawProfile>>>,
+        scale: f64,
+    ) -> Result<Vec<Profile>, InputError> {
+        if raw.value.is_empty() {
+            return Err(self.at(raw, "no publishers: add at least one profile"));
+        }
+        let mut names = HashSet::new();
+        let mut profiles = Vec::new();
+        for p in &raw.value {
+            let p = &p.value;
+            if !names.insert(p.name.value.clone()) {
+                return Err(self.at(
+                    &p.name,
+                    format!("duplicate publisher name `{}`", p.name.value),
+                ));
+            }
+            if !(p.rate.value.is_finite() && p.rate.value > 0.0) {
+                return Err(self.at(&p.rate, "rate is messages per second and must be > 0"));
+            }
+            let count = p.count.as_ref().map_or(1, |c| c.value);
+            if count == 0 {
+                let c = p.count.as_ref().expect("invariant: count 0 was written");
+                return Err(self.at(c, "count must be at least 1"));
+            }
+            let duration = self.duration(&p.duration, scale)?;
+            if duration.is_zero() {
+                return Err(self.at(&p.duration, "duration must be > 0"));
+            }
+            let qos = p.qos.as_ref().map_or(0, |q| q.value);
+            if qos > 1 {
+                let q = p.qos.as_ref().expect("invariant: qos was written");
+                return Err(self.at(q, "qos must be 0 or 1"));
+            }
+            let mut profile = Profile::parse_spec(&format!(
+                "name={},count={count},rate={},bytes={},duration={}ms,qos={qos}",
+                p.name.value,
+                p.rate.value,
+                p.payload_bytes.value,
+                duration.as_millis()
+            ))
+            .map_err(|e| self.at(&p.name, e))?;
+            if let Some(topic) = &p.topic {
+                profile.topic = topic.clone();
+            }
+            profiles.push(profile);
+        }
+        Ok(profiles)
+    }
+
+    fn arrival(
+        &self,
+        raw: &RawArrival,
+        profiles: &[Profile],
+        scale: f64,
+    ) -> Result<ArrivalSpec, InputError> {
+        let order = match &raw.order.value {
+            RawOrder::Word(w) if w == "random" => ArrivalOrder::Random,
+            RawOrder::Word(w) => {
+                return Err(self.at(
+                    &raw.order,
+                    format!("order `{w}`: write `random` or a list of profile names"),
+                ));
+            }
+            RawOrder::Names(names) => {
+                for n in names {
+                    if !profiles.iter().any(|p| &p.name == n) {
+                        return Err(
+                            self.at(&raw.order, format!("order names unknown profile `{n}`"))
+                        );
+                    }
+                }
+                ArrivalOrder::Explicit(names.clone())
+            }
+        };
+        let interval = self.duration(&raw.interval, scale)?;
+        let jitter = match &raw.jitter {
+            Some(j) => self.duration(j, scale)?,
+            None => Duration::ZERO,
+        };
+        let burst = match &raw.burst {
+            Some(b) if b.value == 0 => return Err(self.at(b, "burst must be at least 1")),
+            Some(b) => Some(b.value),
+            None => None,
+        };
+        let spec = ArrivalSpec {
+            order,
+            interval,
+            jitter,
+            burst,
+        };
+        // Counts in an explicit order must match the profiles: let the planner say how.
+        crate::loadgen::plan_arrivals(profiles, &spec, 0).map_err(|e| self.at(&raw.order, e))?;
+        Ok(spec)
+    }
+
+    fn methods(
+        &self,
+        raw: &Spanned<Vec<Spanned<RawMethod>>>,
+    ) -> Result<Vec<MethodPlan>, InputError> {
+        if raw.value.is_empty() {
+            return Err(self.at(
+                raw,
+                "no methods: add e.g. `- { name: dns-rr, assign: dns-rr }`",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut methods = Vec::new();
+        for m in &raw.value {
+            let m = &m.value;
+            let name = m.name.value.clone();
+            if name.is_empty() || name.contains(['/', '\\', ',']) {
+                return Err(self.at(
+                    &m.name,
+                    "method name must be a plain word (used in file names)",
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(self.at(&m.name, format!("duplicate method name `{name}`")));
+            }
+            let assign = match (m.assign, &m.policy) {
+                (RawAssign::DnsRr, None) => Assignment::DnsRr,
+                (RawAssign::DnsRr, Some(p)) => {
+                    return Err(self.at(p, "dns-rr takes no policy (it is a fixed assignment)"));
+                }
+                (RawAssign::Dispatcher, None) => {
+                    return Err(self.at(
+                        &m.name,
+                        "assign: dispatcher needs a policy, e.g. `policy: least-cpu`",
+                    ));
+                }
+                (RawAssign::Dispatcher, Some(p)) => Assignment::Dispatcher {
+                    policy: p.value,
+                    metric: m.metric.unwrap_or(Metric::Cpu),
+                },
+            };
+            methods.push(MethodPlan { name, assign });
+        }
+        Ok(methods)
+    }
+
+    fn fault(
+        &self,
+        raw: &Spanned<RawFault>,
+        brokers: &BrokersPlan,
+        scale: f64,
+    ) -> Result<FaultPlan, InputError> {
+        let f = &raw.value;
+        if f.broker.value >= brokers.count {
+            return Err(self.at(
+                &f.broker,
+                format!(
+                    "broker {} does not exist (brokers are 0..{})",
+                    f.broker.value,
+                    brokers.count - 1
+                ),
+            ));
+        }
+        if brokers.kind == BrokerKind::External && f.kind != FaultKind::KillAgent {
+            return Err(self.at(
+                raw,
+                "external brokers cannot be killed or stopped by the harness",
+            ));
+        }
+        let restore_after = match &f.restore_after {
+            Some(r) if f.kind == FaultKind::KillAgent => {
+                return Err(self.at(r, "restore_after applies to kill and stop only"));
+            }
+            Some(r) => Some(self.duration(r, scale)?),
+            None => None,
+        };
+        Ok(FaultPlan {
+            at: self.duration(&f.at, scale)?,
+            kind: f.kind,
+            broker: f.broker.value,
+            restore_after,
+        })
+    }
+}
+
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+// ---- `mqdispatch validate` ------------------------------------------------------------------
 
 #[derive(Debug, clap::Args)]
-pub struct ValidateArgs {}
+pub struct ValidateArgs {
+    /// The scenario file to check.
+    pub scenario: PathBuf,
+}
 
-pub fn cli_main(_args: ValidateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+pub fn cli_main(args: ValidateArgs) -> anyhow::Result<()> {
+    let scenario = load(&args.scenario)?;
+    crate::broker::check_available(scenario.brokers.kind)
+        .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
+    let per_trial: Duration = crate::run::method_length(&scenario);
+    println!(
+        "{}: ok — {} trial(s) × {} method(s), {} publisher(s), about {} per method run",
+        args.scenario.display(),
+        scenario.trials,
+        scenario.methods.len(),
+        scenario.profiles.iter().map(|p| p.count).sum::<usize>(),
+        crate::duration::format(per_trial)
+    );
+    Ok(())
 }

@@ -1,8 +1,389 @@
-//! Placeholder: being written.
+//! The dispatcher: answers every MQTT v5 CONNECT with CONNACK 0x9C/0x9D and the Server Reference
+//! of the broker a [`Policy`] chose from the load agents report; then closes.
+//!
+//! - [`listener`]: backlog-4096 listener, connection cap, one task per client.
+//! - [`connection`]: one client's handshake (timeout, size cap, v5 / legacy / malformed).
+//! - [`placer`]: the shared state behind a short lock; precomputed answers.
+//! - [`load_table`]: window averages, liveness, predicted (pending) load.
+//! - [`policy`]: the placement policies, pure functions of a load-table snapshot.
+//! - [`reports`]: the agents' report port.  [`events`]: `--events` CSV.
+
+pub mod connection;
+pub mod events;
+pub mod listener;
+pub mod load_table;
+pub mod placer;
+pub mod policy;
+pub mod reports;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use listener::bind_listener;
+
+use crate::InputError;
+use crate::proto::{self, RedirectReason};
+
+/// A broker clients may be sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEntry {
+    pub id: String,
+    /// `host:port`, sent verbatim as the Server Reference.
+    pub addr: String,
+}
+
+impl std::str::FromStr for BrokerEntry {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (id, addr) = text
+            .split_once('=')
+            .ok_or_else(|| format!("`{text}`: expected ID=HOST:PORT, e.g. b1=127.0.0.1:1884"))?;
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if id.is_empty() || !port_ok {
+            return Err(format!(
+                "`{text}`: expected ID=HOST:PORT, e.g. b1=127.0.0.1:1884"
+            ));
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            addr: addr.to_owned(),
+        })
+    }
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Live brokers in turn.
+    RoundRobin,
+    /// A live broker uniformly at random.
+    Random,
+    /// Fewest clients placed by this dispatcher.
+    LeastConnections,
+    /// Lowest window average of the metric (the paper; ties → first broker).
+    LeastCpu,
+    /// Best of two random live brokers by metric + pending load.
+    TwoChoices,
+    /// Lowest window average + predicted load of clients not yet in the samples (burst-safe).
+    LeastLoad,
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// `cpu_pct` (the paper).
+    Cpu,
+    /// `msgs_in_per_s`, broker-side received messages per second.
+    MsgRate,
+    /// `connections` reported by the agent.
+    Connections,
+    /// Mean of cpu and msg-rate, each as a share of the busiest live broker's value.
+    Composite,
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    pub brokers: Vec<BrokerEntry>,
+    pub policy: Policy,
+    pub metric: Metric,
+    /// Moving-average window over the reports' `t_ms` (the paper: 5 s).
+    pub window: Duration,
+    /// The agents' sampling interval; a broker silent for 3 of them is down.
+    pub report_interval: Duration,
+    pub reason: RedirectReason,
+    pub max_connections: usize,
+    /// Time a client has to send its whole CONNECT (and to take its CONNACK).
+    pub handshake_timeout: Duration,
+    pub max_packet_bytes: u32,
+    /// Shared secret every report must carry, when set.
+    pub token: Option<String>,
+    pub seed: u64,
+}
+
+impl DispatcherConfig {
+    pub fn new(brokers: Vec<BrokerEntry>, policy: Policy) -> Self {
+        Self {
+            brokers,
+            policy,
+            metric: Metric::Cpu,
+            window: Duration::from_secs(5),
+            report_interval: Duration::from_secs(1),
+            reason: RedirectReason::UseAnotherServer,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(3),
+            max_packet_bytes: proto::DEFAULT_MAX_CONNECT_BYTES,
+            token: None,
+            seed: 0,
+        }
+    }
+
+    fn validate(&self) -> Result<(), InputError> {
+        if self.brokers.is_empty() {
+            return Err(InputError("no brokers: give at least one --broker".into()));
+        }
+        let mut seen = HashSet::new();
+        for b in &self.brokers {
+            if !seen.insert(b.id.as_str()) {
+                return Err(InputError(format!("broker id `{}` given twice", b.id)));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(InputError("--max-connections must be at least 1".into()));
+        }
+        if self.report_interval.is_zero() || self.window.is_zero() {
+            return Err(InputError(
+                "--interval and --window must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One placement, as sent to the `decisions` channel of [`run`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// [`crate::now_ms`] when chosen.
+    pub t_ms: u64,
+    pub client_id: String,
+    /// `None`: no live broker, 0x88 was sent.
+    pub broker: Option<String>,
+    /// The metric's window average of every broker when chosen, config order.
+    pub loads: Vec<(String, f64)>,
+}
+
+/// Serves clients on `listener` (and agents on `report_listener`) until `cancel`; then waits for
+/// the connections in flight, each bounded by the handshake timeout.
+pub async fn run(
+    listener: TcpListener,
+    report_listener: Option<TcpListener>,
+    cfg: DispatcherConfig,
+    decisions: Option<UnboundedSender<Decision>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    cfg.validate()?;
+    if let Some(rl) = &report_listener {
+        reports::checked_bind_addr(rl.local_addr()?, cfg.token.as_deref())?;
+    }
+    let placer = Arc::new(placer::Placer::new(&cfg, decisions));
+    let tracker = TaskTracker::new();
+    if let Some(rl) = report_listener {
+        let port = reports::ReportPort {
+            placer: placer.clone(),
+            token: cfg.token.as_deref().map(Arc::from),
+            idle_timeout: reports::ReportPort::idle_timeout_for(cfg.report_interval),
+        };
+        tracker.spawn(port.accept_loop(rl, tracker.clone(), cancel.clone()));
+    }
+    tracing::info!(
+        policy = ?cfg.policy, metric = ?cfg.metric, brokers = cfg.brokers.len(), "dispatcher up"
+    );
+    listener::accept_loop(listener, placer, cfg.max_connections, &tracker, cancel).await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReasonArg {
+    /// 0x9C Use another server.
+    UseAnotherServer,
+    /// 0x9D Server moved.
+    ServerMoved,
+}
+
+impl From<ReasonArg> for RedirectReason {
+    fn from(r: ReasonArg) -> Self {
+        match r {
+            ReasonArg::UseAnotherServer => RedirectReason::UseAnotherServer,
+            ReasonArg::ServerMoved => RedirectReason::ServerMoved,
+        }
+    }
+}
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Client port, e.g. 0.0.0.0:1883 (port 0: any free port, printed on stdout).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// A broker clients may be sent to (repeat for each); HOST:PORT is the Server Reference.
+    #[arg(long = "broker", value_name = "ID=HOST:PORT", required = true)]
+    pub brokers: Vec<BrokerEntry>,
+    #[arg(long, value_enum)]
+    pub policy: Policy,
+    #[arg(long, value_enum, default_value_t = Metric::Cpu)]
+    pub metric: Metric,
+    /// Port for the agents' load reports (loopback unless a token is set).
+    #[arg(long)]
+    pub report_listen: Option<SocketAddr>,
+    /// Moving-average window of the load reports.
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_arg)]
+    pub window: Duration,
+    /// The agents' report interval; a broker silent for 3 intervals is down.
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse_arg)]
+    pub interval: Duration,
+    #[arg(long, value_enum, default_value_t = ReasonArg::UseAnotherServer)]
+    pub reason: ReasonArg,
+    /// Write every placement to this CSV file.
+    #[arg(long, value_name = "FILE.csv")]
+    pub events: Option<PathBuf>,
+    /// Shared secret the load reports must carry.
+    #[arg(long, env = "MQDISPATCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Concurrent client connections at most; more are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a client has to send its CONNECT.
+    #[arg(long, default_value = "3s", value_parser = crate::duration::parse_arg)]
+    pub handshake_timeout: Duration,
+    /// Seed of the `random` and `two-choices` policies.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
 
-pub async fn cli_main(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+pub async fn cli_main(args: Args) -> anyhow::Result<()> {
+    let mut cfg = DispatcherConfig::new(args.brokers, args.policy);
+    cfg.metric = args.metric;
+    cfg.window = args.window;
+    cfg.report_interval = args.interval;
+    cfg.reason = args.reason.into();
+    cfg.max_connections = args.max_connections;
+    cfg.handshake_timeout = args.handshake_timeout;
+    cfg.token = args.token.filter(|t| !t.is_empty());
+    cfg.seed = args.seed;
+    cfg.validate()?;
+    if let Some(addr) = args.report_listen {
+        reports::checked_bind_addr(addr, cfg.token.as_deref())?;
+    }
+
+    let listener =
+        bind_listener(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let report_listener = match args.report_listen {
+        Some(addr) => Some(
+            bind_listener(addr).with_context(|| format!("cannot listen on {addr} for reports"))?,
+        ),
+        None => None,
+    };
+    println!("listening on {}", listener.local_addr()?);
+    if let Some(rl) = &report_listener {
+        println!("reports on {}", rl.local_addr()?);
+    }
+
+    let ids: Vec<String> = cfg.brokers.iter().map(|b| b.id.clone()).collect();
+    let (decisions, writer) = match &args.events {
+        Some(path) => {
+            let (tx, handle) = events::csv_writer(path, &ids, crate::now_ms())?;
+            (Some(tx), Some(handle))
+        }
+        None => (None, None),
+    };
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    run(listener, report_listener, cfg, decisions, cancel).await?;
+    if let Some(handle) = writer {
+        handle.await.context("events writer")??;
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish the handshakes in flight, exit 0.
+async fn cancel_on_signal(cancel: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+    cancel.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_entries_parse_and_refuse_bad_forms() {
+        let b: BrokerEntry = "b1=127.0.0.1:1884".parse().unwrap();
+        assert_eq!((b.id.as_str(), b.addr.as_str()), ("b1", "127.0.0.1:1884"));
+        let b: BrokerEntry = "b2=broker.example:1883".parse().unwrap();
+        assert_eq!(b.addr, "broker.example:1883");
+        for bad in ["b1", "=h:1", "b1=h", "b1=:1883", "b1=h:99999"] {
+            assert!(bad.parse::<BrokerEntry>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_refuses_duplicates_and_empty() {
+        let b = |id: &str| BrokerEntry {
+            id: id.into(),
+            addr: "h:1".into(),
+        };
+        assert!(
+            DispatcherConfig::new(vec![], Policy::LeastCpu)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            DispatcherConfig::new(vec![b("x"), b("x")], Policy::LeastCpu)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            DispatcherConfig::new(vec![b("x"), b("y")], Policy::LeastCpu)
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn policy_names_match_the_design() {
+        use clap::ValueEnum;
+        let names: Vec<String> = Policy::value_variants()
+            .iter()
+            .map(|p| p.to_possible_value().unwrap().get_name().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "round-robin",
+                "random",
+                "least-connections",
+                "least-cpu",
+                "two-choices",
+                "least-load"
+            ]
+        );
+        let m: Metric = serde_json::from_str("\"msg-rate\"").unwrap();
+        assert_eq!(m, Metric::MsgRate);
+    }
 }

@@ -1,8 +1,200 @@
-//! Placeholder: being written.
+//! The load generator: MQTTLoader-like fixed-rate publishers that follow server redirection.
+//!
+//! - [`profile`]: publisher kinds (`--profile` specs, scenario `publishers` entries).
+//! - [`arrival`]: who joins when, reproducible from a seed (pure).
+//! - [`schedule`]: absolute-deadline pacing (pure); [`seconds`]: per-second counts (pure).
+//! - [`placement`]: dns-rr or dispatcher redirects (hop limit, loops, 0x9D memory).
+//! - [`publisher`]: one publisher task; [`cli`]: `mqdispatch load` and its CSV.
+//!
+//! [`run`] starts every planned publisher at its join time and streams [`LoadEvent`]s.
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use std::sync::Arc;
 
-pub async fn cli_main(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub mod arrival;
+mod cli;
+pub mod placement;
+pub mod profile;
+mod publisher;
+pub mod schedule;
+pub mod seconds;
+
+pub use arrival::{ArrivalOrder, ArrivalSpec, PlannedPublisher, plan_arrivals};
+pub use cli::{Args, cli_main};
+pub use placement::{Placement, PlacementError};
+pub use profile::Profile;
+pub use publisher::PublisherSummary;
+
+/// Everything [`run`] needs.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub profiles: Vec<Profile>,
+    /// From [`plan_arrivals`]; `profile` indexes `profiles`.
+    pub publishers: Vec<PlannedPublisher>,
+    pub placement: Placement,
+    /// rumqttc outgoing in-flight limit per client (memory per client; 100 is plenty).
+    pub inflight_limit: u16,
+    /// Client id = prefix + publisher name.
+    pub client_id_prefix: String,
+}
+
+impl LoadConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for p in &self.profiles {
+            p.validate()?;
+        }
+        self.placement.validate()?;
+        if self.inflight_limit == 0 {
+            return Err("inflight_limit must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.publishers {
+            if p.profile >= self.profiles.len() {
+                return Err(format!(
+                    "publisher `{}` names profile #{}",
+                    p.name, p.profile
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("two publishers are named `{}`", p.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What publishers report while they run (times are epoch ms, see [`crate::now_ms`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum LoadEvent {
+    /// First CONNACK from a broker; `redirect_ms` when a dispatcher placed it.
+    Joined {
+        publisher: String,
+        broker: String,
+        t_ms: u64,
+        redirect_ms: Option<f64>,
+    },
+    /// Messages written to `broker` during the wall-clock second starting at `t_ms`. One per
+    /// publisher and second, or one per broker in a second where the publisher moved.
+    Second {
+        publisher: String,
+        broker: String,
+        t_ms: u64,
+        sent: u64,
+    },
+    /// The connection to `broker` failed.
+    Down {
+        publisher: String,
+        broker: String,
+        t_ms: u64,
+        error: String,
+    },
+    /// Connected again after a [`LoadEvent::Down`].
+    Up {
+        publisher: String,
+        broker: String,
+        t_ms: u64,
+        downtime_ms: u64,
+        redirect_ms: Option<f64>,
+    },
+    /// The publisher is done (last event of each publisher, always sent).
+    Finished {
+        publisher: String,
+        sent_total: u64,
+        target_total: u64,
+        downtime_ms: u64,
+    },
+}
+
+/// What [`run`] returns: one entry per planned publisher, in arrival order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LoadSummary {
+    pub publishers: Vec<PublisherSummary>,
+    /// Epoch ms at which the run (join offset 0) started.
+    pub start_ms: u64,
+    pub cancelled: bool,
+}
+
+impl LoadSummary {
+    pub fn sent_total(&self) -> u64 {
+        self.publishers.iter().map(|p| p.sent_total).sum()
+    }
+    pub fn target_total(&self) -> u64 {
+        self.publishers.iter().map(|p| p.target_total).sum()
+    }
+}
+
+/// Runs every publisher of `cfg` (join offsets from now) until all have finished or `cancel`
+/// fires. Events stream to `events` (a closed receiver is fine). A fatal placement error (redirect
+/// loop, missing Server Reference, hop limit) stops the whole run and is returned.
+pub async fn run(
+    cfg: LoadConfig,
+    events: UnboundedSender<LoadEvent>,
+    cancel: CancellationToken,
+) -> anyhow::Result<LoadSummary> {
+    cfg.validate().map_err(crate::InputError)?;
+    let clock = seconds::Clock::start();
+    let start = Instant::now();
+    let start_ms = clock.ms_at(start);
+    let stop = cancel.child_token();
+    let payloads: Vec<Bytes> = cfg
+        .profiles
+        .iter()
+        .map(|p| Bytes::from(vec![b'x'; p.payload_bytes]))
+        .collect();
+    let profiles = Arc::new(cfg.profiles);
+    let mut tasks = JoinSet::new();
+    for planned in &cfg.publishers {
+        let profile = &profiles[planned.profile];
+        let ctx = publisher::PublisherCtx {
+            name: planned.name.clone(),
+            profile: profile.name.clone(),
+            topic: profile.topic_for(&planned.name),
+            payload: payloads[planned.profile].clone(),
+            qos: if profile.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            rate: profile.rate,
+            duration: profile.duration,
+            join_at: start + planned.join_at,
+            entry: cfg.placement.entry_for(planned.index),
+            connector: placement::Connector {
+                client_id: format!("{}{}", cfg.client_id_prefix, planned.name),
+                inflight_limit: cfg.inflight_limit,
+            },
+            clock,
+        };
+        let (events, stop) = (events.clone(), stop.clone());
+        let index = planned.index;
+        tasks.spawn(async move { (index, publisher::run_publisher(ctx, events, stop).await) });
+    }
+    let mut done = Vec::with_capacity(cfg.publishers.len());
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result) = joined?;
+        match result {
+            Ok(summary) => done.push((index, summary)),
+            Err(e) => {
+                tracing::error!(error = %e, "placement failed: stopping every publisher");
+                stop.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(anyhow::Error::new(e).context("load generator stopped"));
+    }
+    done.sort_by_key(|(index, _)| *index);
+    Ok(LoadSummary {
+        publishers: done.into_iter().map(|(_, s)| s).collect(),
+        start_ms,
+        cancelled: cancel.is_cancelled(),
+    })
 }

@@ -1,8 +1,249 @@
-//! Placeholder: being written.
+//! `mqdispatch run SCENARIO.yaml`: every trial × method of a scenario, recorded and plotted.
+//!
+//! Within a trial every method sees the same arrival order (seed + trial); each method run
+//! starts fresh brokers so one method's leftovers never load the next.
+
+mod faults;
+mod method_run;
+mod progress;
+mod recorder;
+pub mod results_dir;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::InputError;
+use crate::loadgen::plan_arrivals;
+use crate::report::{self, ResultsWriter};
+use crate::scenario::{self, Scenario};
+use faults::FaultLog;
+use method_run::MethodRun;
+use results_dir::{Host, Manifest};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The scenario file (see scenarios/).
+    pub scenario: PathBuf,
+    /// Where results go: DIR/<scenario>/<run-id>/.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Override the scenario's number of trials.
+    #[arg(long)]
+    pub trials: Option<u32>,
+    /// Run only these methods (repeatable; names from the scenario).
+    #[arg(long = "method")]
+    pub methods: Vec<String>,
+    /// Also copy the headline plots (throughput.png, gap.png) here.
+    #[arg(long)]
+    pub plots_dir: Option<PathBuf>,
+}
 
-pub async fn cli_main(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+/// The length of one method run: the last publisher's end.
+pub fn method_length(scenario: &Scenario) -> Duration {
+    plan_arrivals(&scenario.profiles, &scenario.arrival, scenario.seed)
+        .map(|plan| {
+            plan.iter()
+                .map(|p| p.join_at + scenario.profiles[p.profile].duration)
+                .max()
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn cli_main(args: Args) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.scenario).map_err(|e| {
+        InputError(format!(
+            "{}: cannot read scenario: {e}",
+            args.scenario.display()
+        ))
+    })?;
+    let mut scenario = scenario::parse(&text, &args.scenario.display().to_string())?;
+    if let Some(trials) = args.trials {
+        if trials == 0 {
+            return Err(InputError("--trials must be at least 1".into()).into());
+        }
+        scenario.trials = trials;
+    }
+    if !args.methods.is_empty() {
+        for m in &args.methods {
+            if !scenario.methods.iter().any(|plan| &plan.name == m) {
+                let known: Vec<_> = scenario.methods.iter().map(|p| p.name.as_str()).collect();
+                return Err(InputError(format!(
+                    "--method {m}: no such method in the scenario (it has {})",
+                    known.join(", ")
+                ))
+                .into());
+            }
+        }
+        scenario
+            .methods
+            .retain(|plan| args.methods.contains(&plan.name));
+    }
+    crate::broker::check_available(scenario.brokers.kind)
+        .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
+
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupted: stopping everything, keeping what was measured");
+            on_signal.cancel();
+        }
+    });
+
+    let outcome = run(&scenario, &args.scenario, &text, &args.out, cancel).await?;
+    if let Ok(md) = std::fs::read_to_string(outcome.dir.join("summary.md")) {
+        println!("\n{md}");
+    }
+    if let Some(plots) = &args.plots_dir {
+        std::fs::create_dir_all(plots)?;
+        for name in ["throughput.png", "gap.png"] {
+            let from = outcome.dir.join(name);
+            if from.exists() {
+                std::fs::copy(&from, plots.join(name))
+                    .with_context(|| format!("copying {name} to {}", plots.display()))?;
+            }
+        }
+        for png in &outcome.pngs {
+            let name = png.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.ends_with("-t1.png") {
+                std::fs::copy(png, plots.join(name))?;
+            }
+        }
+    }
+    println!("results: {}", outcome.dir.display());
+    if !outcome.completed {
+        anyhow::bail!(
+            "the run did not complete; what it measured is in {} (manifest.json says completed: false)",
+            outcome.dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub completed: bool,
+    pub pngs: Vec<PathBuf>,
+}
+
+/// Runs every trial × method; always leaves a manifest saying whether it completed.
+pub async fn run(
+    scenario: &Scenario,
+    scenario_path: &Path,
+    scenario_text: &str,
+    out: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<RunOutcome> {
+    let dir = results_dir::create(out, &scenario.name)
+        .with_context(|| format!("creating a results folder under {}", out.display()))?;
+    let workdir = dir.join("work");
+    std::fs::create_dir_all(&workdir)?;
+    let mut manifest = Manifest {
+        scenario: scenario.clone(),
+        scenario_file: scenario_path.display().to_string(),
+        scenario_text: scenario_text.to_owned(),
+        seeds: (1..=scenario.trials)
+            .map(|k| scenario.seed + u64::from(k))
+            .collect(),
+        trials: scenario.trials,
+        methods: scenario.methods.iter().map(|m| m.name.clone()).collect(),
+        crate_version: env!("CARGO_PKG_VERSION"),
+        git_commit: results_dir::git_commit(),
+        host: Host::read(),
+        broker_kind: format!("{:?}", scenario.brokers.kind).to_lowercase(),
+        broker_versions: Vec::new(),
+        start_ms: crate::now_ms(),
+        end_ms: None,
+        completed: false,
+        incomplete_reason: None,
+    };
+    manifest.write(&dir)?;
+
+    let broker_ids: Vec<String> = (1..=scenario.brokers.count)
+        .map(|i| format!("b{i}"))
+        .collect();
+    let mut writer = ResultsWriter::create(&dir, &broker_ids)?;
+    let mut faults_log = FaultLog::create(&dir)?;
+    let progress = progress::Progress::new(scenario, method_length(scenario));
+    let mut optimum = HashMap::new();
+    let mut failure: Option<anyhow::Error> = None;
+    let mut broker_versions = Vec::new();
+
+    let mut method_index = 0;
+    'trials: for trial in 1..=scenario.trials {
+        let seed = scenario.seed + u64::from(trial);
+        let plan =
+            plan_arrivals(&scenario.profiles, &scenario.arrival, seed).map_err(InputError)?;
+        let rates: Vec<f64> = plan
+            .iter()
+            .map(|p| scenario.profiles[p.profile].rate)
+            .collect();
+        optimum.insert(
+            trial,
+            report::online_optimum_gap(&rates, scenario.brokers.count),
+        );
+        for method in &scenario.methods {
+            if cancel.is_cancelled() {
+                break 'trials;
+            }
+            progress.start_method(trial, &method.name, method_index);
+            method_index += 1;
+            let run = MethodRun {
+                scenario,
+                trial,
+                seed,
+                method,
+                plan: &plan,
+                workdir: &workdir,
+                progress: &progress,
+            };
+            match run.execute(&mut writer, &mut faults_log, &cancel).await {
+                Ok(versions) => broker_versions = versions,
+                Err(e) => {
+                    failure = Some(e.context(format!("trial {trial}, method {}", method.name)));
+                    break 'trials;
+                }
+            }
+        }
+    }
+    progress.done();
+    writer.flush()?;
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&workdir);
+
+    manifest.completed = failure.is_none() && !cancel.is_cancelled();
+    manifest.incomplete_reason = match (&failure, cancel.is_cancelled()) {
+        (Some(e), _) => Some(format!("{e:#}")),
+        (None, true) => Some("interrupted".into()),
+        (None, false) => None,
+    };
+    manifest.end_ms = Some(crate::now_ms());
+    manifest.broker_versions = broker_versions;
+
+    // Summaries and plots from whatever was recorded, even for an incomplete run.
+    let summary_dir = dir.clone();
+    let pngs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<PathBuf>> {
+        report::summarize(&summary_dir, &optimum)?;
+        Ok(report::draw_all(&summary_dir)?)
+    })
+    .await?
+    .unwrap_or_else(|e| {
+        warn!(error = %e, "could not summarise or plot this run");
+        Vec::new()
+    });
+    manifest.write(&dir)?;
+    if let Some(e) = failure {
+        return Err(e.context(format!("partial results kept in {}", dir.display())));
+    }
+    Ok(RunOutcome {
+        completed: manifest.completed,
+        dir,
+        pngs,
+    })
 }

@@ -36,7 +36,9 @@ pub fn spawn_listening(args: &[&str]) -> ChildGuard {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut reader = BufReader::new(stdout);
     let mut first = String::new();
-    reader.read_line(&mut first).expect("read first stdout line");
+    reader
+        .read_line(&mut first)
+        .expect("read first stdout line");
     // Keep draining stdout so a child that prints more never dies of a closed pipe.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let addr = first

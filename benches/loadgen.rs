@@ -1,0 +1,141 @@
+//! Load generator cost: CPU time per 1000 messages at the paper's 28,000 msg/s (9 × 2000 +
+//! 1 × 10000 msg/s, 600 B, QoS 0, 10 publishers), and the maximum aggregate rate of one process
+//! (10 publishers asking for far more than they can send). The broker is an embedded
+//! `mqdispatch broker` child process, so its CPU is not counted; only this process's (getrusage
+//! RUSAGE_SELF: every thread, including the tokio workers and the event drain).
+//!
+//! Run: `cargo bench --bench loadgen` (env LOADGEN_BENCH_SECS=N changes the 10 s measurement).
+
+use std::time::{Duration, Instant};
+
+use mqdispatch::loadgen::{
+    self, ArrivalOrder, ArrivalSpec, LoadConfig, LoadSummary, Placement, Profile,
+};
+use tokio_util::sync::CancellationToken;
+
+// The integration tests' child helper: `mqdispatch broker` killed and reaped on drop.
+#[path = "../tests/it/util.rs"]
+mod util;
+
+/// User + system CPU time of this whole process.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn config(profiles: Vec<Profile>, broker: &str, prefix: &str) -> LoadConfig {
+    let spec = ArrivalSpec {
+        order: ArrivalOrder::Random,
+        interval: Duration::ZERO,
+        jitter: Duration::ZERO,
+        burst: None,
+    };
+    LoadConfig {
+        publishers: loadgen::plan_arrivals(&profiles, &spec, 1).expect("plan"),
+        profiles,
+        placement: Placement::DnsRoundRobin {
+            brokers: vec![broker.to_owned()],
+        },
+        inflight_limit: 100,
+        client_id_prefix: prefix.to_owned(),
+    }
+}
+
+/// Runs `cfg`, returning the summary, wall time and this process's CPU time.
+fn measure(rt: &tokio::runtime::Runtime, cfg: LoadConfig) -> (LoadSummary, Duration, Duration) {
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let (cpu0, wall0) = (cpu_time(), Instant::now());
+        let summary = loadgen::run(cfg, tx, CancellationToken::new())
+            .await
+            .expect("load run");
+        let (cpu, wall) = (cpu_time() - cpu0, wall0.elapsed());
+        let _ = drain.await;
+        (summary, wall, cpu)
+    })
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let secs: u64 = std::env::var("LOADGEN_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let broker = util::spawn_listening(&["broker", "--listen", "127.0.0.1:0"]);
+    let addr = broker.addr.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("command: cargo bench --bench loadgen   (LOADGEN_BENCH_SECS={secs})");
+    println!("broker: embedded `mqdispatch broker` child at {addr} (its CPU not counted)");
+
+    let paper = vec![
+        Profile::parse_spec(&format!(
+            "name=light,count=9,rate=2000,bytes=600,duration={secs}s"
+        ))
+        .expect("profile"),
+        Profile::parse_spec(&format!(
+            "name=heavy,count=1,rate=10000,bytes=600,duration={secs}s"
+        ))
+        .expect("profile"),
+    ];
+    let (s, wall, cpu) = measure(&rt, config(paper, &addr, "bench-rate-"));
+    let sent = s.sent_total();
+    println!(
+        "fixed rate: 10 publishers, target {} msg in {secs} s (28,000 msg/s, 600 B, QoS 0): sent {} ({:.3} %), \
+         wall {:.2} s",
+        s.target_total(),
+        sent,
+        100.0 * sent as f64 / s.target_total() as f64,
+        wall.as_secs_f64()
+    );
+    println!(
+        "  generator CPU {:.3} s over {:.2} s wall = {:.1} % of one core; {:.3} ms CPU per 1000 messages",
+        cpu.as_secs_f64(),
+        wall.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e3 / (sent as f64 / 1000.0),
+    );
+
+    println!(
+        "  peak RSS of the generator process so far: {:.1} MiB (10 clients, in-flight limit 100)",
+        peak_rss_mib()
+    );
+
+    let max_secs = 3;
+    let flat_out = vec![
+        Profile::parse_spec(&format!(
+            "name=max,count=10,rate=1000000,bytes=600,duration={max_secs}s"
+        ))
+        .expect("profile"),
+    ];
+    let (s, wall, cpu) = measure(&rt, config(flat_out, &addr, "bench-max-"));
+    println!(
+        "max rate: 10 publishers flat out for {max_secs} s (600 B, QoS 0): {} msg in {:.2} s = {:.0} msg/s, \
+         generator CPU {:.1} % of one core",
+        s.sent_total(),
+        wall.as_secs_f64(),
+        s.sent_total() as f64 / wall.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+    );
+}

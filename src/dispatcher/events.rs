@@ -1,0 +1,96 @@
+//! `--events FILE.csv`: one row per placement, `t_s,client_id,broker,load_<id>...` (DESIGN.md
+//! `decisions.csv` without the runner's `trial,method`). `broker` is empty when the client was
+//! refused with 0x88; `t_s` is seconds since the dispatcher started.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::task::JoinHandle;
+
+use super::Decision;
+
+/// The header row for brokers `ids` (config order).
+pub fn header(ids: &[String]) -> Vec<String> {
+    let mut row = vec![
+        "t_s".to_owned(),
+        "client_id".to_owned(),
+        "broker".to_owned(),
+    ];
+    row.extend(ids.iter().map(|id| format!("load_{id}")));
+    row
+}
+
+/// One data row; `start_ms` is the dispatcher's start on the [`crate::now_ms`] clock.
+pub fn record(d: &Decision, start_ms: u64) -> Vec<String> {
+    let t_s = d.t_ms.saturating_sub(start_ms) as f64 / 1000.0;
+    let mut row = vec![
+        format!("{t_s:.3}"),
+        d.client_id.clone(),
+        d.broker.clone().unwrap_or_default(),
+    ];
+    row.extend(d.loads.iter().map(|(_, load)| format!("{load}")));
+    row
+}
+
+/// Creates `path` and writes every decision sent to the returned sender until all senders are
+/// dropped. The file is flushed whenever the queue runs empty, so it is readable while running.
+pub fn csv_writer(
+    path: &Path,
+    ids: &[String],
+    start_ms: u64,
+) -> anyhow::Result<(UnboundedSender<Decision>, JoinHandle<anyhow::Result<()>>)> {
+    use anyhow::Context as _;
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = csv::Writer::from_writer(BufWriter::new(file));
+    out.write_record(header(ids))?;
+    out.flush()?;
+    let (tx, mut rx) = unbounded_channel::<Decision>();
+    let handle = tokio::task::spawn_blocking(move || {
+        while let Some(d) = rx.blocking_recv() {
+            out.write_record(record(&d, start_ms))?;
+            if rx.is_empty() {
+                out.flush()?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    });
+    Ok((tx, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_header_and_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.csv");
+        let ids = vec!["b1".to_owned(), "b2".to_owned()];
+        let (tx, handle) = csv_writer(&path, &ids, 1_000).unwrap();
+        let loads = vec![("b1".to_owned(), 12.5), ("b2".to_owned(), 0.0)];
+        tx.send(Decision {
+            t_ms: 3_500,
+            client_id: "p1".into(),
+            broker: Some("b2".into()),
+            loads: loads.clone(),
+        })
+        .unwrap();
+        tx.send(Decision {
+            t_ms: 4_000,
+            client_id: "p2".into(),
+            broker: None,
+            loads,
+        })
+        .unwrap();
+        drop(tx);
+        handle.await.unwrap().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "t_s,client_id,broker,load_b1,load_b2\n2.500,p1,b2,12.5,0\n3.000,p2,,12.5,0\n"
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! The client port: a large accept backlog, a cap on concurrent connections, one task each.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::connection;
+use super::placer::Placer;
+
+/// tokio's `TcpListener::bind` uses a backlog of 128, which overflowed under 200 concurrent
+/// connectors (1 s SYN retransmits, FACTS.md).
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a backlog of 4096 (port 0 picks a free port).
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Accepts until `cancel`; each connection holds one of `max_connections` permits for its
+/// lifetime. Over the cap a connection is closed at once: queuing would let a flood of idle
+/// sockets grow memory without bound and delay every honest client behind them.
+pub async fn accept_loop(
+    listener: TcpListener,
+    placer: Arc<Placer>,
+    max_connections: usize,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max_connections, "connection cap reached: closed");
+            drop(stream);
+            continue;
+        };
+        let placer = placer.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            cancel
+                .run_until_cancelled(connection::serve(stream, peer, &placer))
+                .await;
+            drop(permit);
+        });
+    }
+}

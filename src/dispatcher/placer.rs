@@ -1,0 +1,176 @@
+//! The one piece of state every connection shares: load table + policy state behind a short,
+//! synchronous critical section (never held across an await), and the answers precomputed per
+//! broker so the hot path only clones bytes.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+use super::load_table::{LoadTable, TableError};
+use super::policy::{self, BrokerView, PolicyState};
+use super::{Decision, DispatcherConfig, Policy};
+use crate::load_report::LoadReport;
+use crate::proto;
+
+struct Inner {
+    table: LoadTable,
+    state: PolicyState,
+    /// Reused for every placement: no allocation on the hot path.
+    views: Vec<BrokerView>,
+}
+
+pub struct Placer {
+    inner: Mutex<Inner>,
+    policy: Policy,
+    /// CONNACK redirect per broker, config order.
+    redirects: Vec<Bytes>,
+    unavailable: Bytes,
+    decisions: Option<UnboundedSender<Decision>>,
+    pub handshake_timeout: Duration,
+    pub max_packet_bytes: u32,
+}
+
+impl Placer {
+    pub fn new(cfg: &DispatcherConfig, decisions: Option<UnboundedSender<Decision>>) -> Self {
+        let ids = cfg.brokers.iter().map(|b| b.id.clone()).collect();
+        let redirects = cfg
+            .brokers
+            .iter()
+            .map(|b| proto::redirect_connack(cfg.reason, &b.addr).freeze())
+            .collect();
+        Self {
+            inner: Mutex::new(Inner {
+                table: LoadTable::new(ids, cfg.metric, cfg.window, cfg.report_interval),
+                state: PolicyState::new(cfg.seed),
+                views: Vec::with_capacity(cfg.brokers.len()),
+            }),
+            policy: cfg.policy,
+            redirects,
+            unavailable: proto::refusal_connack(ConnectReturnCode::ServerUnavailable).freeze(),
+            decisions,
+            handshake_timeout: cfg.handshake_timeout,
+            max_packet_bytes: cfg.max_packet_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere cannot leave the table half-updated in a way that matters more than
+        // refusing every later client would.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Chooses a broker for `client_id`, records the placement and returns the CONNACK to send
+    /// (a redirect, or 0x88 Server unavailable when no broker is live).
+    pub fn place(&self, client_id: &str) -> Bytes {
+        let now = Instant::now();
+        let (chosen, decision) = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            inner.table.views(now, &mut inner.views);
+            let chosen = policy::choose(self.policy, &inner.views, &mut inner.state);
+            if let Some(i) = chosen {
+                inner.table.place(i);
+            }
+            let decision = self.decisions.as_ref().map(|_| Decision {
+                t_ms: crate::now_ms(),
+                client_id: client_id.to_owned(),
+                broker: chosen.map(|i| inner.table.ids()[i].clone()),
+                loads: inner
+                    .table
+                    .ids()
+                    .iter()
+                    .zip(&inner.views)
+                    .map(|(id, v)| (id.clone(), v.load))
+                    .collect(),
+            });
+            (chosen, decision)
+        };
+        if let (Some(tx), Some(d)) = (&self.decisions, decision) {
+            // The receiver going away (its owner stopped listening) must not stop placement.
+            let _ = tx.send(d);
+        }
+        match chosen {
+            Some(i) => {
+                tracing::debug!(client_id, broker = i, "redirected");
+                self.redirects[i].clone()
+            }
+            None => {
+                tracing::warn!(
+                    client_id,
+                    "no live broker: answered 0x88 server unavailable"
+                );
+                self.unavailable.clone()
+            }
+        }
+    }
+
+    pub fn knows(&self, broker: &str) -> bool {
+        self.lock().table.knows(broker)
+    }
+
+    pub fn record(&self, report: &LoadReport) -> Result<(), TableError> {
+        self.lock().table.record(report, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatcher::BrokerEntry;
+
+    fn placer(policy: Policy) -> (Placer, tokio::sync::mpsc::UnboundedReceiver<Decision>) {
+        let brokers = ["b1", "b2"]
+            .map(|id| BrokerEntry {
+                id: id.into(),
+                addr: format!("{id}.example:1883"),
+            })
+            .to_vec();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let p = Placer::new(&DispatcherConfig::new(brokers, policy), Some(tx));
+        for broker in ["b1", "b2"] {
+            let report = LoadReport {
+                broker: broker.into(),
+                t_ms: 1_000,
+                cpu_pct: 20.0,
+                msgs_in_per_s: None,
+                connections: None,
+                token: None,
+            };
+            p.record(&report).unwrap();
+        }
+        (p, rx)
+    }
+
+    /// A burst of 1000 placements between two samples of two equally loaded brokers.
+    fn burst_split(policy: Policy) -> [usize; 2] {
+        let (p, mut rx) = placer(policy);
+        let mut counts = [0; 2];
+        for k in 0..1000 {
+            let answer = p.place(&format!("c{k}"));
+            let d = rx.try_recv().unwrap();
+            assert_eq!(d.loads, [("b1".into(), 20.0), ("b2".into(), 20.0)]);
+            let i = match d.broker.as_deref() {
+                Some("b1") => 0,
+                Some("b2") => 1,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                answer, p.redirects[i],
+                "the answer names the decided broker"
+            );
+            counts[i] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn least_load_spreads_a_burst_least_cpu_does_not() {
+        let spread = burst_split(Policy::LeastLoad);
+        assert!(spread.iter().all(|&c| c <= 520), "least-load {spread:?}");
+        assert_eq!(burst_split(Policy::LeastCpu), [1000, 0]);
+    }
+}

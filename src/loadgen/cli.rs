@@ -1,0 +1,244 @@
+//! `mqdispatch load`: the generator on its own, with a streamed per-second CSV
+//! (`t_s,publisher,profile,broker,sent`) and a final per-publisher summary on stdout.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ArgGroup;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ArrivalOrder, ArrivalSpec, LoadConfig, LoadEvent, LoadSummary, Placement, Profile,
+    plan_arrivals, run,
+};
+use crate::InputError;
+
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["dispatcher", "broker"])))]
+pub struct Args {
+    /// Dispatcher to ask for a broker (repeatable: tried in order on failure).
+    #[arg(long, value_name = "HOST:PORT")]
+    dispatcher: Vec<String>,
+    /// Broker to connect to directly (repeatable: arrival i goes to broker i mod n).
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Vec<String>,
+    /// Publisher profile, e.g. `name=light,count=9,rate=2000,bytes=600,duration=100s[,qos=0]`
+    /// (repeatable).
+    #[arg(long = "profile", value_name = "SPEC", required = true, value_parser = Profile::parse_spec)]
+    profiles: Vec<Profile>,
+    /// Time between two arrivals (or bursts).
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_arg)]
+    arrival_interval: Duration,
+    /// `random` (seeded) or profile names in arrival order, e.g. `light,heavy,light`.
+    #[arg(long, default_value = "random", value_parser = ArrivalOrder::parse_arg)]
+    order: ArrivalOrder,
+    /// Random extra delay in [0, JITTER] for each arrival; below the interval.
+    #[arg(long, default_value = "0s", value_parser = crate::duration::parse_arg)]
+    jitter: Duration,
+    /// Connect N publishers at the same instant per arrival.
+    #[arg(long, value_name = "N")]
+    burst: Option<usize>,
+    /// Seed of the arrival order and jitter (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Per-second CSV to create (never overwritten).
+    #[arg(long, value_name = "FILE.csv")]
+    out: Option<PathBuf>,
+    /// QoS for every profile (overrides the profiles' `qos=`).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: Option<u8>,
+    /// Most redirects followed per connection (dispatcher → dispatcher → broker is 2).
+    #[arg(long, default_value_t = 4)]
+    max_hops: u8,
+    /// rumqttc outgoing in-flight limit per client.
+    #[arg(long, default_value_t = 100)]
+    inflight: u16,
+    /// Client ids are PREFIX + publisher name (default `mqd<pid>-`).
+    #[arg(long, value_name = "PREFIX")]
+    client_id_prefix: Option<String>,
+}
+
+pub async fn cli_main(args: Args) -> anyhow::Result<()> {
+    let mut profiles = args.profiles;
+    if let Some(qos) = args.qos {
+        profiles.iter_mut().for_each(|p| p.qos = qos);
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let spec = ArrivalSpec {
+        order: args.order,
+        interval: args.arrival_interval,
+        jitter: args.jitter,
+        burst: args.burst,
+    };
+    let publishers = plan_arrivals(&profiles, &spec, seed).map_err(InputError)?;
+    let placement = if args.dispatcher.is_empty() {
+        Placement::DnsRoundRobin {
+            brokers: args.broker,
+        }
+    } else {
+        Placement::Dispatcher {
+            dispatchers: args.dispatcher,
+            max_hops: args.max_hops,
+        }
+    };
+    let cfg = LoadConfig {
+        profiles,
+        publishers,
+        placement,
+        inflight_limit: args.inflight,
+        client_id_prefix: args
+            .client_id_prefix
+            .unwrap_or_else(|| format!("mqd{}-", std::process::id())),
+    };
+    cfg.validate().map_err(InputError)?;
+    let out = match &args.out {
+        Some(path) => Some(create_new(path)?),
+        None => None,
+    };
+    tracing::info!(seed, publishers = cfg.publishers.len(), "load starting");
+    let profile_of: HashMap<String, String> = cfg
+        .publishers
+        .iter()
+        .map(|p| (p.name.clone(), cfg.profiles[p.profile].name.clone()))
+        .collect();
+    let start_s = crate::now_ms() / 1000;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::task::spawn_blocking(move || write_csv(rx, out, profile_of, start_s));
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let signal = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("interrupted: stopping publishers");
+            on_signal.cancel();
+        }
+    });
+    let result = run(cfg, tx, cancel).await;
+    signal.abort();
+    // `run` has dropped every sender: the writer drains the rest and ends.
+    writer.await.context("csv writer task")??;
+    let summary = result?;
+    print!("{}", render_summary(&summary, seed));
+    Ok(())
+}
+
+fn create_new(path: &PathBuf) -> anyhow::Result<File> {
+    match File::options().write(true).create_new(true).open(path) {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(InputError(format!(
+            "{} already exists: choose another --out (results are never overwritten)",
+            path.display()
+        ))
+        .into()),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// Writes one row per [`LoadEvent::Second`], flushed as soon as no further event is waiting (so
+/// a run stopped early keeps every second already counted).
+fn write_csv(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<LoadEvent>,
+    out: Option<File>,
+    profile_of: HashMap<String, String>,
+    start_s: u64,
+) -> anyhow::Result<()> {
+    let mut csv = out.map(csv::Writer::from_writer);
+    if let Some(w) = csv.as_mut() {
+        w.write_record(["t_s", "publisher", "profile", "broker", "sent"])?;
+        w.flush()?;
+    }
+    while let Some(event) = rx.blocking_recv() {
+        if let (
+            Some(w),
+            LoadEvent::Second {
+                publisher,
+                broker,
+                t_ms,
+                sent,
+            },
+        ) = (csv.as_mut(), &event)
+        {
+            let t_s = (t_ms / 1000).saturating_sub(start_s);
+            let profile = profile_of.get(publisher).map_or("", String::as_str);
+            w.write_record([
+                t_s.to_string(),
+                publisher.clone(),
+                profile.to_owned(),
+                broker.clone(),
+                sent.to_string(),
+            ])?;
+            if rx.is_empty() {
+                w.flush()?;
+            }
+        }
+    }
+    if let Some(w) = csv.as_mut() {
+        w.flush()?;
+    }
+    Ok(())
+}
+
+/// The table printed at the end.
+pub fn render_summary(summary: &LoadSummary, seed: u64) -> String {
+    let mut out = Vec::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:<8} {:<22} {:>7} {:>11} {:>10} {:>10} {:>8} {:>11}",
+        "publisher",
+        "profile",
+        "broker",
+        "join_s",
+        "redirect_ms",
+        "target",
+        "sent",
+        "sent_%",
+        "downtime_ms"
+    );
+    for p in &summary.publishers {
+        let join_s = p
+            .joined_ms
+            .map(|ms| format!("{:.1}", ms.saturating_sub(summary.start_ms) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let redirect = p
+            .redirect_ms
+            .map(|ms| format!("{ms:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<12} {:<8} {:<22} {:>7} {:>11} {:>10} {:>10} {:>8.2} {:>11}",
+            p.name,
+            p.profile,
+            p.broker.as_deref().unwrap_or("-"),
+            join_s,
+            redirect,
+            p.target_total,
+            p.sent_total,
+            percent(p.sent_total, p.target_total),
+            p.downtime_ms
+        );
+    }
+    let _ = writeln!(
+        out,
+        "total: sent {} of {} ({:.2} %), seed {seed}{}",
+        summary.sent_total(),
+        summary.target_total(),
+        percent(summary.sent_total(), summary.target_total()),
+        if summary.cancelled {
+            ", interrupted"
+        } else {
+            ""
+        }
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}

@@ -1,0 +1,376 @@
+//! Where a publisher connects: a static broker (DNS round-robin) or wherever a dispatcher's
+//! redirect leads, following chains of dispatchers up to a hop limit.
+//!
+//! Redirects are followed lazily: a Server Reference is assumed to be a broker and connected to
+//! with a normal rumqttc client; only if that CONNECT is refused with 0x9C/0x9D is the address
+//! treated as another dispatcher and asked for its reference (rumqttc drops the reference of a
+//! refused CONNACK, FACTS.md). So the usual one-hop case costs one redirect exchange and one
+//! broker connection, and brokers never see probe connections.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use tokio::time::Instant;
+
+use crate::proto::{ProtoError, RedirectReason, request_redirect};
+
+/// Redirect hops followed when the broker list itself redirects (dns-rr against a dispatcher).
+pub const DEFAULT_MAX_HOPS: u8 = 4;
+/// Bound on one redirect exchange and on one broker CONNECT/CONNACK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// rumqttc request channel: a few batches of back-pressure, small memory (payloads are shared).
+const REQUEST_CAPACITY: usize = 64;
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// How publishers are placed on brokers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Publisher `i` in arrival order connects straight to `brokers[i % n]`.
+    DnsRoundRobin { brokers: Vec<String> },
+    /// Every (re)connection asks the dispatchers, in order, and follows the redirect.
+    Dispatcher {
+        dispatchers: Vec<String>,
+        max_hops: u8,
+    },
+}
+
+impl Placement {
+    pub fn validate(&self) -> Result<(), String> {
+        let (what, addrs) = match self {
+            Placement::DnsRoundRobin { brokers } => ("broker", brokers),
+            Placement::Dispatcher {
+                dispatchers,
+                max_hops,
+            } => {
+                if *max_hops == 0 {
+                    return Err("max_hops must be at least 1".into());
+                }
+                ("dispatcher", dispatchers)
+            }
+        };
+        if addrs.is_empty() {
+            return Err(format!("no {what} address given"));
+        }
+        for a in addrs {
+            split_host_port(a).map_err(|e| format!("{what} {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Where publisher `index` (arrival position) starts each connection.
+    pub(crate) fn entry_for(&self, index: usize) -> Entry {
+        match self {
+            Placement::DnsRoundRobin { brokers } => Entry::Broker {
+                addr: brokers[index % brokers.len()].clone(),
+                max_hops: DEFAULT_MAX_HOPS,
+            },
+            Placement::Dispatcher {
+                dispatchers,
+                max_hops,
+            } => Entry::Dispatchers {
+                addrs: dispatchers.clone(),
+                max_hops: *max_hops,
+            },
+        }
+    }
+}
+
+/// The starting point of one connection attempt.
+#[derive(Clone, Debug)]
+pub(crate) enum Entry {
+    /// Connect straight to this broker (static placement, or one remembered from 0x9D).
+    Broker { addr: String, max_hops: u8 },
+    /// Ask these dispatchers, first to last, until one leads to a broker.
+    Dispatchers { addrs: Vec<String>, max_hops: u8 },
+}
+
+impl Entry {
+    pub fn max_hops(&self) -> u8 {
+        match self {
+            Entry::Broker { max_hops, .. } | Entry::Dispatchers { max_hops, .. } => *max_hops,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error("redirect loop: {chain} → {target} again")]
+    Loop { chain: String, target: String },
+    #[error("{addr} answered {reason:?} without a Server Reference")]
+    MissingReference {
+        addr: String,
+        reason: ConnectReturnCode,
+    },
+    #[error("more than {max_hops} redirect hops: {chain}")]
+    TooManyHops { max_hops: u8, chain: String },
+    #[error("{0} answered CONNACK Success: it is a broker, not a dispatcher (use --broker)")]
+    NotADispatcher(String),
+    #[error("invalid Server Reference from {from}: {error}")]
+    BadReference { from: String, error: String },
+    #[error("dispatcher {addr}: {source}")]
+    Dispatcher { addr: String, source: ProtoError },
+    #[error("broker {addr}: {error}")]
+    Broker { addr: String, error: String },
+}
+
+impl PlacementError {
+    /// A configuration mistake that retrying cannot fix (as opposed to a broker or dispatcher
+    /// that is down or busy).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            PlacementError::Loop { .. }
+                | PlacementError::MissingReference { .. }
+                | PlacementError::TooManyHops { .. }
+                | PlacementError::NotADispatcher(_)
+                | PlacementError::BadReference { .. }
+        )
+    }
+}
+
+/// A connected rumqttc client (CONNACK Success received).
+pub(crate) struct Session {
+    pub client: AsyncClient,
+    pub eventloop: EventLoop,
+    pub broker: String,
+}
+
+/// The outcome of a successful placement.
+pub(crate) struct Placed {
+    pub session: Session,
+    /// Time spent in redirect exchanges (TCP connect to last CONNACK parsed); `None` without one.
+    pub redirect_ms: Option<f64>,
+    /// Redirect hops followed.
+    pub hops: u8,
+    /// Target of the last 0x9D (server moved) hop: reconnect straight there next time.
+    pub moved_to: Option<String>,
+}
+
+/// Client identity and options shared by every connection of one publisher.
+#[derive(Clone, Debug)]
+pub(crate) struct Connector {
+    pub client_id: String,
+    pub inflight_limit: u16,
+}
+
+/// One placement attempt from `entry`: for a dispatcher list, transient failures move on to the
+/// next dispatcher; a fatal one (loop, missing reference, ...) is returned at once.
+pub(crate) async fn place(entry: &Entry, conn: &Connector) -> Result<Placed, PlacementError> {
+    match entry {
+        Entry::Broker { addr, max_hops } => follow(Start::Broker(addr), *max_hops, conn).await,
+        Entry::Dispatchers { addrs, max_hops } => {
+            let mut last = None;
+            for addr in addrs {
+                match follow(Start::Dispatcher(addr), *max_hops, conn).await {
+                    Ok(placed) => return Ok(placed),
+                    Err(e) if e.is_fatal() => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(client_id = %conn.client_id, dispatcher = %addr, error = %e, "dispatcher failed");
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.expect("invariant: validated placement has at least one dispatcher"))
+        }
+    }
+}
+
+enum Start<'a> {
+    Dispatcher(&'a str),
+    Broker(&'a str),
+}
+
+/// Follows redirects from `start` until a broker accepts the CONNECT.
+async fn follow(
+    start: Start<'_>,
+    max_hops: u8,
+    conn: &Connector,
+) -> Result<Placed, PlacementError> {
+    let began = Instant::now();
+    let mut visited: Vec<String> = Vec::new();
+    let mut current = match start {
+        Start::Dispatcher(addr) => addr.to_owned(),
+        Start::Broker(addr) => match connect_broker(addr, conn).await? {
+            Attempt::Connected(session) => {
+                return Ok(Placed {
+                    session: *session,
+                    redirect_ms: None,
+                    hops: 0,
+                    moved_to: None,
+                });
+            }
+            Attempt::Redirected => addr.to_owned(),
+        },
+    };
+    let mut hops = 0u8;
+    let mut moved_to = None;
+    loop {
+        // `current` redirects: ask it where to go.
+        let redirect = ask(&current, conn).await?;
+        let resolved = began.elapsed();
+        visited.push(current);
+        hops += 1;
+        let target = redirect.server_reference;
+        let chain = || visited.join(" → ");
+        if hops > max_hops {
+            return Err(PlacementError::TooManyHops {
+                max_hops,
+                chain: format!("{} → {target}", chain()),
+            });
+        }
+        split_host_port(&target).map_err(|error| PlacementError::BadReference {
+            from: visited.last().cloned().unwrap_or_default(),
+            error,
+        })?;
+        if visited.contains(&target) {
+            return Err(PlacementError::Loop {
+                chain: chain(),
+                target,
+            });
+        }
+        if redirect.reason == RedirectReason::ServerMoved {
+            moved_to = Some(target.clone());
+        }
+        match connect_broker(&target, conn).await? {
+            Attempt::Connected(session) => {
+                return Ok(Placed {
+                    session: *session,
+                    redirect_ms: Some(resolved.as_secs_f64() * 1000.0),
+                    hops,
+                    moved_to,
+                });
+            }
+            Attempt::Redirected => current = target,
+        }
+    }
+}
+
+/// One redirect exchange with `addr`, errors classified.
+async fn ask(addr: &str, conn: &Connector) -> Result<crate::proto::Redirect, PlacementError> {
+    request_redirect(addr, &conn.client_id, CONNECT_TIMEOUT)
+        .await
+        .map_err(|source| match source {
+            ProtoError::Refused(ConnectReturnCode::Success) => {
+                PlacementError::NotADispatcher(addr.to_owned())
+            }
+            ProtoError::MissingServerReference(reason) => PlacementError::MissingReference {
+                addr: addr.to_owned(),
+                reason,
+            },
+            source => PlacementError::Dispatcher {
+                addr: addr.to_owned(),
+                source,
+            },
+        })
+}
+
+enum Attempt {
+    Connected(Box<Session>),
+    /// CONNACK 0x9C/0x9D: the address is a dispatcher, not a broker.
+    Redirected,
+}
+
+/// A rumqttc v5 client to `addr`, polled up to its CONNACK.
+async fn connect_broker(addr: &str, conn: &Connector) -> Result<Attempt, PlacementError> {
+    let fail = |error: String| PlacementError::Broker {
+        addr: addr.to_owned(),
+        error,
+    };
+    let (host, port) = split_host_port(addr).map_err(fail)?;
+    let mut options = MqttOptions::new(conn.client_id.clone(), host, port);
+    options
+        .set_keep_alive(KEEP_ALIVE)
+        .set_clean_start(true)
+        .set_connection_timeout(CONNECT_TIMEOUT.as_secs())
+        // Without this the v5 event loop preallocates 65,536 in-flight slots (~14 MB).
+        .set_outgoing_inflight_upper_limit(conn.inflight_limit);
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll())
+        .await
+        .map_err(|_| fail(format!("no CONNACK within {CONNECT_TIMEOUT:?}")))?;
+    match first {
+        Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(Attempt::Connected(Box::new(Session {
+            client,
+            eventloop,
+            broker: addr.to_owned(),
+        }))),
+        Err(ConnectionError::ConnectionRefused(
+            ConnectReturnCode::UseAnotherServer | ConnectReturnCode::ServerMoved,
+        )) => Ok(Attempt::Redirected),
+        Err(e) => Err(fail(e.to_string())),
+        Ok(other) => Err(fail(format!("expected CONNACK, got {other:?}"))),
+    }
+}
+
+/// After a connection error: the Server Reference of a server DISCONNECT 0x9C/0x9D, if that is
+/// what ended it (rumqttc keeps the packet in `state.events`, FACTS.md).
+pub(crate) fn server_moved_us(eventloop: &mut EventLoop) -> Option<(RedirectReason, String)> {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Code;
+    let found = eventloop.state.events.iter().find_map(|event| match event {
+        Event::Incoming(Packet::Disconnect(d)) => {
+            let reason = match d.reason_code {
+                Code::UseAnotherServer => RedirectReason::UseAnotherServer,
+                Code::ServerMoved => RedirectReason::ServerMoved,
+                _ => return None,
+            };
+            let reference = d.properties.as_ref()?.server_reference.clone()?;
+            Some((reason, reference))
+        }
+        _ => None,
+    });
+    eventloop.state.events.clear();
+    found
+}
+
+/// `host:port` (or `[v6]:port`) → (host, port).
+pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{addr}` is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{addr}`: port `{port}` is not a number 0-65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{addr}` has no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            split_host_port("127.0.0.1:1883"),
+            Ok(("127.0.0.1".into(), 1883))
+        );
+        assert_eq!(split_host_port("[::1]:80"), Ok(("::1".into(), 80)));
+        assert_eq!(split_host_port("broker-a:1"), Ok(("broker-a".into(), 1)));
+        assert!(split_host_port("nohost").is_err());
+        assert!(split_host_port(":1883").is_err());
+        assert!(split_host_port("h:99999").is_err());
+    }
+
+    #[test]
+    fn placement_validation_and_entries() {
+        let dns = Placement::DnsRoundRobin {
+            brokers: vec!["a:1".into(), "b:2".into()],
+        };
+        assert!(dns.validate().is_ok());
+        assert!(matches!(dns.entry_for(3), Entry::Broker { addr, .. } if addr == "b:2"));
+        let none = Placement::Dispatcher {
+            dispatchers: vec![],
+            max_hops: 2,
+        };
+        assert!(none.validate().unwrap_err().contains("no dispatcher"));
+        let zero = Placement::Dispatcher {
+            dispatchers: vec!["d:1".into()],
+            max_hops: 0,
+        };
+        assert!(zero.validate().unwrap_err().contains("max_hops"));
+    }
+}

@@ -1,0 +1,227 @@
+//! Publisher profiles: how many publishers of one kind, how fast, how big, for how long.
+//!
+//! The same keys serve the scenario's `publishers` entries (YAML) and `mqdispatch load --profile
+//! name=light,count=9,rate=2000,bytes=600,duration=100s[,qos=0][,topic=load/{publisher}]`.
+
+use std::time::Duration;
+
+/// The topic pattern used when a profile names none: one topic per publisher.
+pub const DEFAULT_TOPIC: &str = "load/{publisher}";
+
+/// Upper bounds that catch typos (a rate of 2e9) before they become a runaway load.
+const MAX_RATE: f64 = 1_000_000.0;
+const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+const MAX_COUNT: usize = 100_000;
+
+fn default_topic() -> String {
+    DEFAULT_TOPIC.to_owned()
+}
+
+/// One kind of publisher; `count` of them are started.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Short name (`light`, `heavy`): publishers are named `<name>-<k>`.
+    pub name: String,
+    /// Number of publishers with this profile.
+    pub count: usize,
+    /// Messages per second, per publisher.
+    pub rate: f64,
+    /// Payload size of every message, in bytes.
+    pub payload_bytes: usize,
+    /// How long each publisher publishes, from its first CONNACK.
+    #[serde(
+        deserialize_with = "crate::duration::deserialize",
+        serialize_with = "crate::duration::serialize"
+    )]
+    pub duration: Duration,
+    /// 0 (at most once) or 1 (at least once).
+    #[serde(default)]
+    pub qos: u8,
+    /// Topic pattern; `{publisher}` and `{profile}` are replaced by the publisher's and the
+    /// profile's name.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+}
+
+impl Profile {
+    /// Parses `name=light,count=9,rate=2000,bytes=600,duration=100s[,qos=0][,topic=PATTERN]`
+    /// (`payload_bytes=` is accepted for `bytes=`). The result is validated.
+    pub fn parse_spec(spec: &str) -> Result<Profile, String> {
+        let mut name = None;
+        let mut count = None;
+        let mut rate = None;
+        let mut payload_bytes = None;
+        let mut duration = None;
+        let mut qos = 0u8;
+        let mut topic = default_topic();
+        for field in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| format!("profile `{spec}`: `{field}` is not KEY=VALUE"))?;
+            let bad = |what: &str| format!("profile `{spec}`: {key}=`{value}` is not {what}");
+            match key.trim() {
+                "name" => name = Some(value.to_owned()),
+                "count" => count = Some(value.parse().map_err(|_| bad("a whole number"))?),
+                "rate" => rate = Some(value.parse().map_err(|_| bad("a number (msg/s)"))?),
+                "bytes" | "payload_bytes" => {
+                    payload_bytes = Some(value.parse().map_err(|_| bad("a byte count"))?)
+                }
+                "duration" => {
+                    duration = Some(
+                        crate::duration::parse(value)
+                            .map_err(|e| format!("profile `{spec}`: {e}"))?,
+                    )
+                }
+                "qos" => qos = value.parse().map_err(|_| bad("0 or 1"))?,
+                "topic" => topic = value.to_owned(),
+                other => {
+                    return Err(format!(
+                        "profile `{spec}`: unknown key `{other}` (keys: name, count, rate, bytes, \
+                         duration, qos, topic)"
+                    ));
+                }
+            }
+        }
+        let missing = |key: &str| format!("profile `{spec}`: missing `{key}=`");
+        let profile = Profile {
+            name: name.ok_or_else(|| missing("name"))?,
+            count: count.ok_or_else(|| missing("count"))?,
+            rate: rate.ok_or_else(|| missing("rate"))?,
+            payload_bytes: payload_bytes.ok_or_else(|| missing("bytes"))?,
+            duration: duration.ok_or_else(|| missing("duration"))?,
+            qos,
+            topic,
+        };
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// Checks every field; the error names the profile and the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "profile name `{name}` must be non-empty letters, digits, `_` or `-`"
+            ));
+        }
+        let fail = |msg: String| Err(format!("profile `{name}`: {msg}"));
+        if self.count == 0 || self.count > MAX_COUNT {
+            return fail(format!("count must be 1..={MAX_COUNT}, got {}", self.count));
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= MAX_RATE) {
+            return fail(format!(
+                "rate must be above 0 and at most {MAX_RATE} msg/s, got {}",
+                self.rate
+            ));
+        }
+        if self.payload_bytes > MAX_PAYLOAD_BYTES {
+            return fail(format!(
+                "payload_bytes must be at most {MAX_PAYLOAD_BYTES}, got {}",
+                self.payload_bytes
+            ));
+        }
+        if self.duration.is_zero() {
+            return fail("duration must be above zero".into());
+        }
+        if self.qos > 1 {
+            return fail(format!("qos must be 0 or 1, got {}", self.qos));
+        }
+        let sample = self.topic_for("x-0");
+        if sample.is_empty() || sample.contains(['+', '#', '\0']) || sample.contains(['{', '}']) {
+            return fail(format!(
+                "topic `{}` must be a non-empty topic without `+`, `#` or unknown `{{...}}` \
+                 placeholders (known: {{publisher}}, {{profile}})",
+                self.topic
+            ));
+        }
+        Ok(())
+    }
+
+    /// The topic for the publisher called `publisher`.
+    pub fn topic_for(&self, publisher: &str) -> String {
+        self.topic
+            .replace("{publisher}", publisher)
+            .replace("{profile}", &self.name)
+    }
+
+    /// Messages one publisher of this profile is meant to send: `rate × duration`, rounded.
+    pub fn target_total(&self) -> u64 {
+        (self.rate * self.duration.as_secs_f64()).round() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_papers_light_profile() {
+        let p =
+            Profile::parse_spec("name=light,count=9,rate=2000,bytes=600,duration=100s").unwrap();
+        assert_eq!(
+            p,
+            Profile {
+                name: "light".into(),
+                count: 9,
+                rate: 2000.0,
+                payload_bytes: 600,
+                duration: Duration::from_secs(100),
+                qos: 0,
+                topic: DEFAULT_TOPIC.into(),
+            }
+        );
+        assert_eq!(p.target_total(), 200_000);
+        assert_eq!(p.topic_for("light-3"), "load/light-3");
+    }
+
+    #[test]
+    fn optional_keys_and_alias() {
+        let p = Profile::parse_spec(
+            "name=h,count=1,rate=2.5,payload_bytes=0,duration=2s,qos=1,topic=t/{profile}/{publisher}",
+        )
+        .unwrap();
+        assert_eq!(p.qos, 1);
+        assert_eq!(p.topic_for("h-0"), "t/h/h-0");
+        assert_eq!(p.target_total(), 5);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let err = |s: &str| Profile::parse_spec(s).unwrap_err();
+        assert!(err("name=a,count=1,rate=1,bytes=1").contains("missing `duration=`"));
+        assert!(
+            err("name=a,count=1,rate=1,bytes=1,duration=1s,colour=red").contains("unknown key")
+        );
+        assert!(err("name=a,count=x,rate=1,bytes=1,duration=1s").contains("whole number"));
+        assert!(err("name=a,count=0,rate=1,bytes=1,duration=1s").contains("count"));
+        assert!(err("name=a,count=1,rate=0,bytes=1,duration=1s").contains("rate"));
+        assert!(err("name=a,count=1,rate=1,bytes=1,duration=1s,qos=2").contains("qos"));
+        assert!(err("name=a,count=1,rate=1,bytes=1,duration=5").contains("no unit"));
+        assert!(err("name=a b,count=1,rate=1,bytes=1,duration=1s").contains("profile name"));
+        assert!(err("name=a,count=1,rate=1,bytes=1,duration=1s,topic=x/#").contains("topic"));
+        assert!(err("name=a,count=1,rate=1,bytes=1,duration=1s,topic={id}").contains("topic"));
+    }
+
+    #[test]
+    fn yaml_keys_match_the_scenario() {
+        let p: Profile = serde_json::from_str(
+            r#"{"name":"heavy","count":1,"rate":10000,"payload_bytes":600,"duration":"100s"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.rate, 10000.0);
+        assert_eq!(p.topic, DEFAULT_TOPIC);
+        let back: Profile = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert!(
+            serde_json::from_str::<Profile>(
+                r#"{"name":"h","count":1,"rate":1,"payload_bytes":1,"duration":"1s","x":1}"#
+            )
+            .is_err()
+        );
+    }
+}

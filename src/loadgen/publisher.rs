@@ -1,0 +1,412 @@
+//! One publisher: wait for its join time, get placed on a broker, publish at its rate for its
+//! duration, reconnect with backoff when the connection drops, then disconnect cleanly.
+//!
+//! A message counts as sent when rumqttc has written it to the socket (`Outgoing::Publish`
+//! from the event loop), so `sent` is what the broker will see, not what was queued. Messages
+//! owed while disconnected are skipped, not sent late in a burst: the target stays, the achieved
+//! count drops, and the gap shows as downtime.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::LoadEvent;
+use super::placement::{Connector, Entry, Placed, PlacementError, place, server_moved_us};
+use super::schedule::{BATCH_TICK, Pacer, Schedule};
+use super::seconds::{Clock, SecondCounter};
+use crate::proto::RedirectReason;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A publisher behind schedule (broker back-pressure) catches up for at most this long past its
+/// end; whatever is still owed then is not sent.
+const PACE_OVERRUN: Duration = Duration::from_secs(1);
+/// Time allowed for the queued messages and the DISCONNECT to go out at the end.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+/// Same, after cancellation: stop promptly.
+const CANCEL_GRACE: Duration = Duration::from_millis(250);
+
+/// Everything one publisher needs, owned (it runs as its own task).
+pub(crate) struct PublisherCtx {
+    pub name: String,
+    pub profile: String,
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub rate: f64,
+    pub duration: Duration,
+    pub join_at: Instant,
+    pub entry: Entry,
+    pub connector: Connector,
+    pub clock: Clock,
+}
+
+/// What one publisher did.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PublisherSummary {
+    pub name: String,
+    pub profile: String,
+    /// The broker it was last connected to.
+    pub broker: Option<String>,
+    /// Epoch ms of its first CONNACK.
+    pub joined_ms: Option<u64>,
+    /// Redirect latency of its first placement.
+    pub redirect_ms: Option<f64>,
+    pub sent_total: u64,
+    pub target_total: u64,
+    /// Total time between a connection drop and the next CONNACK.
+    pub downtime_ms: u64,
+    pub reconnects: u32,
+    /// Messages owed during downtime and not sent.
+    pub skipped: u64,
+}
+
+enum SessionEnd {
+    /// Schedule finished (or its end time passed) and the connection was closed.
+    Done,
+    Cancelled,
+    Dropped(String),
+}
+
+/// Runs one publisher to completion. Only a fatal placement error (a redirect loop, a missing
+/// Server Reference, ...) is an error; a publisher that never got a broker before its end time
+/// finishes with nothing sent.
+pub(crate) async fn run_publisher(
+    ctx: PublisherCtx,
+    events: UnboundedSender<LoadEvent>,
+    cancel: CancellationToken,
+) -> Result<PublisherSummary, PlacementError> {
+    let schedule = Schedule::new(ctx.rate, ctx.duration);
+    let mut summary = PublisherSummary {
+        name: ctx.name.clone(),
+        profile: ctx.profile.clone(),
+        broker: None,
+        joined_ms: None,
+        redirect_ms: None,
+        sent_total: 0,
+        target_total: schedule.total(),
+        downtime_ms: 0,
+        reconnects: 0,
+        skipped: 0,
+    };
+    let result = publish_all(&ctx, schedule, &mut summary, &events, &cancel).await;
+    let _ = events.send(LoadEvent::Finished {
+        publisher: ctx.name.clone(),
+        sent_total: summary.sent_total,
+        target_total: summary.target_total,
+        downtime_ms: summary.downtime_ms,
+    });
+    result.map(|()| summary)
+}
+
+async fn publish_all(
+    ctx: &PublisherCtx,
+    schedule: Schedule,
+    summary: &mut PublisherSummary,
+    events: &UnboundedSender<LoadEvent>,
+    cancel: &CancellationToken,
+) -> Result<(), PlacementError> {
+    tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        _ = tokio::time::sleep_until(ctx.join_at) => {}
+    }
+    let mut memory = Memory::default();
+    let give_up = ctx.join_at + ctx.duration;
+    let Some(mut placed) = connect_with_backoff(ctx, &mut memory, give_up, cancel).await? else {
+        warn!(publisher = %ctx.name, "no broker before the end of its duration: nothing sent");
+        return Ok(());
+    };
+    let start = Instant::now();
+    let end = start + ctx.duration;
+    let t_ms = ctx.clock.ms_at(start);
+    info!(publisher = %ctx.name, broker = %placed.session.broker, redirect_ms = ?placed.redirect_ms, "joined");
+    summary.joined_ms = Some(t_ms);
+    summary.redirect_ms = placed.redirect_ms;
+    summary.broker = Some(placed.session.broker.clone());
+    let _ = events.send(LoadEvent::Joined {
+        publisher: ctx.name.clone(),
+        broker: placed.session.broker.clone(),
+        t_ms,
+        redirect_ms: placed.redirect_ms,
+    });
+    let mut pacer = Pacer::new(schedule, start);
+    let written = AtomicU64::new(0);
+    let mut seconds = Seconds {
+        counter: SecondCounter::new(t_ms, 0, placed.session.broker.clone()),
+        clock: ctx.clock,
+        publisher: &ctx.name,
+        events,
+        written: &written,
+    };
+    let result = loop {
+        let end_reason = drive(
+            ctx,
+            &mut placed.session,
+            &mut pacer,
+            &mut seconds,
+            end,
+            cancel,
+        )
+        .await;
+        let error = match end_reason {
+            SessionEnd::Done | SessionEnd::Cancelled => break Ok(()),
+            SessionEnd::Dropped(error) => error,
+        };
+        let broker = placed.session.broker.clone();
+        let down_at = Instant::now();
+        warn!(publisher = %ctx.name, %broker, %error, "connection lost");
+        let _ = events.send(LoadEvent::Down {
+            publisher: ctx.name.clone(),
+            broker: broker.clone(),
+            t_ms: ctx.clock.ms_at(down_at),
+            error,
+        });
+        // A server DISCONNECT 0x9C/0x9D names where to go: follow it (0x9D for good).
+        if let Some((reason, reference)) = server_moved_us(&mut placed.session.eventloop) {
+            info!(publisher = %ctx.name, %reference, ?reason, "server sent us elsewhere");
+            match reason {
+                RedirectReason::UseAnotherServer => memory.once = Some(reference),
+                RedirectReason::ServerMoved => memory.moved = Some(reference),
+            }
+        }
+        let reconnect = tokio::select! {
+            r = connect_with_backoff(ctx, &mut memory, end, cancel) => r,
+            never = seconds.tick_forever() => match never {},
+        };
+        let next = match reconnect {
+            Ok(Some(next)) => next,
+            Ok(None) => break Ok(()),
+            Err(fatal) => break Err(fatal),
+        };
+        placed = next;
+        let now = Instant::now();
+        let downtime_ms = (now - down_at).as_millis() as u64;
+        summary.downtime_ms += downtime_ms;
+        summary.reconnects += 1;
+        summary.skipped += pacer.skip_owed(now);
+        summary.broker = Some(placed.session.broker.clone());
+        seconds.switch_broker(placed.session.broker.clone());
+        info!(publisher = %ctx.name, broker = %placed.session.broker, downtime_ms, "reconnected");
+        let _ = events.send(LoadEvent::Up {
+            publisher: ctx.name.clone(),
+            broker: placed.session.broker.clone(),
+            t_ms: ctx.clock.ms_at(now),
+            downtime_ms,
+            redirect_ms: placed.redirect_ms,
+        });
+    };
+    seconds.finish();
+    summary.sent_total = written.load(Ordering::Relaxed);
+    result
+}
+
+/// Where the next connection starts instead of the configured entry.
+#[derive(Debug, Default)]
+struct Memory {
+    /// From a server DISCONNECT 0x9C: the next connection only.
+    once: Option<String>,
+    /// From a 0x9D (CONNACK or DISCONNECT): every reconnection, until connecting there fails.
+    moved: Option<String>,
+}
+
+/// Connects through `ctx.entry` (or straight to a broker from [`Memory`], falling back to the
+/// entry if that fails), retrying with backoff until `deadline`. `Ok(None)`: cancelled or out
+/// of time.
+async fn connect_with_backoff(
+    ctx: &PublisherCtx,
+    memory: &mut Memory,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<Option<Placed>, PlacementError> {
+    let mut delay = BACKOFF_FIRST;
+    loop {
+        let (start, from_moved) = match (memory.once.take(), memory.moved.take()) {
+            (Some(once), moved) => {
+                memory.moved = moved;
+                (Some(once), false)
+            }
+            (None, Some(moved)) => (Some(moved), true),
+            (None, None) => (None, false),
+        };
+        let entry = match &start {
+            Some(addr) => Entry::Broker {
+                addr: addr.clone(),
+                max_hops: ctx.entry.max_hops(),
+            },
+            None => ctx.entry.clone(),
+        };
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            r = tokio::time::timeout_at(deadline, place(&entry, &ctx.connector)) => r,
+        };
+        match attempt {
+            Err(_elapsed) => return Ok(None),
+            Ok(Ok(placed)) => {
+                // A new 0x9D wins; a remembered broker that still took us directly stays.
+                if placed.moved_to.is_some() {
+                    memory.moved = placed.moved_to.clone();
+                } else if from_moved && placed.hops == 0 {
+                    memory.moved = start;
+                }
+                return Ok(Some(placed));
+            }
+            Ok(Err(e)) if e.is_fatal() => return Err(e),
+            Ok(Err(e)) => {
+                warn!(publisher = %ctx.name, error = %e, retry_in = ?delay, "cannot connect")
+            }
+        }
+        if Instant::now() + delay >= deadline {
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection's life: the event loop and the pacing run side by side in this task.
+async fn drive(
+    ctx: &PublisherCtx,
+    session: &mut super::placement::Session,
+    pacer: &mut Pacer,
+    seconds: &mut Seconds<'_>,
+    end: Instant,
+    cancel: &CancellationToken,
+) -> SessionEnd {
+    let written = seconds.written;
+    let client = &session.client;
+    let pace = async {
+        let _ =
+            tokio::time::timeout_at(end + PACE_OVERRUN, pace(ctx, client, pacer, seconds)).await;
+        // Queued messages go out before the DISCONNECT (one FIFO); the poll side ends when the
+        // DISCONNECT is written.
+        let _ = tokio::time::timeout(DISCONNECT_GRACE, client.disconnect()).await;
+        tokio::time::sleep(DISCONNECT_GRACE).await;
+    };
+    let end_reason = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => SessionEnd::Cancelled,
+        r = poll_until_disconnect(&mut session.eventloop, written) => match r {
+            Ok(()) => SessionEnd::Done,
+            Err(e) => SessionEnd::Dropped(e.to_string()),
+        },
+        () = pace => SessionEnd::Done,
+    };
+    if matches!(end_reason, SessionEnd::Cancelled) {
+        let close = async {
+            let _ = session.client.disconnect().await;
+            let _ = poll_until_disconnect(&mut session.eventloop, written).await;
+        };
+        let _ = tokio::time::timeout(CANCEL_GRACE, close).await;
+    }
+    end_reason
+}
+
+/// Sends what the schedule owes every few ms (and at each second boundary, to cut the
+/// per-second counts there), until every message was handed over.
+async fn pace(
+    ctx: &PublisherCtx,
+    client: &AsyncClient,
+    pacer: &mut Pacer,
+    seconds: &mut Seconds<'_>,
+) {
+    loop {
+        let now = Instant::now();
+        seconds.observe();
+        for _ in 0..pacer.owed(now) {
+            // Awaiting here is the back-pressure: a full request channel slows us, never drops.
+            if client
+                .publish(ctx.topic.clone(), ctx.qos, false, ctx.payload.clone())
+                .await
+                .is_err()
+            {
+                return; // the event loop is gone; the poll side reports why
+            }
+            pacer.issue();
+        }
+        let Some(wake) = pacer.next_wake(now, BATCH_TICK) else {
+            return;
+        };
+        tokio::time::sleep_until(wake.min(ctx.clock.next_second(now))).await;
+    }
+}
+
+/// Polls the event loop, counting written publishes, until our DISCONNECT is written (`Ok`) or
+/// the connection fails (`Err`).
+async fn poll_until_disconnect(
+    eventloop: &mut EventLoop,
+    written: &AtomicU64,
+) -> Result<(), ConnectionError> {
+    loop {
+        match eventloop.poll().await? {
+            Event::Outgoing(Outgoing::Publish(_)) => {
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Outgoing(Outgoing::Disconnect) => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// The per-second counter wired to the event stream.
+struct Seconds<'a> {
+    counter: SecondCounter,
+    clock: Clock,
+    publisher: &'a str,
+    events: &'a UnboundedSender<LoadEvent>,
+    written: &'a AtomicU64,
+}
+
+impl Seconds<'_> {
+    fn emit(&self, counts: Vec<super::seconds::SecondCount>) {
+        for c in counts {
+            let _ = self.events.send(LoadEvent::Second {
+                publisher: self.publisher.to_owned(),
+                broker: c.broker,
+                t_ms: c.t_ms,
+                sent: c.sent,
+            });
+        }
+    }
+
+    fn observe(&mut self) {
+        let closed = self
+            .counter
+            .observe(self.clock.now_ms(), self.written.load(Ordering::Relaxed));
+        self.emit(closed);
+    }
+
+    fn switch_broker(&mut self, broker: String) {
+        let closed = self.counter.switch_broker(
+            self.clock.now_ms(),
+            self.written.load(Ordering::Relaxed),
+            broker,
+        );
+        self.emit(closed);
+    }
+
+    fn finish(&mut self) {
+        let closed = self
+            .counter
+            .finish(self.clock.now_ms(), self.written.load(Ordering::Relaxed));
+        self.emit(closed);
+    }
+
+    /// While disconnected: keep streaming (empty) seconds as they pass.
+    async fn tick_forever(&mut self) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep_until(self.clock.next_second(Instant::now())).await;
+            self.observe();
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Fault injection during a method run (issue 6): kill or freeze a broker, silence an agent.
+
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::method_run::{AgentSet, MethodRun};
+use crate::broker::RunningBroker;
+use crate::scenario::{FaultKind, FaultPlan};
+
+/// One thing to do to a broker at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Kill,
+    Freeze,
+    Thaw,
+    Restart,
+    KillAgent,
+}
+
+impl Action {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Freeze => "stop",
+            Self::Thaw => "cont",
+            Self::Restart => "restart",
+            Self::KillAgent => "kill-agent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub at_ms: u64,
+    pub action: Action,
+    pub broker: usize,
+}
+
+/// The faults of a scenario as absolute times, handed out as they fall due.
+pub struct Schedule {
+    pending: Vec<Due>,
+}
+
+impl Schedule {
+    pub fn new(faults: &[FaultPlan], t0_ms: u64) -> Self {
+        let mut pending = Vec::new();
+        for f in faults {
+            let at_ms = t0_ms + f.at.as_millis() as u64;
+            let (first, restore) = match f.kind {
+                FaultKind::Kill => (Action::Kill, Action::Restart),
+                FaultKind::Stop => (Action::Freeze, Action::Thaw),
+                FaultKind::KillAgent => (Action::KillAgent, Action::KillAgent),
+            };
+            // (The scenario check refuses restore_after for kill-agent.)
+            pending.push(Due {
+                at_ms,
+                action: first,
+                broker: f.broker,
+            });
+            if let Some(after) = f.restore_after {
+                pending.push(Due {
+                    at_ms: at_ms + after.as_millis() as u64,
+                    action: restore,
+                    broker: f.broker,
+                });
+            }
+        }
+        pending.sort_by_key(|d| d.at_ms);
+        Self { pending }
+    }
+
+    /// The faults due at `now_ms`, in time order, each handed out once.
+    pub fn due(&mut self, now_ms: u64) -> Vec<Due> {
+        let split = self.pending.partition_point(|d| d.at_ms <= now_ms);
+        self.pending.drain(..split).collect()
+    }
+}
+
+/// Rows of `faults.csv` (`trial,method,t_s,kind,target`): the plots mark them.
+pub struct FaultLog {
+    writer: csv::Writer<std::fs::File>,
+}
+
+impl FaultLog {
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        let mut writer = csv::Writer::from_path(dir.join("faults.csv"))?;
+        writer.write_record(["trial", "method", "t_s", "kind", "target"])?;
+        writer.flush()?;
+        Ok(Self { writer })
+    }
+
+    fn record(&mut self, trial: u32, method: &str, t_s: f64, kind: &str, target: &str) {
+        let row = [
+            trial.to_string(),
+            method.to_owned(),
+            format!("{t_s:.3}"),
+            kind.to_owned(),
+            target.to_owned(),
+        ];
+        if let Err(e) = self
+            .writer
+            .write_record(&row)
+            .and_then(|()| Ok(self.writer.flush()?))
+        {
+            warn!(error = %e, "cannot record a fault in faults.csv");
+        }
+    }
+}
+
+pub async fn inject(
+    due: &Due,
+    brokers: &mut [RunningBroker],
+    agent_tokens: &mut [Option<CancellationToken>],
+    agents: &AgentSet,
+    run: &MethodRun<'_>,
+    log: &mut FaultLog,
+    t0_ms: u64,
+) {
+    let Some(broker) = brokers.get_mut(due.broker) else {
+        return;
+    };
+    // A frozen or dead broker host takes its agent with it: its reports stop, which is how the
+    // dispatcher notices. The agent comes back with the broker.
+    let stop_agent = |tokens: &mut [Option<CancellationToken>]| {
+        if let Some(token) = tokens[due.broker].take() {
+            token.cancel();
+        }
+    };
+    let outcome = match due.action {
+        Action::Kill => {
+            stop_agent(agent_tokens);
+            broker.signal(libc::SIGKILL)
+        }
+        Action::Freeze => {
+            stop_agent(agent_tokens);
+            broker.signal(libc::SIGSTOP)
+        }
+        Action::Thaw => broker.signal(libc::SIGCONT).map(|()| {
+            agent_tokens[due.broker] = agents.spawn(broker);
+        }),
+        Action::Restart => match broker.restart().await {
+            Ok(()) => {
+                agent_tokens[due.broker] = agents.spawn(broker);
+                Ok(())
+            }
+            Err(e) => Err(std::io::Error::other(e)),
+        },
+        Action::KillAgent => {
+            stop_agent(agent_tokens);
+            Ok(())
+        }
+    };
+    let t_s = crate::now_ms().saturating_sub(t0_ms) as f64 / 1000.0;
+    match outcome {
+        Ok(()) => info!(broker = %broker.id, action = due.action.label(), t_s, "fault injected"),
+        Err(e) => {
+            warn!(broker = %broker.id, action = due.action.label(), error = %e, "fault injection failed")
+        }
+    }
+    log.record(
+        run.trial,
+        &run.method.name,
+        t_s,
+        due.action.label(),
+        &broker.id,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn schedule_hands_out_faults_once_in_time_order() {
+        let faults = [
+            FaultPlan {
+                at: Duration::from_secs(30),
+                kind: FaultKind::Kill,
+                broker: 1,
+                restore_after: Some(Duration::from_secs(10)),
+            },
+            FaultPlan {
+                at: Duration::from_secs(5),
+                kind: FaultKind::KillAgent,
+                broker: 0,
+                restore_after: None,
+            },
+        ];
+        let mut s = Schedule::new(&faults, 1_000);
+        assert_eq!(s.due(5_999), vec![]);
+        let first = s.due(6_000);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].action, Action::KillAgent);
+        assert_eq!(s.due(6_000), vec![]);
+        let later = s.due(100_000);
+        assert_eq!(
+            later.iter().map(|d| d.action).collect::<Vec<_>>(),
+            vec![Action::Kill, Action::Restart]
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! One method of one trial: brokers, agents, dispatcher and publishers up; record; all down.
+//!
+//! Everything started here is stopped on every exit path: the body runs in its own future and
+//! the teardown runs after it whatever it returned (an error, a cancel, or success).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::faults::{self, FaultLog};
+use super::recorder::Recorder;
+use crate::agent;
+use crate::broker::{BrokerSpec, RunningBroker};
+use crate::dispatcher::{self, BrokerEntry, DispatcherConfig};
+use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
+use crate::report::ResultsWriter;
+use crate::scenario::{Assignment, MethodPlan, Scenario};
+
+/// What one method run needs to know.
+pub struct MethodRun<'a> {
+    pub scenario: &'a Scenario,
+    pub trial: u32,
+    pub seed: u64,
+    pub method: &'a MethodPlan,
+    pub plan: &'a [PlannedPublisher],
+    pub workdir: &'a Path,
+    pub progress: &'a super::progress::Progress,
+}
+
+impl MethodRun<'_> {
+    fn broker_ids(&self) -> Vec<String> {
+        (1..=self.scenario.brokers.count)
+            .map(|i| format!("b{i}"))
+            .collect()
+    }
+
+    pub async fn execute(
+        &self,
+        writer: &mut ResultsWriter,
+        faults_log: &mut FaultLog,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut brokers = Vec::new();
+        let started = self.start_brokers(&mut brokers).await;
+        let tasks = TaskTracker::new();
+        let stop = cancel.child_token();
+        let result = match started {
+            Ok(()) => {
+                self.drive(&mut brokers, writer, faults_log, &tasks, &stop)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        // Teardown, whatever happened above.
+        stop.cancel();
+        tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some agent or dispatcher tasks did not stop within 5 s");
+        }
+        let versions = brokers.iter().map(RunningBroker::version).collect();
+        for broker in brokers {
+            if let Err(e) = broker.stop().await {
+                warn!(error = %e, "stopping a broker failed");
+            }
+        }
+        result.map(|()| versions)
+    }
+
+    async fn start_brokers(&self, brokers: &mut Vec<RunningBroker>) -> anyhow::Result<()> {
+        let plan = &self.scenario.brokers;
+        for (i, id) in self.broker_ids().into_iter().enumerate() {
+            let spec = BrokerSpec {
+                id: id.clone(),
+                kind: plan.kind,
+                cpu_limit_cores: plan.cpu_limit,
+                external_addr: plan.addresses.get(i).cloned(),
+            };
+            let broker = RunningBroker::start(&spec, self.workdir)
+                .await
+                .with_context(|| format!("starting broker {id}"))?;
+            brokers.push(broker);
+        }
+        Ok(())
+    }
+
+    async fn drive(
+        &self,
+        brokers: &mut [RunningBroker],
+        writer: &mut ResultsWriter,
+        faults_log: &mut FaultLog,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let scenario = self.scenario;
+        let addresses: Vec<(String, String)> = brokers
+            .iter()
+            .map(|b| (b.id.clone(), b.addr.clone()))
+            .collect();
+        let (decision_tx, mut decision_rx) = mpsc::unbounded_channel();
+        let (sample_tx, mut sample_rx) = mpsc::unbounded_channel();
+        let (event_tx, mut event_rx) = mpsc::unbounded_channel::<LoadEvent>();
+
+        // Dispatcher (in this process) and where agents report.
+        let (placement, report_addr) = match self.method.assign {
+            Assignment::DnsRr => (
+                Placement::DnsRoundRobin {
+                    brokers: addresses.iter().map(|(_, a)| a.clone()).collect(),
+                },
+                None,
+            ),
+            Assignment::Dispatcher { policy, metric } => {
+                let listener = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
+                let reports = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
+                let listen_addr = listener.local_addr()?.to_string();
+                let report_addr = reports.local_addr()?.to_string();
+                let entries = addresses
+                    .iter()
+                    .map(|(id, addr)| BrokerEntry {
+                        id: id.clone(),
+                        addr: addr.clone(),
+                    })
+                    .collect();
+                let mut cfg = DispatcherConfig::new(entries, policy);
+                cfg.metric = metric;
+                cfg.window = scenario.window;
+                cfg.report_interval = scenario.sample_interval;
+                cfg.seed = self.seed;
+                let token = stop.child_token();
+                tasks.spawn(async move {
+                    if let Err(e) =
+                        dispatcher::run(listener, Some(reports), cfg, Some(decision_tx), token)
+                            .await
+                    {
+                        warn!(error = %e, "dispatcher stopped with an error");
+                    }
+                });
+                (
+                    Placement::Dispatcher {
+                        dispatchers: vec![listen_addr],
+                        max_hops: 3,
+                    },
+                    Some(report_addr),
+                )
+            }
+        };
+
+        // One agent per broker; each feeds the dispatcher (if any) and the recorder.
+        let agents = AgentSet {
+            report_addr: report_addr.clone(),
+            interval: scenario.sample_interval,
+            samples: sample_tx.clone(),
+            tasks: tasks.clone(),
+            stop: stop.clone(),
+        };
+        let mut agent_tokens: Vec<Option<CancellationToken>> =
+            brokers.iter().map(|b| agents.spawn(b)).collect();
+        drop(sample_tx);
+
+        // Warm-up: every broker has reported once, so the dispatcher starts from real samples.
+        let mut early = Vec::new();
+        let mut reported = std::collections::HashSet::new();
+        let warmup = tokio::time::sleep(scenario.sample_interval * 5);
+        tokio::pin!(warmup);
+        while reported.len() < brokers.len() {
+            tokio::select! {
+                Some(r) = sample_rx.recv() => { reported.insert(r.broker.clone()); early.push(r); }
+                _ = &mut warmup => { warn!("not every agent reported during warm-up"); break; }
+                _ = stop.cancelled() => return Ok(()),
+            }
+        }
+
+        let profiles_by_publisher: HashMap<String, loadgen::Profile> = self
+            .plan
+            .iter()
+            .map(|p| (p.name.clone(), scenario.profiles[p.profile].clone()))
+            .collect();
+        let t0 = crate::now_ms();
+        let mut recorder = Recorder::new(
+            self.trial,
+            &self.method.name,
+            t0,
+            scenario.sample_interval.as_millis() as u64,
+            &addresses,
+            profiles_by_publisher,
+        );
+        for r in &early {
+            recorder.sample(r);
+        }
+
+        let load_cfg = LoadConfig {
+            profiles: scenario.profiles.clone(),
+            publishers: self.plan.to_vec(),
+            placement,
+            inflight_limit: 100,
+            client_id_prefix: format!("t{}-{}-", self.trial, self.method.name),
+        };
+        let load = loadgen::run(load_cfg, event_tx, stop.child_token());
+        tokio::pin!(load);
+        let mut fault_clock = faults::Schedule::new(&scenario.faults, t0);
+        let mut flush = tokio::time::interval(Duration::from_secs(1));
+        let load_result = loop {
+            tokio::select! {
+                result = &mut load => break result,
+                Some(r) = sample_rx.recv() => recorder.sample(&r),
+                Some(e) = event_rx.recv() => {
+                    if let Some(row) = recorder.load_event(&e) { writer.publisher_row(&row)?; }
+                }
+                Some(d) = decision_rx.recv() => writer.decision_row(&recorder.decision(&d))?,
+                _ = flush.tick() => {
+                    recorder.write_settled(writer, false)?;
+                    let elapsed = Duration::from_millis(crate::now_ms().saturating_sub(t0));
+                    self.progress.update(self.trial, &self.method.name, "publishing", elapsed);
+                    for fault in fault_clock.due(crate::now_ms()) {
+                        faults::inject(&fault, brokers, &mut agent_tokens, &agents, self, faults_log, t0).await;
+                    }
+                }
+            }
+        };
+        // Drain what arrived after the last publisher finished.
+        while let Ok(e) = event_rx.try_recv() {
+            if let Some(row) = recorder.load_event(&e) {
+                writer.publisher_row(&row)?;
+            }
+        }
+        while let Ok(d) = decision_rx.try_recv() {
+            writer.decision_row(&recorder.decision(&d))?;
+        }
+        while let Ok(r) = sample_rx.try_recv() {
+            recorder.sample(&r);
+        }
+        recorder.write_settled(writer, true)?;
+        let summary = load_result.context("load generator failed")?;
+        info!(trial = self.trial, method = %self.method.name, ?summary, "method run finished");
+        Ok(())
+    }
+}
+
+/// Starts agents for brokers, at the start and again when a fault brings a broker back.
+pub(super) struct AgentSet {
+    report_addr: Option<String>,
+    interval: Duration,
+    samples: mpsc::UnboundedSender<crate::load_report::LoadReport>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl AgentSet {
+    /// The agent's own stop token; `None` for a broker that cannot be sampled from here.
+    pub(super) fn spawn(&self, broker: &RunningBroker) -> Option<CancellationToken> {
+        let Some(mut cfg) = broker.agent_config(self.interval) else {
+            warn!(broker = %broker.id, "no agent for an external broker: run `mqdispatch agent --host` on its machine");
+            return None;
+        };
+        cfg.dispatchers = self.report_addr.iter().cloned().collect();
+        let token = self.stop.child_token();
+        let tx = self.samples.clone();
+        let id = broker.id.clone();
+        let agent_token = token.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = agent::run(cfg, Some(tx), agent_token).await {
+                warn!(broker = %id, error = %e, "agent stopped");
+            }
+        });
+        Some(token)
+    }
+}
