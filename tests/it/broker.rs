@@ -357,3 +357,106 @@ async fn capped_broker_runs_in_its_cgroup_which_is_removed_after() {
     );
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
+
+/// Redirects from `dispatcher` until `want` comes back `streak` times in a row (or the deadline
+/// passes); returns the references seen.
+async fn redirects_until(
+    dispatcher: &str,
+    want: &str,
+    streak: usize,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut run = 0;
+    while run < streak && Instant::now() < deadline {
+        let r = mqdispatch::proto::request_redirect(dispatcher, "probe", Duration::from_secs(2))
+            .await
+            .unwrap();
+        run = if r.server_reference == want {
+            run + 1
+        } else {
+            0
+        };
+        seen.push(r.server_reference);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
+/// Issue 3: two real brokers, real agents reporting over the socket, the paper's `least-cpu`:
+/// load one broker and new clients go to the other; then load the other and they come back.
+async fn least_cpu_steers_away_from_the_loaded_broker(kind: BrokerKind) {
+    use mqdispatch::dispatcher::{self, BrokerEntry, DispatcherConfig, Policy};
+    use_built_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let b1 = RunningBroker::start(&spec("b1", kind, None), dir.path())
+        .await
+        .unwrap();
+    let b2 = RunningBroker::start(&spec("b2", kind, None), dir.path())
+        .await
+        .unwrap();
+    let listener = dispatcher::bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let reports = dispatcher::bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dispatcher_addr = listener.local_addr().unwrap().to_string();
+    let report_addr = reports.local_addr().unwrap().to_string();
+    let entries = [&b1, &b2]
+        .iter()
+        .map(|b| BrokerEntry {
+            id: b.id.clone(),
+            addr: b.addr.clone(),
+        })
+        .collect();
+    let mut cfg = DispatcherConfig::new(entries, Policy::LeastCpu);
+    cfg.window = Duration::from_secs(1);
+    cfg.report_interval = Duration::from_millis(200);
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(dispatcher::run(
+        listener,
+        Some(reports),
+        cfg,
+        None,
+        cancel.clone(),
+    ));
+    let mut agents = Vec::new();
+    for b in [&b1, &b2] {
+        let mut agent_cfg = b.agent_config(Duration::from_millis(200)).unwrap();
+        agent_cfg.dispatchers = vec![report_addr.clone()];
+        agents.push(tokio::spawn(agent::run(agent_cfg, None, cancel.clone())));
+    }
+
+    for (loaded, other) in [(&b1, &b2), (&b2, &b1)] {
+        let addr = loaded.addr.clone();
+        let load = tokio::spawn(async move { publish_at_rate(&addr, "heavy", 8000, 6).await });
+        let seen = redirects_until(&dispatcher_addr, &other.addr, 5, Duration::from_secs(5)).await;
+        load.abort();
+        let tail = &seen[seen.len().saturating_sub(5)..];
+        assert!(
+            tail.len() == 5 && tail.iter().all(|r| r == &other.addr),
+            "{kind:?}: with {} loaded, expected 5 redirects in a row to {}; saw {seen:?}",
+            loaded.id,
+            other.addr
+        );
+    }
+    cancel.cancel();
+    server.await.unwrap().unwrap();
+    for a in agents {
+        a.await.unwrap().unwrap();
+    }
+    b1.stop().await.unwrap();
+    b2.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_cpu_with_real_agents_steers_embedded() {
+    least_cpu_steers_away_from_the_loaded_broker(BrokerKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_cpu_with_real_agents_steers_mosquitto() {
+    if mqdispatch::broker::check_available(BrokerKind::Mosquitto).is_err() {
+        eprintln!("skipped: mosquitto is not installed (apt-get install -y mosquitto)");
+        return;
+    }
+    least_cpu_steers_away_from_the_loaded_broker(BrokerKind::Mosquitto).await;
+}

@@ -149,3 +149,154 @@ fn missing_scenario_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read scenario"));
 }
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    (header, rows)
+}
+
+fn column(header: &[String], name: &str) -> usize {
+    header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
+/// `make test` runs the quick scenario end to end and checks what it wrote, not only that it
+/// wrote something (issue 5).
+#[test]
+fn quick_scenario_end_to_end() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(bin())
+        .arg("run")
+        .arg(repo_file("scenarios/quick.yaml"))
+        .arg("--out")
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "mqdispatch run failed: {status}");
+    let runs: Vec<_> = std::fs::read_dir(out.path().join("quick"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.is_symlink())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let dir = &runs[0];
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["completed"], true);
+    assert_eq!(manifest["trials"], 1);
+
+    // brokers.csv: both methods, both brokers, every second of the ~30 s run.
+    let (header, rows) = read_csv(&dir.join("brokers.csv"));
+    assert_eq!(
+        header,
+        [
+            "trial",
+            "method",
+            "t_s",
+            "broker",
+            "cpu_pct",
+            "sent_msgs_per_s",
+            "received_msgs_per_s",
+            "publishers"
+        ]
+    );
+    for method in ["dns-rr", "proposed"] {
+        let n = rows.iter().filter(|r| r[1] == method).count();
+        assert!((50..=80).contains(&n), "{method}: {n} broker rows");
+        let with_cpu = rows
+            .iter()
+            .filter(|r| r[1] == method && !r[4].is_empty())
+            .count();
+        assert!(with_cpu >= n * 9 / 10, "{method}: cpu missing in many rows");
+    }
+
+    // publishers.csv: ten publishers per method, each delivered its target.
+    let (header, rows) = read_csv(&dir.join("publishers.csv"));
+    let (method_c, broker_c, join_c) = (
+        column(&header, "method"),
+        column(&header, "broker"),
+        column(&header, "join_s"),
+    );
+    let (sent_c, target_c) = (
+        column(&header, "sent_total"),
+        column(&header, "target_msgs_per_s"),
+    );
+    for method in ["dns-rr", "proposed"] {
+        let mut mine: Vec<&Vec<String>> = rows.iter().filter(|r| r[method_c] == method).collect();
+        assert_eq!(mine.len(), 10, "{method}: publishers");
+        for r in &mine {
+            let target = r[target_c].parse::<f64>().unwrap() * 20.0;
+            let sent: f64 = r[sent_c].parse().unwrap();
+            assert!(
+                (sent - target).abs() <= target * 0.005,
+                "{method}: {r:?} sent {sent} of {target}"
+            );
+            assert!(r[broker_c] == "b1" || r[broker_c] == "b2", "{r:?}");
+        }
+        if method == "dns-rr" {
+            // Arrival i → broker i mod 2.
+            mine.sort_by(|a, b| {
+                let (x, y): (f64, f64) = (a[join_c].parse().unwrap(), b[join_c].parse().unwrap());
+                x.total_cmp(&y)
+            });
+            for (i, r) in mine.iter().enumerate() {
+                assert_eq!(r[broker_c], format!("b{}", i % 2 + 1), "arrival {i}: {r:?}");
+            }
+        }
+    }
+
+    // decisions.csv: one per publisher placed by the dispatcher, none for dns-rr.
+    let (header, rows) = read_csv(&dir.join("decisions.csv"));
+    assert_eq!(header[5..], ["load_b1", "load_b2"]);
+    assert_eq!(rows.iter().filter(|r| r[1] == "proposed").count(), 10);
+    assert_eq!(rows.iter().filter(|r| r[1] == "dns-rr").count(), 0);
+
+    // summary.csv: the DNS-RR gap is 8000 msg/s by construction (18000 vs 10000), ± 5 %.
+    let (header, rows) = read_csv(&dir.join("summary.csv"));
+    assert_eq!(rows.len(), 2);
+    let gap_c = column(&header, "gap_msgs_per_s");
+    for r in &rows {
+        let gap: f64 = r[gap_c].parse().unwrap();
+        assert!(gap >= 0.0, "{r:?}");
+        let b1: f64 = r[column(&header, "mean_msgs_per_s_b1")].parse().unwrap();
+        let b2: f64 = r[column(&header, "mean_msgs_per_s_b2")].parse().unwrap();
+        assert!((b1 + b2 - 28_000.0).abs() < 28_000.0 * 0.02, "{r:?}");
+        assert!(((b1 - b2).abs() - gap).abs() < 1.0, "{r:?}");
+        if r[1] == "dns-rr" {
+            assert!((gap - 8000.0).abs() <= 400.0, "dns-rr gap {gap}");
+        }
+    }
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| dns-rr |") && md.contains("| proposed |"),
+        "{md}"
+    );
+    for png in [
+        "throughput.png",
+        "gap.png",
+        "cpu-dns-rr-t1.png",
+        "cpu-proposed-t1.png",
+        "rate-dns-rr-t1.png",
+        "rate-proposed-t1.png",
+    ] {
+        let bytes = std::fs::read(dir.join(png)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+            "{png}"
+        );
+    }
+}
