@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,9 +28,50 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Accepts until `cancel`; each connection holds one of `max_connections` permits for its
-/// lifetime. Over the cap a connection is closed at once: queuing would let a flood of idle
-/// sockets grow memory without bound and delay every honest client behind them.
+/// A connection accepted under a cap, with the permit it holds for its lifetime.
+pub struct Admitted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// The next connection that fits under `permits`; `None` once `cancel` fires. Over the cap a
+/// connection is closed at once: queuing would let a flood of idle sockets grow memory without
+/// bound and delay every honest client behind them. `what` names the port in log lines.
+pub async fn accept_capped(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    cancel: &CancellationToken,
+    what: &'static str,
+) -> Option<Admitted> {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                tracing::warn!(port = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                return Some(Admitted {
+                    stream,
+                    peer,
+                    permit,
+                });
+            }
+            Err(_) => tracing::warn!(port = what, %peer, "connection cap reached: closed"),
+        }
+    }
+}
+
+/// Serves clients until `cancel`, at most `max_connections` at once, one task each.
 pub async fn accept_loop(
     listener: TcpListener,
     placer: Arc<Placer>,
@@ -39,25 +80,12 @@ pub async fn accept_loop(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning on the error.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, max_connections, "connection cap reached: closed");
-            drop(stream);
-            continue;
-        };
+    while let Some(Admitted {
+        stream,
+        peer,
+        permit,
+    }) = accept_capped(&listener, &permits, &cancel, "clients").await
+    {
         let placer = placer.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {

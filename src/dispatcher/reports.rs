@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::listener::{Admitted, accept_capped};
 use super::placer::Placer;
 use crate::load_report::{LoadReport, MAX_REPORT_LINE_BYTES};
 
@@ -63,23 +64,12 @@ impl ReportPort {
         cancel: CancellationToken,
     ) {
         let permits = Arc::new(Semaphore::new(MAX_REPORT_CONNECTIONS));
-        loop {
-            let accepted = tokio::select! {
-                _ = cancel.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "report accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "too many report connections: closed");
-                continue;
-            };
+        while let Some(Admitted {
+            stream,
+            peer,
+            permit,
+        }) = accept_capped(&listener, &permits, &cancel, "reports").await
+        {
             let port = self.clone();
             let cancel = cancel.clone();
             tracker.spawn(async move {
