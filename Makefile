@@ -3,7 +3,7 @@ CARGO    ?= cargo
 SCENARIO ?= scenarios/paper.yaml
 BIN      := target/release/mqdispatch
 
-.PHONY: help build test lint bench experiment quick plots fmt
+.PHONY: help build test lint bench experiment quick fuzz fmt
 
 help:
 	@echo "make experiment [SCENARIO=scenarios/paper.yaml]  run a scenario, plots copied to plots/"
@@ -11,6 +11,7 @@ help:
 	@echo "make test                                       format check, clippy, all tests"
 	@echo "make lint                                       format check and clippy only"
 	@echo "make bench                                      dispatcher and load-generator benchmarks"
+	@echo "make fuzz                                       fuzz the CONNECT path for 2 minutes (nightly + cargo-fuzz)"
 
 build:
 	$(CARGO) build --release
@@ -31,6 +32,10 @@ experiment: build
 
 quick:
 	$(MAKE) experiment SCENARIO=scenarios/quick.yaml
+
+# Not part of `make test`: needs a nightly toolchain and `cargo install cargo-fuzz`.
+fuzz:
+	cd fuzz && mkdir -p corpus-work && $(CARGO) +nightly fuzz run connect corpus-work corpus/connect -- -max_total_time=120
 
 fmt:
 	$(CARGO) fmt

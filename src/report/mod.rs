@@ -6,12 +6,14 @@
 //! - [`stats`]: mean, sample sd, 95 % CI (Student t), Jain's index, gap.
 //! - [`summary`]: full-load window, per-(trial, method) figures, `summary.csv`.
 //! - [`tables`]: `summary.md` and the end-of-run console table.
+//! - [`faults`]: the fault section of `summary.md` (faults injected, outages they caused).
 //! - [`optimum`]: the online-optimum yardstick (issue 7).
 //! - [`plots`]: `throughput.png`, `cpu-<method>-t<k>.png`, `rate-<method>-t<k>.png`, `gap.png`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub mod faults;
 pub mod optimum;
 pub mod plots;
 pub mod records;
@@ -21,7 +23,7 @@ pub mod tables;
 
 pub use optimum::online_optimum_gap;
 pub use plots::draw_all;
-pub use records::{BrokerRow, DecisionRow, FaultRow, PublisherRow, ResultsWriter};
+pub use records::{BrokerRow, DecisionRow, FaultRow, OutageRow, PublisherRow, ResultsWriter};
 pub use summary::SummaryRow;
 
 /// Everything that can go wrong between the rows and the PNGs.
@@ -81,7 +83,11 @@ pub fn summarize(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
-    let md = tables::render_markdown(&title, &summary);
+    let mut md = tables::render_markdown(&title, &summary);
+    md.push_str(&faults::render_markdown(
+        &records::read_faults(dir)?,
+        &records::read_outages(dir)?,
+    ));
     let md_path = dir.join(summary::SUMMARY_MD);
     std::fs::write(&md_path, md).map_err(|e| ReportError::io(&md_path, e))?;
     Ok(summary)

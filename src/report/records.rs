@@ -17,6 +17,7 @@ pub const BROKERS_CSV: &str = "brokers.csv";
 pub const PUBLISHERS_CSV: &str = "publishers.csv";
 pub const DECISIONS_CSV: &str = "decisions.csv";
 pub const FAULTS_CSV: &str = "faults.csv";
+pub const OUTAGES_CSV: &str = "outages.csv";
 
 /// One broker during one second of one (trial, method).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,8 @@ pub struct PublisherRow {
     /// Profile name from the scenario (`light`, `heavy`, ...).
     pub profile: String,
     pub join_s: f64,
+    /// The broker it joined (first CONNACK). Where a lost connection took it next is in
+    /// `outages.csv`.
     pub broker: String,
     /// Dispatcher round trip; empty for `dns-rr` (no dispatcher hop).
     pub redirect_ms: Option<f64>,
@@ -80,7 +83,29 @@ pub struct FaultRow {
     pub target: String,
 }
 
-/// The three streaming CSVs of one run directory.
+/// One time a publisher lost its broker (`outages.csv`, rows only in fault runs): when, for how
+/// long, where it went next, and the messages its schedule owed meanwhile (skipped, not sent
+/// late: the load generator paces on absolute deadlines).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutageRow {
+    pub trial: u32,
+    pub method: String,
+    pub publisher: String,
+    /// The broker it lost.
+    pub broker: String,
+    /// When the connection dropped (seconds since the start of this trial's method).
+    pub down_s: f64,
+    /// When it was connected again; empty if it never was before its end.
+    pub up_s: Option<f64>,
+    /// Where it reconnected; empty if it never did.
+    pub to_broker: Option<String>,
+    /// Until `up_s`, or until the publisher's scheduled end if it never reconnected.
+    pub downtime_s: f64,
+    /// Messages owed during the outage (rate × downtime), never sent.
+    pub not_sent: u64,
+}
+
+/// The streaming CSVs of one run directory.
 ///
 /// Rows are buffered; call [`ResultsWriter::flush`] after every batch (the runner does so every
 /// second) so a killed run keeps what it recorded. Opening appends to existing files (after
@@ -89,6 +114,7 @@ pub struct ResultsWriter {
     brokers: csv::Writer<File>,
     publishers: csv::Writer<File>,
     decisions: csv::Writer<File>,
+    outages: csv::Writer<File>,
     broker_ids: Vec<String>,
 }
 
@@ -102,6 +128,7 @@ impl ResultsWriter {
             brokers: open_append(&dir.join(BROKERS_CSV), &header_of::<BrokerRow>())?,
             publishers: open_append(&dir.join(PUBLISHERS_CSV), &header_of::<PublisherRow>())?,
             decisions: open_append(&dir.join(DECISIONS_CSV), &decision_header)?,
+            outages: open_append(&dir.join(OUTAGES_CSV), &header_of::<OutageRow>())?,
             broker_ids: brokers.to_vec(),
         })
     }
@@ -116,6 +143,12 @@ impl ResultsWriter {
         self.publishers
             .serialize(row)
             .map_err(|e| ReportError::csv(PUBLISHERS_CSV, e))
+    }
+
+    pub fn outage_row(&mut self, row: &OutageRow) -> Result<(), ReportError> {
+        self.outages
+            .serialize(row)
+            .map_err(|e| ReportError::csv(OUTAGES_CSV, e))
     }
 
     /// `row.loads` must hold one value per broker given to [`ResultsWriter::create`].
@@ -147,6 +180,7 @@ impl ResultsWriter {
             (BROKERS_CSV, &mut self.brokers),
             (PUBLISHERS_CSV, &mut self.publishers),
             (DECISIONS_CSV, &mut self.decisions),
+            (OUTAGES_CSV, &mut self.outages),
         ] {
             w.flush().map_err(|e| ReportError::io(Path::new(name), e))?;
         }
@@ -211,6 +245,22 @@ impl HeaderSample for PublisherRow {
             achieved_msgs_per_s: 0.0,
             sent_total: 0,
             downtime_s: 0.0,
+        }
+    }
+}
+
+impl HeaderSample for OutageRow {
+    fn sample() -> Self {
+        OutageRow {
+            trial: 0,
+            method: String::new(),
+            publisher: String::new(),
+            broker: String::new(),
+            down_s: 0.0,
+            up_s: None,
+            to_broker: None,
+            downtime_s: 0.0,
+            not_sent: 0,
         }
     }
 }
@@ -298,6 +348,11 @@ pub fn read_faults(dir: &Path) -> Result<Vec<FaultRow>, ReportError> {
     optional_rows(&dir.join(FAULTS_CSV))
 }
 
+/// `outages.csv`; absent (older runs) = no outages.
+pub fn read_outages(dir: &Path) -> Result<Vec<OutageRow>, ReportError> {
+    optional_rows(&dir.join(OUTAGES_CSV))
+}
+
 fn optional_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, ReportError> {
     if path.exists() {
         read_rows(path)
@@ -382,6 +437,10 @@ mod tests {
             header_of::<PublisherRow>().join(","),
             "trial,method,publisher,profile,join_s,broker,redirect_ms,target_msgs_per_s,\
              achieved_msgs_per_s,sent_total,downtime_s"
+        );
+        assert_eq!(
+            header_of::<OutageRow>().join(","),
+            "trial,method,publisher,broker,down_s,up_s,to_broker,downtime_s,not_sent"
         );
         assert_eq!(
             decision_header(&["b1".into(), "b2".into()]).join(","),

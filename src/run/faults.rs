@@ -152,7 +152,8 @@ pub async fn inject(
             Ok(())
         }
     };
-    let t_s = crate::now_ms().saturating_sub(t0_ms) as f64 / 1000.0;
+    // On the recorder's axis (brokers.csv, outages.csv): seconds from t0 floored to a second.
+    let t_s = crate::now_ms().saturating_sub(t0_ms - t0_ms % 1000) as f64 / 1000.0;
     match outcome {
         Ok(()) => info!(broker = %broker.id, action = due.action.label(), t_s, "fault injected"),
         Err(e) => {

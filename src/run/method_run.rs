@@ -212,7 +212,8 @@ impl MethodRun<'_> {
                 result = &mut load => break result,
                 Some(r) = sample_rx.recv() => recorder.sample(&r),
                 Some(e) = event_rx.recv() => {
-                    if let Some(row) = recorder.load_event(&e) { writer.publisher_row(&row)?; }
+                    if stop.is_cancelled() { recorder.cut_short(crate::now_ms()); }
+                    record_event(&mut recorder, writer, &e)?;
                 }
                 Some(d) = decision_rx.recv() => writer.decision_row(&recorder.decision(&d))?,
                 _ = flush.tick() => {
@@ -226,10 +227,11 @@ impl MethodRun<'_> {
             }
         };
         // Drain what arrived after the last publisher finished.
+        if stop.is_cancelled() {
+            recorder.cut_short(crate::now_ms());
+        }
         while let Ok(e) = event_rx.try_recv() {
-            if let Some(row) = recorder.load_event(&e) {
-                writer.publisher_row(&row)?;
-            }
+            record_event(&mut recorder, writer, &e)?;
         }
         while let Ok(d) = decision_rx.try_recv() {
             writer.decision_row(&recorder.decision(&d))?;
@@ -242,6 +244,21 @@ impl MethodRun<'_> {
         info!(trial = self.trial, method = %self.method.name, ?summary, "method run finished");
         Ok(())
     }
+}
+
+/// A load event into the recorder; a finished publisher's row and outages into the files.
+fn record_event(
+    recorder: &mut Recorder,
+    writer: &mut ResultsWriter,
+    event: &LoadEvent,
+) -> anyhow::Result<()> {
+    if let Some(row) = recorder.load_event(event) {
+        writer.publisher_row(&row)?;
+        for outage in recorder.take_outages() {
+            writer.outage_row(&outage)?;
+        }
+    }
+    Ok(())
 }
 
 /// Starts agents for brokers, at the start and again when a fault brings a broker back.

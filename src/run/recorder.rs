@@ -5,12 +5,31 @@
 //! interval overlaps, in proportion to the overlap, so a per-second rate never shows the
 //! 0-or-2 artefacts of rounding a phase-shifted tick into one bucket.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::dispatcher::Decision;
 use crate::load_report::LoadReport;
 use crate::loadgen::{LoadEvent, Profile};
-use crate::report::{BrokerRow, DecisionRow, PublisherRow, ResultsWriter};
+use crate::report::{BrokerRow, DecisionRow, OutageRow, PublisherRow, ResultsWriter};
+
+/// A publisher that moved during a second has a partial count on two brokers: it is counted as
+/// connected only to the one it sent more to, so the per-second total never exceeds the
+/// publishers that exist (which would shrink the full-load window to that one second).
+fn count_movers_once(buckets: &mut [Bucket]) {
+    let mut best: HashMap<String, (usize, f64)> = HashMap::new();
+    for (i, b) in buckets.iter().enumerate() {
+        for (name, &sent) in &b.publishers {
+            let entry = best.entry(name.clone()).or_insert((i, sent));
+            if sent > entry.1 {
+                *entry = (i, sent);
+            }
+        }
+    }
+    for (i, b) in buckets.iter_mut().enumerate() {
+        b.publishers
+            .retain(|name, _| best.get(name).is_some_and(|(j, _)| *j == i));
+    }
+}
 
 /// Seconds whose last event may still be in flight are held back this long before written.
 const SETTLE_MS: u64 = 3_000;
@@ -22,7 +41,8 @@ struct Bucket {
     sent: f64,
     received_sum: f64,
     received_weight: f64,
-    publishers: HashSet<String>,
+    /// Publishers connected to this broker during this second → what they sent to it.
+    publishers: HashMap<String, f64>,
 }
 
 #[derive(Default)]
@@ -30,6 +50,20 @@ struct PublisherState {
     join_ms: Option<u64>,
     broker: String,
     redirect_ms: Option<f64>,
+    outages: Vec<Outage>,
+}
+
+/// A `Down` and, once it came, the matching `Up` (epoch ms; broker ids).
+struct Outage {
+    broker: String,
+    down_ms: u64,
+    up: Option<(u64, String)>,
+}
+
+impl PublisherState {
+    fn is_down(&self) -> bool {
+        self.outages.last().is_some_and(|o| o.up.is_none())
+    }
 }
 
 pub struct Recorder {
@@ -47,6 +81,10 @@ pub struct Recorder {
     written_until: u64,
     latest_ms: u64,
     publishers: HashMap<String, PublisherState>,
+    /// Outages of finished publishers, until [`Recorder::take_outages`].
+    outage_rows: Vec<OutageRow>,
+    /// When the run was cut short (interrupted): open outages end there, not at the schedule.
+    cut_at_ms: Option<u64>,
 }
 
 impl Recorder {
@@ -73,7 +111,25 @@ impl Recorder {
             written_until: 0,
             latest_ms: t0_ms,
             publishers: HashMap::new(),
+            outage_rows: Vec::new(),
+            cut_at_ms: None,
         }
+    }
+
+    /// The broker id for an address (or id); unknown names stay as they are.
+    fn broker_id(&self, name: &str) -> String {
+        self.broker_index(name)
+            .map_or_else(|| name.to_owned(), |i| self.brokers[i].clone())
+    }
+
+    /// The run is being stopped early (first call wins).
+    pub fn cut_short(&mut self, now_ms: u64) {
+        self.cut_at_ms.get_or_insert(now_ms);
+    }
+
+    /// The outage rows of the publishers finished so far (each handed out once).
+    pub fn take_outages(&mut self) -> Vec<OutageRow> {
+        std::mem::take(&mut self.outage_rows)
     }
 
     fn broker_index(&self, name: &str) -> Option<usize> {
@@ -158,12 +214,38 @@ impl Recorder {
                 None
             }
             LoadEvent::Up {
-                publisher, broker, ..
+                publisher,
+                broker,
+                downtime_ms,
+                ..
             } => {
-                self.publishers.entry(publisher.clone()).or_default().broker = broker.clone();
+                let id = self.broker_id(broker);
+                // `broker` stays the one it joined (publishers.csv, join markers on the plots);
+                // where it went after the outage is the outage's `to_broker`.
+                let state = self.publishers.entry(publisher.clone()).or_default();
+                if let Some(o) = state.outages.last_mut().filter(|o| o.up.is_none()) {
+                    // The load generator's own measure of the gap (Down → CONNACK).
+                    o.up = Some((o.down_ms + downtime_ms, id));
+                }
                 None
             }
-            LoadEvent::Down { .. } => None,
+            LoadEvent::Down {
+                publisher,
+                broker,
+                t_ms,
+                ..
+            } => {
+                let id = self.broker_id(broker);
+                let state = self.publishers.entry(publisher.clone()).or_default();
+                if !state.is_down() {
+                    state.outages.push(Outage {
+                        broker: id,
+                        down_ms: *t_ms,
+                        up: None,
+                    });
+                }
+                None
+            }
             LoadEvent::Second {
                 publisher,
                 broker,
@@ -171,12 +253,16 @@ impl Recorder {
                 sent,
             } => {
                 let b = self.broker_index(broker)?;
+                // A disconnected publisher still streams its (empty) seconds: it is not counted
+                // as connected to the broker it lost, or a dead broker would look busy.
+                let connected =
+                    *sent > 0 || self.publishers.get(publisher).is_none_or(|s| !s.is_down());
                 let sent = *sent as f64;
                 let name = publisher.clone();
                 self.spread(*t_ms, t_ms + 1000, b, |bucket, w| {
                     bucket.sent += sent * w;
-                    if w >= 0.5 {
-                        bucket.publishers.insert(name.clone());
+                    if w >= 0.5 && connected {
+                        *bucket.publishers.entry(name.clone()).or_default() += sent * w;
                     }
                 });
                 None
@@ -185,18 +271,53 @@ impl Recorder {
                 publisher,
                 sent_total,
                 target_total: _,
-                downtime_ms,
+                downtime_ms: _,
             } => {
-                let state = self.publishers.remove(publisher).unwrap_or_default();
-                let profile = self.profile_of(publisher);
+                let mut state = self.publishers.remove(publisher).unwrap_or_default();
+                let profile = self.profile_of(publisher).cloned();
                 let (rate, duration_s) = profile
+                    .as_ref()
                     .map(|p| (p.rate, p.duration.as_secs_f64()))
                     .unwrap_or((0.0, 0.0));
+                if state.join_ms.is_none() && self.cut_at_ms.is_none() {
+                    // Never got a broker in its whole duration (it gives up then, so that is
+                    // now): one outage over all of it, the broker it never reached unknown.
+                    state.outages.push(Outage {
+                        broker: String::new(),
+                        down_ms: crate::now_ms().saturating_sub((duration_s * 1000.0) as u64),
+                        up: None,
+                    });
+                }
+                // An outage still open at the end lasted until the publisher's scheduled end (it
+                // stops retrying up to one backoff step earlier), or until the run was cut short.
+                // The load generator counts only outages that ended in a reconnect, which would
+                // hide exactly the publishers that never came back.
+                let end_ms = state
+                    .join_ms
+                    .map_or_else(crate::now_ms, |j| j + (duration_s * 1000.0) as u64)
+                    .min(self.cut_at_ms.unwrap_or(u64::MAX));
+                let mut downtime_ms = 0;
+                for o in &state.outages {
+                    let until = o.up.as_ref().map_or(end_ms, |(up, _)| *up).max(o.down_ms);
+                    downtime_ms += until - o.down_ms;
+                    let secs = |ms: u64| ms.saturating_sub(self.t0_ms) as f64 / 1000.0;
+                    self.outage_rows.push(OutageRow {
+                        trial: self.trial,
+                        method: self.method.clone(),
+                        publisher: publisher.clone(),
+                        broker: o.broker.clone(),
+                        down_s: secs(o.down_ms),
+                        up_s: o.up.as_ref().map(|(up, _)| secs(*up)),
+                        to_broker: o.up.as_ref().map(|(_, b)| b.clone()),
+                        downtime_s: (until - o.down_ms) as f64 / 1000.0,
+                        not_sent: (rate * (until - o.down_ms) as f64 / 1000.0).round() as u64,
+                    });
+                }
                 Some(PublisherRow {
                     trial: self.trial,
                     method: self.method.clone(),
                     publisher: publisher.clone(),
-                    profile: profile.map(|p| p.name.clone()).unwrap_or_default(),
+                    profile: profile.map(|p| p.name).unwrap_or_default(),
                     join_s: state
                         .join_ms
                         .map_or(f64::NAN, |j| j.saturating_sub(self.t0_ms) as f64 / 1000.0),
@@ -211,7 +332,7 @@ impl Recorder {
                         0.0
                     },
                     sent_total: *sent_total,
-                    downtime_s: *downtime_ms as f64 / 1000.0,
+                    downtime_s: downtime_ms as f64 / 1000.0,
                 })
             }
         }
@@ -233,7 +354,8 @@ impl Recorder {
         };
         let ready: Vec<u64> = self.seconds.range(..horizon).map(|(k, _)| *k).collect();
         for k in ready {
-            let buckets = self.seconds.remove(&k).expect("invariant: key just listed");
+            let mut buckets = self.seconds.remove(&k).expect("invariant: key just listed");
+            count_movers_once(&mut buckets);
             for (i, bucket) in buckets.iter().enumerate() {
                 writer.broker_row(&BrokerRow {
                     trial: self.trial,
@@ -251,5 +373,147 @@ impl Recorder {
         }
         writer.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn recorder() -> Recorder {
+        let profile = Profile {
+            name: "light".into(),
+            count: 2,
+            rate: 500.0,
+            payload_bytes: 10,
+            duration: Duration::from_secs(10),
+            qos: 0,
+            topic: "t".into(),
+        };
+        let profiles = ["p0", "p1"].map(|p| (p.to_owned(), profile.clone())).into();
+        let brokers = [("b1", "127.0.0.1:1"), ("b2", "127.0.0.1:2")]
+            .map(|(id, addr)| (id.to_owned(), addr.to_owned()));
+        Recorder::new(1, "m", T0, 200, &brokers, profiles)
+    }
+
+    fn second(publisher: &str, broker: &str, s: u64, sent: u64) -> LoadEvent {
+        LoadEvent::Second {
+            publisher: publisher.into(),
+            broker: broker.into(),
+            t_ms: T0 + s * 1000,
+            sent,
+        }
+    }
+
+    fn finish(r: &mut Recorder, publisher: &str) -> PublisherRow {
+        r.load_event(&LoadEvent::Finished {
+            publisher: publisher.into(),
+            sent_total: 1,
+            target_total: 5000,
+            downtime_ms: 0,
+        })
+        .expect("a finished publisher has a row")
+    }
+
+    #[test]
+    fn outages_closed_by_a_reconnect_and_left_open_are_both_counted() {
+        let mut r = recorder();
+        for p in ["p0", "p1"] {
+            r.load_event(&LoadEvent::Joined {
+                publisher: p.into(),
+                broker: "127.0.0.1:2".into(),
+                t_ms: T0,
+                redirect_ms: None,
+            });
+            r.load_event(&LoadEvent::Down {
+                publisher: p.into(),
+                broker: "127.0.0.1:2".into(),
+                t_ms: T0 + 4_000,
+                error: "reset".into(),
+            });
+        }
+        // p0 comes back on b1 after 1.5 s; p1 never does.
+        r.load_event(&LoadEvent::Up {
+            publisher: "p0".into(),
+            broker: "127.0.0.1:1".into(),
+            t_ms: T0 + 5_500,
+            downtime_ms: 1_500,
+            redirect_ms: Some(1.0),
+        });
+        r.load_event(&second("p1", "127.0.0.1:2", 6, 0));
+        r.load_event(&second("p0", "127.0.0.1:1", 6, 500));
+
+        let p0 = finish(&mut r, "p0");
+        assert_eq!(
+            (p0.broker.as_str(), p0.downtime_s),
+            ("b2", 1.5),
+            "the broker it joined"
+        );
+        let o = r.take_outages();
+        assert_eq!(o.len(), 1);
+        assert_eq!((o[0].broker.as_str(), o[0].down_s), ("b2", 4.0));
+        assert_eq!(
+            (o[0].up_s, o[0].to_broker.as_deref()),
+            (Some(5.5), Some("b1"))
+        );
+        assert_eq!(o[0].not_sent, 750);
+        assert!(r.take_outages().is_empty(), "handed out once");
+
+        // Open until its scheduled end: joined at 0 s, 10 s long, down at 4 s → 6 s.
+        let p1 = finish(&mut r, "p1");
+        assert_eq!((p1.broker.as_str(), p1.downtime_s), ("b2", 6.0));
+        let o = r.take_outages();
+        assert_eq!(
+            (o[0].up_s, o[0].to_broker.clone(), o[0].not_sent),
+            (None, None, 3000)
+        );
+
+        // A publisher down on b2 is not counted as connected to it; p0 on b1 is.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = ResultsWriter::create(dir.path(), &["b1".into(), "b2".into()]).expect("w");
+        r.write_settled(&mut w, true).expect("write");
+        let rows = crate::report::records::read_brokers(dir.path()).expect("read");
+        let at = |b: &str| {
+            rows.iter()
+                .find(|x| x.t_s == 6 && x.broker == b)
+                .expect("row")
+        };
+        assert_eq!((at("b1").publishers, at("b1").sent_msgs_per_s), (1, 500.0));
+        assert_eq!((at("b2").publishers, at("b2").sent_msgs_per_s), (0, 0.0));
+    }
+
+    #[test]
+    fn a_publisher_that_moved_mid_second_is_counted_once_and_cut_short_ends_outages() {
+        let mut r = recorder();
+        r.load_event(&second("p0", "b2", 4, 100));
+        r.load_event(&second("p0", "b1", 4, 400));
+        r.load_event(&second("p1", "b2", 4, 500));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = ResultsWriter::create(dir.path(), &["b1".into(), "b2".into()]).expect("w");
+        r.write_settled(&mut w, true).expect("write");
+        let rows = crate::report::records::read_brokers(dir.path()).expect("read");
+        let b = |id: &str| rows.iter().find(|x| x.broker == id).expect("row");
+        assert_eq!((b("b1").publishers, b("b1").sent_msgs_per_s), (1, 400.0));
+        assert_eq!((b("b2").publishers, b("b2").sent_msgs_per_s), (1, 600.0));
+
+        // Interrupted 2 s after the drop: the open outage ends there, not at the schedule.
+        r.load_event(&LoadEvent::Joined {
+            publisher: "p1".into(),
+            broker: "b2".into(),
+            t_ms: T0,
+            redirect_ms: None,
+        });
+        r.load_event(&LoadEvent::Down {
+            publisher: "p1".into(),
+            broker: "b2".into(),
+            t_ms: T0 + 5_000,
+            error: "reset".into(),
+        });
+        r.cut_short(T0 + 7_000);
+        r.cut_short(T0 + 9_000);
+        assert_eq!(finish(&mut r, "p1").downtime_s, 2.0);
     }
 }

@@ -3,6 +3,7 @@
 mod agent;
 mod broker;
 mod dispatcher;
+mod faults;
 mod loadgen;
 mod report;
 mod run;
