@@ -24,6 +24,9 @@ use crate::agent::{AgentConfig, CounterSource, CpuSource};
 use crate::process::{ManagedChild, self_exe};
 use cgroup::{CgroupError, CpuCgroup};
 
+/// `RUST_LOG` for an embedded broker child when the user set none.
+pub const QUIET_BROKER_LOG: &str = "warn,rumqttd::router::routing=off";
+
 /// How long a broker child may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Start attempts when a probed free port was taken by someone else in the meantime.
@@ -295,7 +298,9 @@ async fn start_child(
                 "127.0.0.1:0",
             ]);
             if std::env::var_os("RUST_LOG").is_none() {
-                cmd.env("RUST_LOG", "warn"); // rumqttd logs every accept at info
+                // rumqttd logs every accept at info, and every publish still queued for a client that
+                // just disconnected as an error ("already gone"): neither is news.
+                cmd.env("RUST_LOG", QUIET_BROKER_LOG);
             }
             (cmd, None, embedded::VERSION.to_owned())
         }

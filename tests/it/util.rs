@@ -26,7 +26,11 @@ impl Drop for ChildGuard {
 
 /// Starts `mqdispatch ARGS...` and waits for its `listening on ADDR` line.
 pub fn spawn_listening(args: &[&str]) -> ChildGuard {
-    let mut child = Command::new(bin())
+    let mut command = Command::new(bin());
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", mqdispatch::broker::QUIET_BROKER_LOG);
+    }
+    let mut child = command
         .args(args)
         .env("MQDISPATCH_BIN", bin())
         .stdout(Stdio::piped())
