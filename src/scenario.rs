@@ -67,7 +67,7 @@ pub struct FaultPlan {
     #[serde(with = "duration_serde")]
     pub at: Duration,
     pub kind: FaultKind,
-    /// Index of the broker (0-based) the fault targets.
+    /// Index of the broker (0-based) the fault targets (0 for `restart-dispatcher`).
     pub broker: usize,
     /// For `kill` and `stop`: bring the broker back after this long.
     pub restore_after: Option<Duration>,
@@ -82,6 +82,9 @@ pub enum FaultKind {
     Stop,
     /// Kill the broker's agent: its reports stop while the broker keeps serving.
     KillAgent,
+    /// Stop the dispatcher; start a fresh one on the same ports after `restore_after`
+    /// (default: at once). Connected publishers keep publishing meanwhile.
+    RestartDispatcher,
 }
 
 // ---- the file as written ------------------------------------------------------------------
@@ -185,7 +188,8 @@ enum RawAssign {
 struct RawFault {
     at: Spanned<String>,
     kind: FaultKind,
-    broker: Spanned<usize>,
+    #[serde(default)]
+    broker: Option<Spanned<usize>>,
     #[serde(default)]
     restore_after: Option<Spanned<String>>,
 }
@@ -515,17 +519,27 @@ impl Checker<'_> {
         scale: f64,
     ) -> Result<FaultPlan, InputError> {
         let f = &raw.value;
-        if f.broker.value >= brokers.count {
-            return Err(self.at(
-                &f.broker,
-                format!(
-                    "broker {} does not exist (brokers are 0..{})",
-                    f.broker.value,
-                    brokers.count - 1
-                ),
-            ));
-        }
-        if brokers.kind == BrokerKind::External && f.kind != FaultKind::KillAgent {
+        let broker = match (&f.broker, f.kind) {
+            (None, FaultKind::RestartDispatcher) => 0,
+            (Some(b), FaultKind::RestartDispatcher) => {
+                return Err(self.at(b, "restart-dispatcher takes no broker"));
+            }
+            (None, _) => return Err(self.at(raw, "this fault needs `broker: N` (0-based)")),
+            (Some(b), _) if b.value >= brokers.count => {
+                return Err(self.at(
+                    b,
+                    format!(
+                        "broker {} does not exist (brokers are 0..{})",
+                        b.value,
+                        brokers.count - 1
+                    ),
+                ));
+            }
+            (Some(b), _) => b.value,
+        };
+        if brokers.kind == BrokerKind::External
+            && matches!(f.kind, FaultKind::Kill | FaultKind::Stop)
+        {
             return Err(self.at(
                 raw,
                 "external brokers cannot be killed or stopped by the harness",
@@ -533,15 +547,19 @@ impl Checker<'_> {
         }
         let restore_after = match &f.restore_after {
             Some(r) if f.kind == FaultKind::KillAgent => {
-                return Err(self.at(r, "restore_after applies to kill and stop only"));
+                return Err(self.at(
+                    r,
+                    "restore_after applies to kill, stop and restart-dispatcher only",
+                ));
             }
             Some(r) => Some(self.duration(r, scale)?),
+            None if f.kind == FaultKind::RestartDispatcher => Some(Duration::ZERO),
             None => None,
         };
         Ok(FaultPlan {
             at: self.duration(&f.at, scale)?,
             kind: f.kind,
-            broker: f.broker.value,
+            broker,
             restore_after,
         })
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::dispatcher_slot::DispatcherSlot;
 use super::method_run::{AgentSet, MethodRun};
 use crate::broker::RunningBroker;
 use crate::scenario::{FaultKind, FaultPlan};
@@ -17,6 +18,8 @@ pub enum Action {
     Thaw,
     Restart,
     KillAgent,
+    DispatcherDown,
+    DispatcherUp,
 }
 
 impl Action {
@@ -27,6 +30,8 @@ impl Action {
             Self::Thaw => "cont",
             Self::Restart => "restart",
             Self::KillAgent => "kill-agent",
+            Self::DispatcherDown => "dispatcher-down",
+            Self::DispatcherUp => "dispatcher-up",
         }
     }
 }
@@ -48,18 +53,21 @@ impl Schedule {
         let mut pending = Vec::new();
         for f in faults {
             let at_ms = t0_ms + f.at.as_millis() as u64;
+            // The scenario check refuses restore_after for kill-agent: it has no restore.
             let (first, restore) = match f.kind {
-                FaultKind::Kill => (Action::Kill, Action::Restart),
-                FaultKind::Stop => (Action::Freeze, Action::Thaw),
-                FaultKind::KillAgent => (Action::KillAgent, Action::KillAgent),
+                FaultKind::Kill => (Action::Kill, Some(Action::Restart)),
+                FaultKind::Stop => (Action::Freeze, Some(Action::Thaw)),
+                FaultKind::KillAgent => (Action::KillAgent, None),
+                FaultKind::RestartDispatcher => {
+                    (Action::DispatcherDown, Some(Action::DispatcherUp))
+                }
             };
-            // (The scenario check refuses restore_after for kill-agent.)
             pending.push(Due {
                 at_ms,
                 action: first,
                 broker: f.broker,
             });
-            if let Some(after) = f.restore_after {
+            if let (Some(after), Some(restore)) = (f.restore_after, restore) {
                 pending.push(Due {
                     at_ms: at_ms + after.as_millis() as u64,
                     action: restore,
@@ -69,6 +77,11 @@ impl Schedule {
         }
         pending.sort_by_key(|d| d.at_ms);
         Self { pending }
+    }
+
+    /// When the next fault falls due, if any is left.
+    pub fn next_at_ms(&self) -> Option<u64> {
+        self.pending.first().map(|d| d.at_ms)
     }
 
     /// The faults due at `now_ms`, in time order, each handed out once.
@@ -109,15 +122,29 @@ impl FaultLog {
     }
 }
 
+/// What a fault can act on during a method run.
+pub struct Targets<'a> {
+    pub brokers: &'a mut [RunningBroker],
+    /// Each broker's agent, `None` while it is stopped.
+    pub agent_tokens: &'a mut [Option<CancellationToken>],
+    pub agents: &'a AgentSet,
+    /// The in-process dispatcher, for dispatcher methods.
+    pub dispatcher: Option<&'a mut DispatcherSlot>,
+}
+
 pub async fn inject(
     due: &Due,
-    brokers: &mut [RunningBroker],
-    agent_tokens: &mut [Option<CancellationToken>],
-    agents: &AgentSet,
+    targets: Targets<'_>,
     run: &MethodRun<'_>,
     log: &mut FaultLog,
     t0_ms: u64,
 ) {
+    let Targets {
+        brokers,
+        agent_tokens,
+        agents,
+        dispatcher,
+    } = targets;
     let Some(broker) = brokers.get_mut(due.broker) else {
         return;
     };
@@ -128,6 +155,7 @@ pub async fn inject(
             token.cancel();
         }
     };
+    let mut target = broker.id.clone();
     let outcome = match due.action {
         Action::Kill => {
             stop_agent(agent_tokens);
@@ -151,13 +179,25 @@ pub async fn inject(
             stop_agent(agent_tokens);
             Ok(())
         }
+        Action::DispatcherDown | Action::DispatcherUp => {
+            target = "dispatcher".into();
+            match dispatcher {
+                None => Err(std::io::Error::other("this method has no dispatcher")),
+                Some(slot) if due.action == Action::DispatcherDown => {
+                    slot.stop().await;
+                    Ok(())
+                }
+                Some(slot) => slot.restart().await,
+            }
+        }
     };
     // On the recorder's axis (brokers.csv, outages.csv): seconds from t0 floored to a second.
     let t_s = crate::now_ms().saturating_sub(t0_ms - t0_ms % 1000) as f64 / 1000.0;
     match outcome {
-        Ok(()) => info!(broker = %broker.id, action = due.action.label(), t_s, "fault injected"),
+        Ok(()) => info!(%target, action = due.action.label(), t_s, "fault injected"),
         Err(e) => {
-            warn!(broker = %broker.id, action = due.action.label(), error = %e, "fault injection failed")
+            warn!(%target, action = due.action.label(), error = %e, "fault injection failed");
+            return;
         }
     }
     log.record(
@@ -165,7 +205,7 @@ pub async fn inject(
         &run.method.name,
         t_s,
         due.action.label(),
-        &broker.id,
+        &target,
     );
 }
 

@@ -13,11 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::dispatcher_slot::DispatcherSlot;
 use super::faults::{self, FaultLog};
 use super::recorder::Recorder;
 use crate::agent;
 use crate::broker::{BrokerSpec, RunningBroker};
-use crate::dispatcher::{self, BrokerEntry, DispatcherConfig};
+use crate::dispatcher::{BrokerEntry, DispatcherConfig};
 use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
 use crate::report::ResultsWriter;
 use crate::scenario::{Assignment, MethodPlan, Scenario};
@@ -110,6 +111,7 @@ impl MethodRun<'_> {
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<LoadEvent>();
 
         // Dispatcher (in this process) and where agents report.
+        let mut dispatcher_slot: Option<DispatcherSlot> = None;
         let (placement, report_addr) = match self.method.assign {
             Assignment::DnsRr => (
                 Placement::DnsRoundRobin {
@@ -118,10 +120,6 @@ impl MethodRun<'_> {
                 None,
             ),
             Assignment::Dispatcher { policy, metric } => {
-                let listener = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
-                let reports = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
-                let listen_addr = listener.local_addr()?.to_string();
-                let report_addr = reports.local_addr()?.to_string();
                 let entries = addresses
                     .iter()
                     .map(|(id, addr)| BrokerEntry {
@@ -134,22 +132,14 @@ impl MethodRun<'_> {
                 cfg.window = scenario.window;
                 cfg.report_interval = scenario.sample_interval;
                 cfg.seed = self.seed;
-                let token = stop.child_token();
-                tasks.spawn(async move {
-                    if let Err(e) =
-                        dispatcher::run(listener, Some(reports), cfg, Some(decision_tx), token)
-                            .await
-                    {
-                        warn!(error = %e, "dispatcher stopped with an error");
-                    }
-                });
-                (
-                    Placement::Dispatcher {
-                        dispatchers: vec![listen_addr],
-                        max_hops: 3,
-                    },
-                    Some(report_addr),
-                )
+                let slot = DispatcherSlot::start(cfg, decision_tx, stop.clone())?;
+                let placement = Placement::Dispatcher {
+                    dispatchers: vec![slot.listen_addr()],
+                    max_hops: 3,
+                };
+                let report_addr = slot.report_addr();
+                dispatcher_slot = Some(slot);
+                (placement, Some(report_addr))
             }
         };
 
@@ -208,6 +198,16 @@ impl MethodRun<'_> {
         let mut fault_clock = faults::Schedule::new(&scenario.faults, t0);
         let mut flush = tokio::time::interval(Duration::from_secs(1));
         let load_result = loop {
+            // Faults fire on time, not on the next once-a-second flush.
+            let next_fault = fault_clock
+                .next_at_ms()
+                .map(|at| Duration::from_millis(at.saturating_sub(crate::now_ms())));
+            let fault_due = async {
+                match next_fault {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 result = &mut load => break result,
                 Some(r) = sample_rx.recv() => recorder.sample(&r),
@@ -220,12 +220,23 @@ impl MethodRun<'_> {
                     recorder.write_settled(writer, false)?;
                     let elapsed = Duration::from_millis(crate::now_ms().saturating_sub(t0));
                     self.progress.update(self.trial, &self.method.name, "publishing", elapsed);
+                }
+                () = fault_due => {
                     for fault in fault_clock.due(crate::now_ms()) {
-                        faults::inject(&fault, brokers, &mut agent_tokens, &agents, self, faults_log, t0).await;
+                        let targets = faults::Targets {
+                            brokers,
+                            agent_tokens: &mut agent_tokens,
+                            agents: &agents,
+                            dispatcher: dispatcher_slot.as_mut(),
+                        };
+                        faults::inject(&fault, targets, self, faults_log, t0).await;
                     }
                 }
             }
         };
+        if let Some(slot) = dispatcher_slot.as_mut() {
+            slot.stop().await;
+        }
         // Drain what arrived after the last publisher finished.
         if stop.is_cancelled() {
             recorder.cut_short(crate::now_ms());

@@ -3,6 +3,7 @@
 //! Within a trial every method sees the same arrival order (seed + trial); each method run
 //! starts fresh brokers so one method's leftovers never load the next.
 
+mod dispatcher_slot;
 mod faults;
 mod method_run;
 mod progress;
