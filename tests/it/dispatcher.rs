@@ -83,14 +83,7 @@ impl Drop for Running {
 }
 
 fn report(broker: &str, cpu: f64) -> LoadReport {
-    LoadReport {
-        broker: broker.into(),
-        t_ms: mqdispatch::now_ms(),
-        cpu_pct: cpu,
-        msgs_in_per_s: None,
-        connections: None,
-        token: None,
-    }
+    crate::util::cpu_report(broker, cpu)
 }
 
 /// Reads until the peer closes (EOF or reset); panics if it is still open after `within`.

@@ -52,3 +52,15 @@ pub fn spawn_listening(args: &[&str]) -> ChildGuard {
         .to_owned();
     ChildGuard { child, addr }
 }
+
+/// A load report of `cpu` percent for `broker`, stamped now, without the optional fields.
+pub fn cpu_report(broker: &str, cpu: f64) -> mqdispatch::load_report::LoadReport {
+    mqdispatch::load_report::LoadReport {
+        broker: broker.into(),
+        t_ms: mqdispatch::now_ms(),
+        cpu_pct: cpu,
+        msgs_in_per_s: None,
+        connections: None,
+        token: None,
+    }
+}

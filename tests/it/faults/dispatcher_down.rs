@@ -7,7 +7,6 @@ use std::time::Duration;
 use mqdispatch::dispatcher::{
     self, BrokerEntry, Decision, DispatcherConfig, Policy, bind_listener,
 };
-use mqdispatch::load_report::LoadReport;
 use mqdispatch::loadgen::{
     self, ArrivalOrder, ArrivalSpec, LoadConfig, LoadEvent, Placement, Profile,
 };
@@ -276,15 +275,7 @@ async fn publishing_survives_the_dispatcher_and_newcomers_use_the_next_one_or_re
 }
 
 fn report(broker: &str, cpu: f64) -> String {
-    LoadReport {
-        broker: broker.into(),
-        t_ms: mqdispatch::now_ms(),
-        cpu_pct: cpu,
-        msgs_in_per_s: None,
-        connections: None,
-        token: None,
-    }
-    .to_line()
+    crate::util::cpu_report(broker, cpu).to_line()
 }
 
 /// With the default 1 s report interval, a broker that stops reporting gets new clients for

@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mqdispatch::load_report::LoadReport;
 use mqdispatch::proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -179,15 +178,7 @@ where
 }
 
 fn line(broker: &str, cpu: f64) -> String {
-    LoadReport {
-        broker: broker.into(),
-        t_ms: mqdispatch::now_ms(),
-        cpu_pct: cpu,
-        msgs_in_per_s: None,
-        connections: None,
-        token: None,
-    }
-    .to_line()
+    crate::util::cpu_report(broker, cpu).to_line()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
