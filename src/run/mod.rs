@@ -98,9 +98,13 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     });
 
     let outcome = run(&scenario, &args.scenario, &text, &args.out, cancel).await?;
-    if let Ok(md) = std::fs::read_to_string(outcome.dir.join("summary.md")) {
-        println!("\n{md}");
+    println!("\n{}", report::tables::render_console(&outcome.summary));
+    if let Ok(md) = std::fs::read_to_string(outcome.dir.join("summary.md"))
+        && let Some(faults) = md.split("\n## ").find(|s| s.starts_with("Faults"))
+    {
+        println!("## {}", faults.trim_end());
     }
+    println!("full tables: {}", outcome.dir.join("summary.md").display());
     if let Some(plots) = &args.plots_dir {
         std::fs::create_dir_all(plots)?;
         for name in ["throughput.png", "gap.png"] {
@@ -131,6 +135,7 @@ pub struct RunOutcome {
     pub dir: PathBuf,
     pub completed: bool,
     pub pngs: Vec<PathBuf>,
+    pub summary: Vec<report::SummaryRow>,
 }
 
 /// Runs every trial × method; always leaves a manifest saying whether it completed.
@@ -229,14 +234,16 @@ pub async fn run(
 
     // Summaries and plots from whatever was recorded, even for an incomplete run.
     let summary_dir = dir.clone();
-    let pngs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<PathBuf>> {
-        report::summarize(&summary_dir, &optimum)?;
-        Ok(report::draw_all(&summary_dir)?)
-    })
+    let (summary, pngs) = tokio::task::spawn_blocking(
+        move || -> anyhow::Result<(Vec<report::SummaryRow>, Vec<PathBuf>)> {
+            let summary = report::summarize(&summary_dir, &optimum)?;
+            Ok((summary, report::draw_all(&summary_dir)?))
+        },
+    )
     .await?
     .unwrap_or_else(|e| {
         warn!(error = %e, "could not summarise or plot this run");
-        Vec::new()
+        (Vec::new(), Vec::new())
     });
     manifest.write(&dir)?;
     if let Some(e) = failure {
@@ -246,5 +253,6 @@ pub async fn run(
         completed: manifest.completed,
         dir,
         pngs,
+        summary,
     })
 }
