@@ -45,10 +45,15 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Logs go to stderr (stdout carries `listening on ADDR` and data), filtered by `RUST_LOG`
-/// (default `info`).
-pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs go to stderr (stdout carries `listening on ADDR` and data), filtered by `RUST_LOG`.
+/// Default `info`; for `run`, only the runner's own progress lines and warnings, since a run
+/// starts hundreds of publishers whose every join would otherwise scroll past the progress bar.
+pub fn init_tracing(command: &Command) {
+    let default = match command {
+        Command::Run(_) => "warn,mqdispatch::run=info",
+        _ => "info",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -6,7 +6,7 @@ use mqdispatch::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    mqdispatch::cli::init_tracing();
+    mqdispatch::cli::init_tracing(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -252,7 +252,13 @@ impl MethodRun<'_> {
         }
         recorder.write_settled(writer, true)?;
         let summary = load_result.context("load generator failed")?;
-        info!(trial = self.trial, method = %self.method.name, ?summary, "method run finished");
+        info!(
+            trial = self.trial,
+            method = %self.method.name,
+            sent = summary.sent_total(),
+            target = summary.target_total(),
+            "method run finished"
+        );
         Ok(())
     }
 }
