@@ -37,6 +37,19 @@ pub struct AgentConfig {
     /// Report ports (`HOST:PORT`) of the dispatchers to feed; may be empty.
     pub dispatchers: Vec<String>,
     pub token: Option<String>,
+    /// The broker's MQTT address (`HOST:PORT`), when the agent should check each interval that
+    /// it accepts connections and send dispatchers nothing while it does not: a dead broker on
+    /// a live host then goes quiet like a dead host, and the dispatcher takes it out of service.
+    pub probe: Option<String>,
+}
+
+/// Whether `addr` completes a TCP handshake within half an interval (the connection is closed
+/// at once; brokers may log it as a client that left before CONNECT).
+async fn probe(addr: &str, interval: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(interval / 2, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Samples until `cancel`. Each report goes to every dispatcher (dropped, never waited for, when
@@ -72,6 +85,7 @@ pub async fn run(
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval, cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut broker_reachable = true;
     let result = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
@@ -97,9 +111,26 @@ pub async fn run(
             connections: reading.and_then(|r| r.connections),
             token: cfg.token.clone(),
         };
-        let line = report.to_line();
-        for sender in &mut senders {
-            sender.offer(line.clone());
+        let reachable = match &cfg.probe {
+            Some(addr) => probe(addr, cfg.interval).await,
+            None => true,
+        };
+        if reachable != broker_reachable {
+            broker_reachable = reachable;
+            match (reachable, &cfg.probe) {
+                (false, Some(addr)) => {
+                    warn!(broker = %cfg.broker_id, %addr, "broker refuses connections: reports to dispatchers paused")
+                }
+                _ => {
+                    info!(broker = %cfg.broker_id, "broker accepts connections again: reports resumed")
+                }
+            }
+        }
+        if reachable {
+            let line = report.to_line();
+            for sender in &mut senders {
+                sender.offer(line.clone());
+            }
         }
         if let Some(samples) = &samples {
             let _ = samples.send(report);
@@ -142,6 +173,10 @@ pub struct Args {
     /// `mosquitto=HOST:PORT` (reads its `$SYS` tree).
     #[arg(long, value_name = "KIND=HOST:PORT")]
     pub counters: Option<CounterSource>,
+    /// The broker's MQTT address: checked each interval; while it refuses connections no report
+    /// goes to the dispatchers, so they stop sending clients there after 3 intervals.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub probe: Option<String>,
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
@@ -166,6 +201,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         interval: args.interval,
         dispatchers: args.dispatcher,
         token: args.token,
+        probe: args.probe,
     };
     info!(broker = %cfg.broker_id, source = ?cfg.cpu, "agent started");
     let cancel = CancellationToken::new();

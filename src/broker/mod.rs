@@ -178,6 +178,8 @@ impl RunningBroker {
             interval,
             dispatchers: Vec::new(),
             token: None,
+            // Not by default: a probe each interval is one more connect/close in the broker's log.
+            probe: None,
         })
     }
 

@@ -36,6 +36,7 @@ fn config(cpu: CpuSource, capacity: Option<f64>, interval_ms: u64) -> AgentConfi
         interval: Duration::from_millis(interval_ms),
         dispatchers: Vec::new(),
         token: None,
+        probe: None,
     }
 }
 
@@ -277,4 +278,59 @@ async fn agent_subcommand_fails_when_the_process_is_gone() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is gone"));
+}
+
+/// `probe`: while the broker's port refuses connections the agent sends the dispatchers nothing
+/// (so they take the broker out of service), though its own samples go on; once the port
+/// accepts again, reports resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_broker_port_pauses_reports_to_dispatchers() {
+    // A port nobody listens on (bound, read, closed).
+    let broker_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dispatcher = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config(CpuSource::Host, None, 100);
+    cfg.dispatchers = vec![dispatcher.local_addr().unwrap().to_string()];
+    cfg.probe = Some(broker_addr.to_string());
+    // Every line the dispatcher side receives, from any connection.
+    let (line_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    let reader = tokio::spawn(async move {
+        loop {
+            let (conn, _) = dispatcher.accept().await.unwrap();
+            let tx = line_tx.clone();
+            tokio::spawn(async move {
+                let mut conn_lines = BufReader::new(conn).lines();
+                while let Ok(Some(line)) = conn_lines.next_line().await {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+    });
+    let (tx, mut samples) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let agent = tokio::spawn(agent::run(cfg, Some(tx), cancel.clone()));
+
+    for _ in 0..5 {
+        timeout(Duration::from_secs(5), samples.recv())
+            .await
+            .expect("samples go on while the broker is down")
+            .expect("agent alive");
+    }
+    assert!(
+        lines.try_recv().is_err(),
+        "a report reached the dispatcher while the broker refused connections"
+    );
+
+    let _broker = tokio::net::TcpListener::bind(broker_addr).await.unwrap();
+    let line = timeout(Duration::from_secs(3), lines.recv())
+        .await
+        .expect("reports resume once the broker accepts")
+        .expect("reader alive");
+    assert_eq!(LoadReport::parse_line(&line).unwrap().broker, "b1");
+
+    cancel.cancel();
+    agent.await.unwrap().unwrap();
+    reader.abort();
 }
