@@ -13,7 +13,8 @@ use serde_saphyr::Spanned;
 use crate::InputError;
 use crate::broker::BrokerKind;
 use crate::dispatcher::{Metric, Policy};
-use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile};
+use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
+use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
 
 /// A scenario, checked and with its time scale applied: what the runner executes.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +27,8 @@ pub struct Scenario {
     pub sample_interval: Duration,
     #[serde(with = "duration_serde")]
     pub window: Duration,
+    /// What an agent's `cpu_pct` measures (`sampler.cpu`).
+    pub cpu: CpuSampling,
     pub profiles: Vec<Profile>,
     pub arrival: ArrivalSpec,
     pub methods: Vec<MethodPlan>,
@@ -35,6 +38,16 @@ pub struct Scenario {
 
 mod duration_serde {
     pub use crate::duration::serialize;
+}
+
+/// `sampler.cpu`: the broker's own process (default), or the whole host from `/proc/stat`
+/// as the paper measured it (meaningful when each broker has a host of its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuSampling {
+    #[default]
+    Process,
+    Host,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +143,8 @@ struct RawSampler {
     interval: Option<Spanned<String>>,
     #[serde(default)]
     window: Option<Spanned<String>>,
+    #[serde(default)]
+    cpu: CpuSampling,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +160,10 @@ struct RawProfile {
     qos: Option<Spanned<u8>>,
     #[serde(default)]
     topic: Option<String>,
+    #[serde(default)]
+    send: SendMode,
+    #[serde(default)]
+    batch_tick: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +298,10 @@ impl Checker<'_> {
         };
         let brokers = self.brokers(&raw.brokers)?;
         let (sample_interval, window) = self.sampler(raw.sampler.as_ref(), time_scale)?;
+        let cpu = raw
+            .sampler
+            .as_ref()
+            .map_or_else(CpuSampling::default, |s| s.value.cpu);
         let profiles = self.profiles(&raw.publishers, time_scale)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
         let methods = self.methods(&raw.methods)?;
@@ -294,6 +317,7 @@ impl Checker<'_> {
             brokers,
             sample_interval,
             window,
+            cpu,
             profiles,
             arrival,
             methods,
@@ -405,17 +429,28 @@ impl Checker<'_> {
                 let q = p.qos.as_ref().expect("invariant: qos was written");
                 return Err(self.at(q, "qos must be 0 or 1"));
             }
-            let mut profile = Profile::parse_spec(&format!(
-                "name={},count={count},rate={},bytes={},duration={}ms,qos={qos}",
-                p.name.value,
-                p.rate.value,
-                p.payload_bytes.value,
-                duration.as_millis()
-            ))
-            .map_err(|e| self.at(&p.name, e))?;
-            if let Some(topic) = &p.topic {
-                profile.topic = topic.clone();
-            }
+            // The batching tick is a property of the generator, not of the scenario's clock:
+            // it is not scaled by time_scale.
+            let batch_tick = match &p.batch_tick {
+                None => DEFAULT_BATCH_TICK,
+                Some(_) if p.send != SendMode::Batched => {
+                    let t = p.batch_tick.as_ref().expect("invariant: matched Some");
+                    return Err(self.at(t, "batch_tick only applies to `send: batched`"));
+                }
+                Some(t) => self.duration(t, 1.0)?,
+            };
+            let profile = Profile {
+                name: p.name.value.clone(),
+                count,
+                rate: p.rate.value,
+                payload_bytes: p.payload_bytes.value,
+                duration,
+                qos,
+                topic: p.topic.clone().unwrap_or_else(|| DEFAULT_TOPIC.to_owned()),
+                send: p.send,
+                batch_tick,
+            };
+            profile.validate().map_err(|e| self.at(&p.name, e))?;
             profiles.push(profile);
         }
         Ok(profiles)

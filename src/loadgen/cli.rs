@@ -232,6 +232,16 @@ pub fn render_summary(summary: &LoadSummary, seed: u64) -> String {
             ""
         }
     );
+    let lateness = summary.lateness();
+    if let (Some(p50), Some(p99)) = (lateness.quantile(0.5), lateness.quantile(0.99)) {
+        let _ = writeln!(
+            out,
+            "lateness against each message's deadline: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            lateness.max().as_secs_f64() * 1e3
+        );
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use rumqttc::NetworkOptions;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use tokio::time::Instant;
@@ -152,6 +153,9 @@ pub(crate) struct Placed {
 pub(crate) struct Connector {
     pub client_id: String,
     pub inflight_limit: u16,
+    /// Disable Nagle, so that each PUBLISH written on its own leaves as its own TCP segment
+    /// (per-message sending); with Nagle, writes made while a segment awaits its ACK coalesce.
+    pub tcp_nodelay: bool,
 }
 
 /// One placement attempt from `entry`: for a dispatcher list, transient failures move on to the
@@ -285,6 +289,9 @@ async fn connect_broker(addr: &str, conn: &Connector) -> Result<Attempt, Placeme
         .set_connection_timeout(CONNECT_TIMEOUT.as_secs())
         // Without this the v5 event loop preallocates 65,536 in-flight slots (~14 MB).
         .set_outgoing_inflight_upper_limit(conn.inflight_limit);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(conn.tcp_nodelay);
+    options.set_network_options(network);
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let first = tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll())
         .await

@@ -19,8 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::LoadEvent;
+use super::lateness::Lateness;
 use super::placement::{Connector, Entry, Placed, PlacementError, place, server_moved_us};
-use super::schedule::{BATCH_TICK, Pacer, Schedule};
+use super::precise_timer::PreciseTimer;
+use super::profile::SendMode;
+use super::schedule::{Pacer, Schedule};
 use super::seconds::{Clock, SecondCounter};
 use crate::proto::RedirectReason;
 
@@ -29,6 +32,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A publisher behind schedule (broker back-pressure) catches up for at most this long past its
 /// end; whatever is still owed then is not sent.
 const PACE_OVERRUN: Duration = Duration::from_secs(1);
+/// Per-message publishers with messages closer than this sleep on their own timerfd; slower
+/// ones on tokio's timer (1 ms resolution is nothing next to their interval, and a fleet of
+/// slow publishers then needs no file descriptor each).
+const PRECISE_BELOW: Duration = Duration::from_millis(20);
 /// Time allowed for the queued messages and the DISCONNECT to go out at the end.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Same, after cancellation: stop promptly.
@@ -43,6 +50,8 @@ pub(crate) struct PublisherCtx {
     pub qos: QoS,
     pub rate: f64,
     pub duration: Duration,
+    pub send: SendMode,
+    pub batch_tick: Duration,
     pub join_at: Instant,
     pub entry: Entry,
     pub connector: Connector,
@@ -67,6 +76,9 @@ pub struct PublisherSummary {
     pub reconnects: u32,
     /// Messages owed during downtime and not sent.
     pub skipped: u64,
+    /// How late each message was handed to the client, against its deadline.
+    #[serde(skip)]
+    pub lateness: Lateness,
 }
 
 enum SessionEnd {
@@ -96,6 +108,7 @@ pub(crate) async fn run_publisher(
         downtime_ms: 0,
         reconnects: 0,
         skipped: 0,
+        lateness: Lateness::default(),
     };
     let result = publish_all(&ctx, schedule, &mut summary, &events, &cancel).await;
     let _ = events.send(LoadEvent::Finished {
@@ -138,6 +151,7 @@ async fn publish_all(
         redirect_ms: placed.redirect_ms,
     });
     let mut pacer = Pacer::new(schedule, start);
+    let timer = precise_timer_for(ctx);
     let written = AtomicU64::new(0);
     let mut seconds = Seconds {
         counter: SecondCounter::new(t_ms, 0, placed.session.broker.clone()),
@@ -152,6 +166,8 @@ async fn publish_all(
             &mut placed.session,
             &mut pacer,
             &mut seconds,
+            &mut summary.lateness,
+            timer.as_ref(),
             end,
             cancel,
         )
@@ -280,14 +296,19 @@ async fn drive(
     session: &mut super::placement::Session,
     pacer: &mut Pacer,
     seconds: &mut Seconds<'_>,
+    lateness: &mut Lateness,
+    timer: Option<&PreciseTimer>,
     end: Instant,
     cancel: &CancellationToken,
 ) -> SessionEnd {
     let written = seconds.written;
     let client = &session.client;
     let pace = async {
-        let _ =
-            tokio::time::timeout_at(end + PACE_OVERRUN, pace(ctx, client, pacer, seconds)).await;
+        let _ = tokio::time::timeout_at(
+            end + PACE_OVERRUN,
+            pace(ctx, client, pacer, seconds, lateness, timer),
+        )
+        .await;
         // Queued messages go out before the DISCONNECT (one FIFO); the poll side ends when the
         // DISCONNECT is written.
         let _ = tokio::time::timeout(DISCONNECT_GRACE, client.disconnect()).await;
@@ -312,18 +333,24 @@ async fn drive(
     end_reason
 }
 
-/// Sends what the schedule owes every few ms (and at each second boundary, to cut the
-/// per-second counts there), until every message was handed over.
+/// Hands the client what the schedule owes: `per-message`, each message at its own deadline
+/// (slept to on the precise timer, so each is its own write); `batched`, everything owed every
+/// tick. Also wakes at each second boundary to cut the per-second counts there.
 async fn pace(
     ctx: &PublisherCtx,
     client: &AsyncClient,
     pacer: &mut Pacer,
     seconds: &mut Seconds<'_>,
+    lateness: &mut Lateness,
+    timer: Option<&PreciseTimer>,
 ) {
     loop {
         let now = Instant::now();
         seconds.observe();
         for _ in 0..pacer.owed(now) {
+            if let Some(due) = pacer.next_due() {
+                lateness.record(Instant::now().saturating_duration_since(due));
+            }
             // Awaiting here is the back-pressure: a full request channel slows us, never drops.
             if client
                 .publish(ctx.topic.clone(), ctx.qos, false, ctx.payload.clone())
@@ -334,11 +361,33 @@ async fn pace(
             }
             pacer.issue();
         }
-        let Some(wake) = pacer.next_wake(now, BATCH_TICK) else {
+        let wake = match ctx.send {
+            SendMode::PerMessage => pacer.next_due(),
+            SendMode::Batched => pacer.next_wake(now, ctx.batch_tick),
+        };
+        let Some(wake) = wake else {
             return;
         };
-        tokio::time::sleep_until(wake.min(ctx.clock.next_second(now))).await;
+        let wake = wake.min(ctx.clock.next_second(now));
+        match timer {
+            Some(timer) if timer.sleep_until(wake.into_std()).await.is_ok() => {}
+            _ => tokio::time::sleep_until(wake).await,
+        }
     }
+}
+
+/// The precise timer a per-message publisher sleeps on, when its messages are close together
+/// (else, or if the timerfd cannot be had, tokio's timer).
+fn precise_timer_for(ctx: &PublisherCtx) -> Option<PreciseTimer> {
+    if ctx.send != SendMode::PerMessage || Duration::from_secs_f64(1.0 / ctx.rate) >= PRECISE_BELOW
+    {
+        return None;
+    }
+    PreciseTimer::new()
+        .inspect_err(|e| {
+            warn!(publisher = %ctx.name, error = %e, "no timerfd: pacing on tokio's 1 ms timer")
+        })
+        .ok()
 }
 
 /// Polls the event loop, counting written publishes, until our DISCONNECT is written (`Ok`) or

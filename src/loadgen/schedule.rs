@@ -1,14 +1,14 @@
 //! Rate control against absolute deadlines (oha style): message `i` is due at `start + i/rate`,
-//! so timer lateness never accumulates into drift. The publisher wakes every [`BATCH_TICK`]
-//! and sends everything owed by then, instead of sleeping once per message.
+//! so timer lateness never accumulates into drift. A `per-message` publisher sleeps to each
+//! message's deadline ([`Pacer::next_due`]); a `batched` one wakes every tick and sends
+//! everything owed by then ([`Pacer::next_wake`]).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How often a fast publisher wakes to send what it owes (a 10,000 msg/s publisher sends about
-/// 50 messages per wake-up). Slow publishers wake at their next deadline instead.
-pub const BATCH_TICK: Duration = Duration::from_millis(5);
+#[cfg(test)]
+const BATCH_TICK: Duration = crate::loadgen::profile::DEFAULT_BATCH_TICK;
 
 /// The deadlines of one publisher: `total = round(rate × duration)` messages, `i/rate` apart.
 #[derive(Clone, Debug)]
@@ -31,7 +31,8 @@ impl Schedule {
 
     /// Offset of message `i` from the start.
     pub fn deadline(&self, i: u64) -> Duration {
-        Duration::from_secs_f64(i as f64 / self.rate)
+        // Whole nanoseconds, rounded: exact for every deadline a run can have.
+        Duration::from_nanos((i as f64 * 1e9 / self.rate).round() as u64)
     }
 
     /// How many messages are due at `elapsed` (message 0 is due at once).
@@ -91,6 +92,11 @@ impl Pacer {
 
     pub fn target_total(&self) -> u64 {
         self.schedule.total()
+    }
+
+    /// The deadline of the next message to issue; `None` once every message has been issued.
+    pub fn next_due(&self) -> Option<Instant> {
+        (!self.done()).then(|| self.start + self.schedule.deadline(self.issued))
     }
 
     /// When to wake next: the next message's deadline, but no sooner than `tick` after `now`
@@ -182,6 +188,20 @@ mod tests {
         for &n in &per_second {
             assert!(n.abs_diff(2000) <= 2 * 8 + 1, "{per_second:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_message_deadlines_are_exact() {
+        // 10,000 msg/s: the n-th message is due exactly n × 100 µs after the start, however
+        // late the previous one went out.
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Schedule::new(10_000.0, Duration::from_secs(1)), start);
+        for n in 0..10_000u64 {
+            let due = pacer.next_due().unwrap();
+            assert_eq!(due - start, Duration::from_micros(100 * n));
+            pacer.issue();
+        }
+        assert_eq!(pacer.next_due(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -392,6 +392,8 @@ mod tests {
             duration: Duration::from_secs(10),
             qos: 0,
             topic: "t".into(),
+            send: crate::loadgen::SendMode::PerMessage,
+            batch_tick: crate::loadgen::profile::DEFAULT_BATCH_TICK,
         };
         let profiles = ["p0", "p1"].map(|p| (p.to_owned(), profile.clone())).into();
         let brokers = [("b1", "127.0.0.1:1"), ("b2", "127.0.0.1:2")]

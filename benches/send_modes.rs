@@ -1,0 +1,314 @@
+//! Per-message (MQTTLoader's) vs batched sending: what each costs the generator, how precise the
+//! per-message deadlines are, whether each PUBLISH leaves as its own TCP segment, and what each
+//! pattern costs the broker (embedded rumqttd and, when installed, Mosquitto).
+//!
+//! Run: `cargo bench --bench send_modes` (env SEND_MODES_SECS=N changes the 10 s runs).
+//!
+//! - Generator: the paper's 10 publishers (9 × 2000 + 1 × 10000 msg/s, 600 B, QoS 0) to one
+//!   embedded broker child; CPU of this process (getrusage), lateness of every message against
+//!   its deadline, and the kernel's own counters of the publishers' sockets (TCP_INFO:
+//!   data segments sent and bytes sent, read from this process's fds while they run).
+//! - Broker: one publisher at 2000 and at 10000 msg/s; the broker child's CPU (all threads,
+//!   /proc schedstat) over the middle of the run, in % of one core.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mqdispatch::agent::cpu::{CpuSampler, CpuSource};
+use mqdispatch::broker::{BrokerKind, BrokerSpec, RunningBroker};
+use mqdispatch::loadgen::{
+    self, ArrivalOrder, ArrivalSpec, LoadConfig, LoadSummary, Placement, Profile,
+};
+use tokio_util::sync::CancellationToken;
+
+/// User + system CPU time of this whole process.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn config(profiles: Vec<Profile>, broker: &str, prefix: &str) -> LoadConfig {
+    let spec = ArrivalSpec {
+        order: ArrivalOrder::Random,
+        interval: Duration::ZERO,
+        jitter: Duration::ZERO,
+        burst: None,
+    };
+    LoadConfig {
+        publishers: loadgen::plan_arrivals(&profiles, &spec, 1).expect("plan"),
+        profiles,
+        placement: Placement::DnsRoundRobin {
+            brokers: vec![broker.to_owned()],
+        },
+        inflight_limit: 100,
+        client_id_prefix: prefix.to_owned(),
+    }
+}
+
+/// One socket's kernel counters (TCP_INFO), keyed by its local port.
+#[derive(Clone, Copy, Default)]
+struct SegmentCount {
+    data_segs_out: u64,
+    bytes_sent: u64,
+}
+
+/// TCP_INFO of every socket of this process connected to `peer_port`.
+fn sockets_to(peer_port: u16) -> HashMap<u16, SegmentCount> {
+    let mut found = HashMap::new();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return found;
+    };
+    for fd in fds.flatten() {
+        let Some(fd) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: getpeername/getsockname/getsockopt write only into the buffers given, with
+        // their lengths; a non-socket fd makes them fail, which we skip.
+        unsafe {
+            let mut peer: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::getpeername(fd, (&raw mut peer).cast(), &mut len) != 0
+                || i32::from(peer.sin_family) != libc::AF_INET
+                || u16::from_be(peer.sin_port) != peer_port
+            {
+                continue;
+            }
+            let mut local: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::getsockname(fd, (&raw mut local).cast(), &mut len) != 0 {
+                continue;
+            }
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            if libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            ) != 0
+            {
+                continue;
+            }
+            found.insert(
+                u16::from_be(local.sin_port),
+                SegmentCount {
+                    data_segs_out: u64::from(info.tcpi_data_segs_out),
+                    bytes_sent: info.tcpi_bytes_sent,
+                },
+            );
+        }
+    }
+    found
+}
+
+/// Samples [`sockets_to`] every 100 ms on its own thread; the last sample of each socket
+/// (taken while it was open) is kept.
+fn watch_segments(peer_port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<SegmentCount> {
+    std::thread::spawn(move || {
+        let mut last: HashMap<u16, SegmentCount> = HashMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            last.extend(sockets_to(peer_port));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        last.values()
+            .fold(SegmentCount::default(), |a, s| SegmentCount {
+                data_segs_out: a.data_segs_out + s.data_segs_out,
+                bytes_sent: a.bytes_sent + s.bytes_sent,
+            })
+    })
+}
+
+/// Bytes of one MQTT v5 QoS 0 PUBLISH: fixed header, topic, empty properties, payload.
+fn publish_len(topic_len: usize, payload: usize) -> usize {
+    let remaining = 2 + topic_len + 1 + payload;
+    let varint = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + varint + remaining
+}
+
+fn paper_profiles(secs: u64, send: &str) -> Vec<Profile> {
+    [
+        "name=light,count=9,rate=2000",
+        "name=heavy,count=1,rate=10000",
+    ]
+    .iter()
+    .map(|p| {
+        Profile::parse_spec(&format!("{p},bytes=600,duration={secs}s,send={send}"))
+            .expect("profile")
+    })
+    .collect()
+}
+
+fn generator_cost(rt: &tokio::runtime::Runtime, broker: &RunningBroker, secs: u64, send: &str) {
+    let port: u16 = broker
+        .addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("broker port");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_segments(port, Arc::clone(&stop));
+    let cfg = config(
+        paper_profiles(secs, send),
+        &broker.addr,
+        &format!("gen-{send}-"),
+    );
+    let (summary, wall, cpu) = rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let (cpu0, wall0) = (cpu_time(), Instant::now());
+        let summary: LoadSummary = loadgen::run(cfg, tx, CancellationToken::new())
+            .await
+            .expect("load run");
+        let (cpu, wall) = (cpu_time() - cpu0, wall0.elapsed());
+        let _ = drain.await;
+        (summary, wall, cpu)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let segments = watcher.join().expect("segment watcher");
+    let lateness = summary.lateness();
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    // Every publisher's topic is `load/<profile>-<k>`: 12 bytes for these names.
+    let packets = segments.bytes_sent as f64 / publish_len(12, 600) as f64;
+    let segs_per_publish = segments.data_segs_out as f64 / packets;
+    println!(
+        "generator, send={send}: sent {} of {} in {:.2} s; CPU {:.1} % of one core \
+         ({:.3} ms per 1000 messages)",
+        summary.sent_total(),
+        summary.target_total(),
+        wall.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e3 / (summary.sent_total() as f64 / 1000.0),
+    );
+    println!(
+        "  lateness against each message's deadline: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        ms(lateness.quantile(0.5)),
+        ms(lateness.quantile(0.99)),
+        ms(Some(lateness.max())),
+    );
+    println!(
+        "  TCP_INFO of its sockets: {} data segments for ≈ {:.0} PUBLISH packets = {:.3} segments \
+         per PUBLISH; at least {:.1} % of PUBLISHes left as their own segment",
+        segments.data_segs_out,
+        packets,
+        segs_per_publish,
+        (100.0 * (2.0 * segs_per_publish - 1.0)).clamp(0.0, 100.0),
+    );
+}
+
+/// Broker CPU (% of one core) while one publisher sends at `rate` with `send`, measured from
+/// 1 s after the start to 1 s before the end.
+fn broker_cpu(
+    rt: &tokio::runtime::Runtime,
+    broker: &RunningBroker,
+    secs: u64,
+    rate: u32,
+    send: &str,
+) -> f64 {
+    let profile = Profile::parse_spec(&format!(
+        "name=p,count=1,rate={rate},bytes=600,duration={secs}s,send={send}"
+    ))
+    .expect("profile");
+    let cfg = config(vec![profile], &broker.addr, &format!("cpu-{rate}-{send}-"));
+    let pid = broker.pid().expect("a broker child");
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let load = tokio::spawn(loadgen::run(cfg, tx, CancellationToken::new()));
+        let mut sampler = CpuSampler::new(CpuSource::Pid(pid), None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        sampler.sample().expect("baseline");
+        tokio::time::sleep(Duration::from_secs(secs.saturating_sub(2).max(1))).await;
+        let pct = sampler.sample().expect("sample").expect("a percentage");
+        load.await.expect("join").expect("load run");
+        let _ = drain.await;
+        pct
+    })
+}
+
+fn main() {
+    let secs: u64 = std::env::var("SEND_MODES_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("command: cargo bench --bench send_modes   (SEND_MODES_SECS={secs})");
+    // Brokers are started as `mqdispatch broker` children: point at the release binary that
+    // `make bench` builds (this bench executable is not mqdispatch).
+    if std::env::var_os("MQDISPATCH_BIN").is_none() {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/mqdispatch");
+        assert!(bin.exists(), "build it first: cargo build --release");
+        // SAFETY: set before any other thread of this process reads the environment.
+        unsafe { std::env::set_var("MQDISPATCH_BIN", bin) };
+    }
+    let workdir = tempfile::tempdir().expect("temp dir");
+    let start = |kind| {
+        let spec = BrokerSpec {
+            id: "b1".into(),
+            kind,
+            cpu_limit_cores: None,
+            external_addr: None,
+        };
+        rt.block_on(RunningBroker::start(&spec, workdir.path()))
+    };
+
+    let embedded = start(BrokerKind::Embedded).expect("embedded broker");
+    println!(
+        "generator: the paper's 10 publishers (28,000 msg/s, 600 B, QoS 0) to an embedded broker \
+         child at {} for {secs} s",
+        embedded.addr
+    );
+    for send in ["per-message", "batched"] {
+        generator_cost(&rt, &embedded, secs, send);
+    }
+
+    println!(
+        "\nbroker CPU, % of one core, one publisher (600 B, QoS 0), {secs} s runs, middle {} s measured:",
+        secs.saturating_sub(2).max(1)
+    );
+    println!(
+        "| broker | 2000 msg/s batched | 10000 msg/s batched | 2000 msg/s per-message | 10000 msg/s per-message | 10000 ÷ 2000, per-message |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut brokers = vec![("embedded (rumqttd 0.20)", embedded)];
+    match start(BrokerKind::Mosquitto) {
+        Ok(m) => brokers.push(("Mosquitto", m)),
+        Err(e) => println!("(Mosquitto skipped: {e})"),
+    }
+    for (name, broker) in &brokers {
+        let mut cells = Vec::new();
+        for send in ["batched", "per-message"] {
+            for rate in [2000, 10000] {
+                cells.push(broker_cpu(&rt, broker, secs, rate, send));
+            }
+        }
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× |",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[3] / cells[2]
+        );
+    }
+    for (_, broker) in brokers {
+        let _ = rt.block_on(broker.stop());
+    }
+    drop(workdir);
+}
