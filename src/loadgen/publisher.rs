@@ -150,8 +150,12 @@ async fn publish_all(
         t_ms,
         redirect_ms: placed.redirect_ms,
     });
-    let mut pacer = Pacer::new(schedule, start);
     let timer = precise_timer_for(ctx);
+    let mut pacing = Pacing {
+        pacer: Pacer::new(schedule, start),
+        lateness: Lateness::default(),
+        timer: timer.as_ref(),
+    };
     let written = AtomicU64::new(0);
     let mut seconds = Seconds {
         counter: SecondCounter::new(t_ms, 0, placed.session.broker.clone()),
@@ -164,10 +168,8 @@ async fn publish_all(
         let end_reason = drive(
             ctx,
             &mut placed.session,
-            &mut pacer,
+            &mut pacing,
             &mut seconds,
-            &mut summary.lateness,
-            timer.as_ref(),
             end,
             cancel,
         )
@@ -207,7 +209,7 @@ async fn publish_all(
         let downtime_ms = (now - down_at).as_millis() as u64;
         summary.downtime_ms += downtime_ms;
         summary.reconnects += 1;
-        summary.skipped += pacer.skip_owed(now);
+        summary.skipped += pacing.pacer.skip_owed(now);
         summary.broker = Some(placed.session.broker.clone());
         seconds.switch_broker(placed.session.broker.clone());
         info!(publisher = %ctx.name, broker = %placed.session.broker, downtime_ms, "reconnected");
@@ -220,6 +222,7 @@ async fn publish_all(
         });
     };
     seconds.finish();
+    summary.lateness = pacing.lateness;
     summary.sent_total = written.load(Ordering::Relaxed);
     result
 }
@@ -294,21 +297,16 @@ async fn connect_with_backoff(
 async fn drive(
     ctx: &PublisherCtx,
     session: &mut super::placement::Session,
-    pacer: &mut Pacer,
+    pacing: &mut Pacing<'_>,
     seconds: &mut Seconds<'_>,
-    lateness: &mut Lateness,
-    timer: Option<&PreciseTimer>,
     end: Instant,
     cancel: &CancellationToken,
 ) -> SessionEnd {
     let written = seconds.written;
     let client = &session.client;
     let pace = async {
-        let _ = tokio::time::timeout_at(
-            end + PACE_OVERRUN,
-            pace(ctx, client, pacer, seconds, lateness, timer),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout_at(end + PACE_OVERRUN, pace(ctx, client, pacing, seconds)).await;
         // Queued messages go out before the DISCONNECT (one FIFO); the poll side ends when the
         // DISCONNECT is written.
         let _ = tokio::time::timeout(DISCONNECT_GRACE, client.disconnect()).await;
@@ -339,11 +337,14 @@ async fn drive(
 async fn pace(
     ctx: &PublisherCtx,
     client: &AsyncClient,
-    pacer: &mut Pacer,
+    pacing: &mut Pacing<'_>,
     seconds: &mut Seconds<'_>,
-    lateness: &mut Lateness,
-    timer: Option<&PreciseTimer>,
 ) {
+    let Pacing {
+        pacer,
+        lateness,
+        timer,
+    } = pacing;
     loop {
         let now = Instant::now();
         seconds.observe();
@@ -374,6 +375,13 @@ async fn pace(
             _ => tokio::time::sleep_until(wake).await,
         }
     }
+}
+
+/// A publisher's schedule, how late its messages went out, and the timer it sleeps on.
+struct Pacing<'t> {
+    pacer: Pacer,
+    lateness: Lateness,
+    timer: Option<&'t PreciseTimer>,
 }
 
 /// The precise timer a per-message publisher sleeps on, when its messages are close together
