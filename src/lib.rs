@@ -9,7 +9,8 @@
 //! - [`run`]: one experiment from a [`scenario`] file; [`report`] writes CSVs, summaries, plots.
 //!
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
-//! [`duration`] (`5s`/`100ms` parsing), [`process`] (child processes that never outlive us).
+//! [`duration`] (`5s`/`100ms` parsing), [`process`] (child processes that never outlive us),
+//! [`seeds`] (one trial seed → independent, value-stable random streams).
 
 pub mod agent;
 pub mod broker;
@@ -23,6 +24,7 @@ pub mod proto;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod seeds;
 
 /// Bad input from the user (scenario, flags): reported in one line, exit code 2.
 #[derive(Debug, thiserror::Error)]

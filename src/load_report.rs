@@ -12,7 +12,8 @@ pub const MAX_REPORT_LINE_BYTES: usize = 4096;
 pub struct LoadReport {
     /// Broker id as configured at the dispatcher (`--broker ID=HOST:PORT`).
     pub broker: String,
-    /// Wall-clock time of the sample, milliseconds since the Unix epoch.
+    /// Wall-clock time of the sample, milliseconds since the Unix epoch. For the records only:
+    /// the dispatcher windows reports by their arrival, so a skewed clock cannot steer it.
     pub t_ms: u64,
     /// CPU use over the last interval, percent of the measured capacity (one core = 100 when
     /// sampling a process; the whole host = 100 with `--host`; the cap with a cgroup limit).

@@ -1,6 +1,10 @@
-//! `--events FILE.csv`: one row per placement, `t_s,client_id,broker,load_<id>...` (DESIGN.md
-//! `decisions.csv` without the runner's `trial,method`). `broker` is empty when the client was
-//! refused with 0x88; `t_s` is seconds since the dispatcher started.
+//! `--events FILE.csv`: one row per placement, columns in this order:
+//! `t_s,client_id,broker,load_<id>...,pred_<id>...` (DESIGN.md `decisions.csv` without the
+//! runner's `trial,method`), one `load_` and then one `pred_` column per broker in config order.
+//! `load_` is the metric's window average, `pred_` the predicted load of clients placed there
+//! that its samples cannot show yet, both as the policy saw them before this client.
+//! `broker` is empty when the client was refused with 0x88; `t_s` is seconds since the
+//! dispatcher started.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -19,6 +23,7 @@ pub fn header(ids: &[String]) -> Vec<String> {
         "broker".to_owned(),
     ];
     row.extend(ids.iter().map(|id| format!("load_{id}")));
+    row.extend(ids.iter().map(|id| format!("pred_{id}")));
     row
 }
 
@@ -31,6 +36,7 @@ pub fn record(d: &Decision, start_ms: u64) -> Vec<String> {
         d.broker.clone().unwrap_or_default(),
     ];
     row.extend(d.loads.iter().map(|(_, load)| format!("{load}")));
+    row.extend(d.predicted.iter().map(|(_, pred)| format!("{pred}")));
     row
 }
 
@@ -71,11 +77,13 @@ mod tests {
         let ids = vec!["b1".to_owned(), "b2".to_owned()];
         let (tx, handle) = csv_writer(&path, &ids, 1_000).unwrap();
         let loads = vec![("b1".to_owned(), 12.5), ("b2".to_owned(), 0.0)];
+        let predicted = vec![("b1".to_owned(), 0.25), ("b2".to_owned(), 1.5)];
         tx.send(Decision {
             t_ms: 3_500,
             client_id: "p1".into(),
             broker: Some("b2".into()),
             loads: loads.clone(),
+            predicted: predicted.clone(),
         })
         .unwrap();
         tx.send(Decision {
@@ -83,6 +91,7 @@ mod tests {
             client_id: "p2".into(),
             broker: None,
             loads,
+            predicted,
         })
         .unwrap();
         drop(tx);
@@ -90,7 +99,9 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
-            "t_s,client_id,broker,load_b1,load_b2\n2.500,p1,b2,12.5,0\n3.000,p2,,12.5,0\n"
+            "t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2\n\
+             2.500,p1,b2,12.5,0,0.25,1.5\n\
+             3.000,p2,,12.5,0,0.25,1.5\n"
         );
     }
 }

@@ -1,15 +1,28 @@
 //! What the dispatcher knows about each broker's load: the samples agents report, their moving
 //! average, liveness, and the predicted load of clients placed since the samples last showed them.
 //!
+//! Time is the dispatcher's own: a sample counts as taken when its report *arrives* (a monotonic
+//! [`Instant`]), never at the agent's `t_ms`. An agent's clock can be skewed or lie; windowing by
+//! `t_ms` let one report dated in the future push every later honest sample out of the window and
+//! freeze the average. Arrival time cannot be forged, and report delay (milliseconds) is far below
+//! the interval. `t_ms` stays in the wire format for the runner's records.
+//!
+//! Window: the samples that arrived within `window` of the newest one, counted in whole
+//! intervals (age below `window - interval/2`, so arrival jitter cannot turn a 5 s window into 6
+//! samples); the newest sample is always in.
+//!
 //! Prediction (used by `least-load` and `two-choices`): every placement adds the learned
-//! per-client load to its broker's *pending* load. A 1 s sample covers the second before it, so a
-//! client placed after sample `j` is only fully visible from sample `j + 2` on; with `k` samples
-//! in the window of which `m` show the client, `1 - m/k` of its increment is still pending. The
-//! increment therefore fades out exactly as the window average takes it in, and a burst of
-//! CONNECTs between two samples spreads instead of piling onto the broker that looked idlest.
+//! per-client load to its broker's *pending* load. A sample can show a client only if it arrived
+//! at least [`visibility_lag`] after the placement: one interval for cpu and connections (the
+//! sample covers the interval before it), two for msg-rate and composite (the rate is the
+//! difference of two counter updates, which both must postdate the client's first publish). With
+//! `k` samples in the window of which `m` can show the client, `1 - m/k` of its increment is still
+//! pending: the increment fades out as the window average takes it in, and retires only when
+//! every sample in the window can show it. A burst of CONNECTs between two samples therefore
+//! spreads instead of piling onto the broker that looked idlest.
 //!
 //! Per-client load is learned from every sample as `metric / clients` (clients = the reported
-//! `connections`, else the placements this dispatcher made that the sample already shows), as an
+//! `connections`, else the placements this dispatcher made that the sample can show), as an
 //! exponentially weighted average starting from a prior.
 
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +54,29 @@ pub enum TableError {
     UnknownBroker(String),
 }
 
+/// How long after a placement a sample must arrive before it can show the new client, in report
+/// intervals. Pure; the rule behind every retirement of predicted load.
+pub fn visibility_lag(metric: Metric) -> u32 {
+    match metric {
+        // A sample covers the interval before it: one whole interval after the placement.
+        Metric::Cpu | Metric::Connections => 1,
+        // A rate is the difference of two counter updates: both must come after the client's
+        // first publish. Composite includes the rate, so it waits as long.
+        Metric::MsgRate | Metric::Composite => 2,
+    }
+}
+
+/// Whether a sample that arrived at `arrived` can show a client placed at `placed` (pure).
+pub fn can_show(placed: Instant, arrived: Instant, lag: Duration) -> bool {
+    arrived >= placed + lag
+}
+
+/// Whether a sample of age `age` is still in a moving window of `window` over reports every
+/// `interval` (pure): the window holds whole intervals, with half an interval of slack for jitter.
+pub fn in_window(age: Duration, window: Duration, interval: Duration) -> bool {
+    age + interval / 2 < window
+}
+
 /// One value per metric the agents report.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Components {
@@ -59,18 +95,20 @@ impl Components {
 
 #[derive(Debug, Clone)]
 struct Sample {
-    seq: u64,
-    t_ms: u64,
+    arrived: Instant,
     cpu: f64,
     rate: Option<f64>,
     conns: Option<f64>,
 }
 
-/// Placements made between two samples: they share one retirement schedule.
+/// Placements made between two samples: they share one retirement schedule, that of the latest
+/// of them (conservative: an earlier one retires at most one interval late, never early).
 #[derive(Debug, Clone)]
 struct Bucket {
-    /// Samples received before these placements; sample `seq + 1` is the first to show them.
+    /// Samples received before these placements (groups placements between two samples).
     seq: u64,
+    /// The latest placement in the bucket.
+    placed: Instant,
     count: u64,
     increment: Components,
 }
@@ -98,26 +136,30 @@ impl BrokerLoad {
     }
 
     /// Share of a bucket's increment the window average does not show yet.
-    fn unseen_fraction(&self, bucket: &Bucket) -> f64 {
+    fn unseen_fraction(&self, bucket: &Bucket, lag: Duration) -> f64 {
         let k = self.samples.len();
         if k == 0 {
             return 1.0;
         }
-        let seen = self.samples.iter().filter(|s| s.seq > bucket.seq).count();
+        let seen = self
+            .samples
+            .iter()
+            .filter(|s| can_show(bucket.placed, s.arrived, lag))
+            .count();
         1.0 - seen as f64 / k as f64
     }
 
-    fn pending(&self) -> Components {
+    fn pending(&self, lag: Duration) -> Components {
         let mut total = Components::default();
         for b in &self.buckets {
-            total.add_scaled(b.increment, self.unseen_fraction(b));
+            total.add_scaled(b.increment, self.unseen_fraction(b, lag));
         }
         total
     }
 
-    fn retire_seen_buckets(&mut self) {
+    fn retire_seen_buckets(&mut self, lag: Duration) {
         while let Some(b) = self.buckets.front() {
-            if self.unseen_fraction(b) > 0.0 {
+            if self.unseen_fraction(b, lag) > 0.0 {
                 break;
             }
             self.buckets.pop_front();
@@ -131,8 +173,10 @@ pub struct LoadTable {
     index: HashMap<String, usize>,
     brokers: Vec<BrokerLoad>,
     metric: Metric,
-    window_ms: u64,
-    down_after: Duration,
+    window: Duration,
+    interval: Duration,
+    /// [`visibility_lag`] of the metric, as a duration.
+    lag: Duration,
     per_client: Components,
 }
 
@@ -150,8 +194,9 @@ impl LoadTable {
             index,
             brokers,
             metric,
-            window_ms: window.as_millis() as u64,
-            down_after: interval * 3,
+            window,
+            interval,
+            lag: interval * visibility_lag(metric),
             per_client: PRIOR,
         }
     }
@@ -164,44 +209,36 @@ impl LoadTable {
         self.index.contains_key(id)
     }
 
-    /// Takes one report in: a new sample in the window, the broker alive again, a fresh
-    /// observation of per-client load, and the pending increments it now shows retired.
+    /// Takes one report in, arrived at `now`: a new sample in the window, the broker alive again,
+    /// a fresh observation of per-client load, and the pending increments it now shows retired.
     pub fn record(&mut self, report: &LoadReport, now: Instant) -> Result<(), TableError> {
         let &i = self
             .index
             .get(&report.broker)
             .ok_or_else(|| TableError::UnknownBroker(report.broker.clone()))?;
-        let window_ms = self.window_ms;
+        let (window, interval, lag) = (self.window, self.interval, self.lag);
         let b = &mut self.brokers[i];
-        let seq = b.received;
         b.received += 1;
         b.last_arrival = Some(now);
         let sample = Sample {
-            seq,
-            t_ms: report.t_ms,
+            arrived: now,
             cpu: report.cpu_pct,
             rate: report.msgs_in_per_s,
             conns: report.connections.map(|c| c as f64),
         };
-        b.samples.push_back(sample.clone());
-        let newest = b
-            .samples
-            .iter()
-            .map(|s| s.t_ms)
-            .max()
-            .unwrap_or(report.t_ms);
         b.samples
-            .retain(|s| s.t_ms.saturating_add(window_ms) > newest || s.seq == seq);
+            .retain(|s| in_window(now.saturating_duration_since(s.arrived), window, interval));
+        b.samples.push_back(sample.clone());
         while b.samples.len() > MAX_SAMPLES {
             b.samples.pop_front();
         }
-        b.retire_seen_buckets();
+        b.retire_seen_buckets(lag);
 
-        // Clients this sample shows: placements made before the previous sample arrived.
+        // Clients this sample can show: placements at least one lag before it arrived.
         let not_shown: u64 = b
             .buckets
             .iter()
-            .filter(|k| k.seq >= seq)
+            .filter(|k| !can_show(k.placed, now, lag))
             .map(|k| k.count)
             .sum();
         let clients = sample
@@ -220,18 +257,21 @@ impl LoadTable {
         Ok(())
     }
 
-    /// Counts one client placed on broker `i` and adds its predicted load to the pending load.
-    pub fn place(&mut self, i: usize) {
+    /// Counts one client placed on broker `i` at `now` and adds its predicted load to the
+    /// pending load.
+    pub fn place(&mut self, i: usize, now: Instant) {
         let increment = self.per_client;
         let b = &mut self.brokers[i];
         b.placed += 1;
         match b.buckets.back_mut() {
             Some(k) if k.seq == b.received => {
                 k.count += 1;
+                k.placed = k.placed.max(now);
                 k.increment.add_scaled(increment, 1.0);
             }
             _ => b.buckets.push_back(Bucket {
                 seq: b.received,
+                placed: now,
                 count: 1,
                 increment,
             }),
@@ -241,14 +281,15 @@ impl LoadTable {
     /// The policies' view of every broker at `now`, in config order, in the selected metric.
     pub fn views(&self, now: Instant, out: &mut Vec<BrokerView>) {
         out.clear();
+        let down_after = self.interval * 3;
         let raw: Vec<(bool, Components, Components, u64)> = self
             .brokers
             .iter()
             .map(|b| {
                 let live = b
                     .last_arrival
-                    .is_none_or(|t| now.saturating_duration_since(t) <= self.down_after);
-                (live, b.average(), b.pending(), b.placed)
+                    .is_none_or(|t| now.saturating_duration_since(t) <= down_after);
+                (live, b.average(), b.pending(self.lag), b.placed)
             })
             .collect();
         // Composite: each term is the broker's share of the busiest live broker's value
@@ -329,78 +370,129 @@ mod tests {
     }
 
     #[test]
-    fn average_covers_the_window_by_report_time() {
-        let mut t = table(Metric::Cpu);
-        let now = Instant::now();
-        for (s, cpu) in [(1, 100.0), (2, 10.0), (3, 20.0), (4, 30.0), (5, 40.0)] {
-            t.record(&report("b1", s, cpu), now).unwrap();
-        }
-        assert_eq!(views(&t, now)[0].load, 40.0, "mean of 100,10,20,30,40");
-        t.record(&report("b1", 6, 50.0), now).unwrap();
-        assert_eq!(views(&t, now)[0].load, 30.0, "t=1 fell out: mean of 10..50");
-    }
-
-    #[test]
-    fn metrics_select_their_field_and_missing_fields_count_as_zero() {
-        let mut r = report("b1", 1, 20.0);
-        r.msgs_in_per_s = Some(3000.0);
-        r.connections = Some(4);
-        let now = Instant::now();
-        let load_of = |m| {
-            let mut t = table(m);
-            t.record(&r, now).unwrap();
-            t.record(&report("b2", 1, 10.0), now).unwrap();
-            let v = views(&t, now);
-            (v[0].load, v[1].load)
-        };
-        assert_eq!(load_of(Metric::Cpu), (20.0, 10.0));
-        assert_eq!(load_of(Metric::MsgRate), (3000.0, 0.0));
-        assert_eq!(load_of(Metric::Connections), (4.0, 0.0));
-        // b1 is the busiest on both terms: 0.5*(1 + 1); b2 has half b1's cpu and no rate.
-        assert_eq!(load_of(Metric::Composite), (1.0, 0.25));
-    }
-
-    #[test]
-    fn silent_for_three_intervals_means_down_until_a_fresh_report() {
-        // The table takes `now` as an argument: time is simulated, nothing sleeps.
+    fn average_covers_the_window_by_arrival_time() {
         let mut t = table(Metric::Cpu);
         let start = Instant::now();
-        t.record(&report("b1", 1, 5.0), start).unwrap();
-        assert!(
-            views(&t, start + 3 * SECOND)[0].live,
-            "exactly 3 intervals: still up"
+        for (s, cpu) in [(1, 100.0), (2, 10.0), (3, 20.0), (4, 30.0), (5, 40.0)] {
+            t.record(&report("b1", s, cpu), start + s as u32 * SECOND)
+                .unwrap();
+        }
+        assert_eq!(views(&t, start)[0].load, 40.0, "mean of 100,10,20,30,40");
+        // Arrival jitter does not turn the 5 s window into 6 samples.
+        let jittered = start + 6 * SECOND - Duration::from_millis(30);
+        t.record(&report("b1", 6, 50.0), jittered).unwrap();
+        assert_eq!(
+            views(&t, start)[0].load,
+            30.0,
+            "t=1 fell out: mean of 10..50"
         );
-        let later = start + 3 * SECOND + Duration::from_millis(1);
-        let v = views(&t, later);
-        assert!(!v[0].live && v[1].live, "b2 never reported: assumed up");
-        t.record(&report("b1", 5, 5.0), later).unwrap();
-        assert!(views(&t, later)[0].live);
     }
 
     #[test]
-    fn pending_fades_as_the_window_takes_the_clients_in() {
-        let mut t = table(Metric::Cpu);
-        let now = Instant::now();
+    fn the_window_keeps_whole_intervals() {
+        let (w, i) = (5 * SECOND, SECOND);
+        assert!(in_window(Duration::from_millis(4_400), w, i));
+        assert!(!in_window(Duration::from_millis(4_500), w, i));
+        assert!(!in_window(5 * SECOND, w, i));
+        assert!(
+            in_window(Duration::ZERO, SECOND, SECOND),
+            "window = interval: newest only"
+        );
+        assert!(!in_window(SECOND, SECOND, SECOND));
+    }
+
+    #[test]
+    fn a_report_dated_in_the_future_cannot_freeze_the_window() {
+        // Skewed or malicious: an hour ahead, or the end of time.
+        for future_ms in [(3_600 + 6) * 1000, u64::MAX] {
+            let mut t = table(Metric::Cpu);
+            let start = Instant::now();
+            let at = |s: u32| start + s * SECOND;
+            for s in 1..=5 {
+                t.record(&report("b1", u64::from(s), 50.0), at(s)).unwrap();
+            }
+            let mut future = report("b1", 0, 100.0);
+            future.t_ms = future_ms;
+            t.record(&future, at(6)).unwrap();
+            // Honest reports at 10 % keep coming; the average must follow them.
+            let loads: Vec<f64> = (7..=12)
+                .map(|s| {
+                    t.record(&report("b1", u64::from(s), 10.0), at(s)).unwrap();
+                    views(&t, at(s))[0].load
+                })
+                .collect();
+            assert_eq!(
+                loads,
+                [52.0, 44.0, 36.0, 28.0, 10.0, 10.0],
+                "t_ms {future_ms}"
+            );
+        }
+    }
+
+    #[test]
+    fn visibility_lag_is_one_interval_for_cpu_two_for_rates() {
+        assert_eq!(visibility_lag(Metric::Cpu), 1);
+        assert_eq!(visibility_lag(Metric::Connections), 1);
+        assert_eq!(visibility_lag(Metric::MsgRate), 2);
+        assert_eq!(visibility_lag(Metric::Composite), 2);
+        let placed = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(!can_show(placed, placed + ms(999), SECOND));
+        assert!(can_show(placed, placed + SECOND, SECOND));
+        assert!(!can_show(placed, placed + ms(1_999), 2 * SECOND));
+        assert!(can_show(placed, placed + 2 * SECOND, 2 * SECOND));
+    }
+
+    /// Samples every second at t = 1..=5 s, one client placed at 5.2 s, then samples at 6, 7, ...
+    /// Returns the pending load after each of those samples, as a share of the full increment.
+    fn pending_after_each_sample(metric: Metric) -> Vec<f64> {
+        let mut t = table(metric);
+        let start = Instant::now();
+        let at = |s: u32| start + s * SECOND;
         for s in 1..=5 {
-            t.record(&report("b1", s, 10.0), now).unwrap();
+            t.record(&report("b1", u64::from(s), 10.0), at(s)).unwrap();
         }
-        for _ in 0..4 {
-            t.place(0);
+        t.place(0, at(5) + Duration::from_millis(200));
+        let full = views(&t, at(5))[0].pending;
+        assert!(full > 0.0);
+        (6..=13)
+            .map(|s| {
+                t.record(&report("b1", u64::from(s), 10.0), at(s)).unwrap();
+                views(&t, at(s))[0].pending / full
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cpu_prediction_fades_from_the_first_sample_one_interval_after_placement() {
+        let shares = pending_after_each_sample(Metric::Cpu);
+        // t=6 arrived 0.8 s after the placement: cannot show the client yet.
+        assert_eq!(shares[0], 1.0, "{shares:?}");
+        // t=7 can: one fifth of the window shows it; t=11 is the fifth such sample.
+        assert!((shares[1] - 0.8).abs() < 1e-9, "{shares:?}");
+        assert_eq!(&shares[5..], [0.0, 0.0, 0.0], "{shares:?}");
+    }
+
+    #[test]
+    fn msg_rate_prediction_waits_two_intervals() {
+        let shares = pending_after_each_sample(Metric::MsgRate);
+        // t=7 arrived 1.8 s after the placement: a rate cannot include the client yet.
+        assert_eq!(&shares[..2], [1.0, 1.0], "{shares:?}");
+        assert!((shares[2] - 0.8).abs() < 1e-9, "{shares:?}");
+        assert_eq!(&shares[6..], [0.0, 0.0], "{shares:?}");
+    }
+
+    #[test]
+    fn a_retired_prediction_leaves_no_bucket() {
+        let mut t = table(Metric::MsgRate);
+        let start = Instant::now();
+        t.place(1, start);
+        for s in 1..=8u32 {
+            t.record(&report("b2", u64::from(s), 1.0), start + s * SECOND)
+                .unwrap();
         }
-        let p0 = views(&t, now)[0].pending;
-        assert_eq!(p0, 4.0 * PRIOR.cpu);
-        // The next sample covers the second of the placements: shows nothing yet.
-        t.record(&report("b1", 6, 10.0), now).unwrap();
-        assert_eq!(views(&t, now)[0].pending, p0);
-        // From then on each sample shows them: one fifth of the window per sample.
-        t.record(&report("b1", 7, 12.0), now).unwrap();
-        let p = views(&t, now)[0].pending;
-        assert!(p > 0.0 && p < p0, "{p}");
-        for s in 8..=11 {
-            t.record(&report("b1", s, 12.0), now).unwrap();
-        }
-        assert_eq!(views(&t, now)[0].pending, 0.0, "fully shown: retired");
-        assert!(t.brokers[0].buckets.is_empty());
+        assert!(t.brokers[1].buckets.is_empty());
+        assert_eq!(views(&t, start + 8 * SECOND)[1].pending, 0.0);
     }
 
     #[test]
@@ -414,7 +506,7 @@ mod tests {
             r.t_ms = s * 1000;
             t.record(&r, now).unwrap();
         }
-        t.place(1);
+        t.place(1, now);
         let learned = views(&t, now)[1].pending;
         assert!((learned - 10_000.0).abs() < 10.0, "{learned}");
     }
@@ -429,7 +521,7 @@ mod tests {
             r.t_ms = s * 1000;
             t.record(&r, now).unwrap();
         }
-        t.place(1);
+        t.place(1, now);
         assert!(views(&t, now)[1].pending >= PRIOR.cpu * FLOOR_FRACTION);
     }
 

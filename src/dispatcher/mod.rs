@@ -102,7 +102,7 @@ pub struct DispatcherConfig {
     pub brokers: Vec<BrokerEntry>,
     pub policy: Policy,
     pub metric: Metric,
-    /// Moving-average window over the reports' `t_ms` (the paper: 5 s).
+    /// Moving-average window over the reports' arrival times (the paper: 5 s).
     pub window: Duration,
     /// The agents' sampling interval; a broker silent for 3 of them is down.
     pub report_interval: Duration,
@@ -113,6 +113,8 @@ pub struct DispatcherConfig {
     pub max_packet_bytes: u32,
     /// Shared secret every report must carry, when set.
     pub token: Option<String>,
+    /// The trial seed: `random` and `two-choices` draw from its dispatcher stream
+    /// ([`crate::seeds`]), independent of the arrival order drawn from the same seed.
     pub seed: u64,
 }
 
@@ -165,6 +167,10 @@ pub struct Decision {
     pub broker: Option<String>,
     /// The metric's window average of every broker when chosen, config order.
     pub loads: Vec<(String, f64)>,
+    /// The predicted (pending) load of every broker when chosen, config order, in the metric's
+    /// unit: clients placed there that its samples cannot show yet. `least-load` and
+    /// `two-choices` chose by `loads + predicted`; the other policies ignore it.
+    pub predicted: Vec<(String, f64)>,
 }
 
 /// Serves clients on `listener` (and agents on `report_listener`) until `cancel`; then waits for
@@ -251,7 +257,8 @@ pub struct Args {
     /// Time a client has to send its CONNECT.
     #[arg(long, default_value = "3s", value_parser = crate::duration::parse_arg)]
     pub handshake_timeout: Duration,
-    /// Seed of the `random` and `two-choices` policies.
+    /// Trial seed of the `random` and `two-choices` policies (they draw from a stream derived
+    /// from it, independent of the arrival order `load --seed` draws from the same number).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

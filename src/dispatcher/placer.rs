@@ -73,19 +73,23 @@ impl Placer {
             inner.table.views(now, &mut inner.views);
             let chosen = policy::choose(self.policy, &inner.views, &mut inner.state);
             if let Some(i) = chosen {
-                inner.table.place(i);
+                inner.table.place(i, now);
             }
-            let decision = self.decisions.as_ref().map(|_| Decision {
-                t_ms: crate::now_ms(),
-                client_id: client_id.to_owned(),
-                broker: chosen.map(|i| inner.table.ids()[i].clone()),
-                loads: inner
-                    .table
-                    .ids()
-                    .iter()
-                    .zip(&inner.views)
-                    .map(|(id, v)| (id.clone(), v.load))
-                    .collect(),
+            let decision = self.decisions.as_ref().map(|_| {
+                // What the policy saw: the views from before this client was placed.
+                let per_broker = |f: fn(&BrokerView) -> f64| {
+                    let ids = inner.table.ids().iter();
+                    ids.zip(&inner.views)
+                        .map(|(id, v)| (id.clone(), f(v)))
+                        .collect()
+                };
+                Decision {
+                    t_ms: crate::now_ms(),
+                    client_id: client_id.to_owned(),
+                    broker: chosen.map(|i| inner.table.ids()[i].clone()),
+                    loads: per_broker(|v| v.load),
+                    predicted: per_broker(|v| v.pending),
+                }
             });
             (chosen, decision)
         };
@@ -120,9 +124,12 @@ impl Placer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatcher::BrokerEntry;
+    use crate::dispatcher::{BrokerEntry, Metric};
 
-    fn placer(policy: Policy) -> (Placer, tokio::sync::mpsc::UnboundedReceiver<Decision>) {
+    fn placer(
+        policy: Policy,
+        metric: Metric,
+    ) -> (Placer, tokio::sync::mpsc::UnboundedReceiver<Decision>) {
         let brokers = ["b1", "b2"]
             .map(|id| BrokerEntry {
                 id: id.into(),
@@ -130,24 +137,35 @@ mod tests {
             })
             .to_vec();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let p = Placer::new(&DispatcherConfig::new(brokers, policy), Some(tx));
+        let mut cfg = DispatcherConfig::new(brokers, policy);
+        cfg.metric = metric;
+        let p = Placer::new(&cfg, Some(tx));
         for broker in ["b1", "b2"] {
-            let report = LoadReport {
-                broker: broker.into(),
-                t_ms: 1_000,
-                cpu_pct: 20.0,
-                msgs_in_per_s: None,
-                connections: None,
-                token: None,
-            };
-            p.record(&report).unwrap();
+            p.record(&report(broker)).unwrap();
         }
         (p, rx)
     }
 
+    fn report(broker: &str) -> LoadReport {
+        LoadReport {
+            broker: broker.into(),
+            t_ms: 1_000,
+            cpu_pct: 20.0,
+            msgs_in_per_s: None,
+            connections: None,
+            token: None,
+        }
+    }
+
+    fn pending(p: &Placer) -> Vec<f64> {
+        let mut views = Vec::new();
+        p.lock().table.views(Instant::now(), &mut views);
+        views.iter().map(|v| v.pending).collect()
+    }
+
     /// A burst of 1000 placements between two samples of two equally loaded brokers.
     fn burst_split(policy: Policy) -> [usize; 2] {
-        let (p, mut rx) = placer(policy);
+        let (p, mut rx) = placer(policy, Metric::Cpu);
         let mut counts = [0; 2];
         for k in 0..1000 {
             let answer = p.place(&format!("c{k}"));
@@ -172,5 +190,44 @@ mod tests {
         let spread = burst_split(Policy::LeastLoad);
         assert!(spread.iter().all(|&c| c <= 520), "least-load {spread:?}");
         assert_eq!(burst_split(Policy::LeastCpu), [1000, 0]);
+    }
+
+    /// Paused clock: the placer stamps placements and reports with `Instant::now()`.
+    #[tokio::test(start_paused = true)]
+    async fn a_placement_stays_predicted_until_a_report_that_can_show_it() {
+        let ms = Duration::from_millis;
+        for (metric, lag) in [(Metric::Cpu, ms(1_000)), (Metric::MsgRate, ms(2_000))] {
+            let (p, mut rx) = placer(Policy::LeastLoad, metric);
+            p.place("c0");
+            let placed = Instant::now();
+            let d0 = rx.try_recv().unwrap();
+            assert_eq!(d0.broker.as_deref(), Some("b1"));
+            assert_eq!(d0.predicted, [("b1".into(), 0.0), ("b2".into(), 0.0)]);
+            let full = pending(&p)[0];
+            assert!(full > 0.0, "{metric:?}");
+
+            // Right after, and just before the lag: these reports cannot include the client.
+            for at in [ms(100), lag - ms(1)] {
+                tokio::time::advance(placed + at - Instant::now()).await;
+                p.record(&report("b1")).unwrap();
+                assert_eq!(pending(&p)[0], full, "{metric:?} at {at:?}");
+            }
+            // The next decision carries the prediction it was made with.
+            p.place("c1");
+            let d1 = rx.try_recv().unwrap();
+            assert_eq!(d1.predicted[0], ("b1".into(), full), "{metric:?}");
+
+            // A report one lag after the placement can show it: the prediction starts to fade...
+            tokio::time::advance(placed + lag - Instant::now()).await;
+            p.record(&report("b1")).unwrap();
+            let fading = pending(&p)[0];
+            assert!(fading > 0.0 && fading < full, "{metric:?}: {fading}");
+            // ...and retires once every sample in the window can show it.
+            for _ in 0..5 {
+                tokio::time::advance(Duration::from_secs(1)).await;
+                p.record(&report("b1")).unwrap();
+            }
+            assert_eq!(pending(&p)[0], 0.0, "{metric:?}");
+        }
     }
 }

@@ -501,10 +501,24 @@ async fn burst_split(policy: Policy) -> [usize; 2] {
         }
     }
     let mut logged = [0; 2];
+    let mut predicted_any = false;
     while let Ok(x) = decisions.try_recv() {
-        logged[usize::from(x.broker.as_deref() == Some("b2"))] += 1;
+        let chosen = usize::from(x.broker.as_deref() == Some("b2"));
+        logged[chosen] += 1;
+        predicted_any |= x.predicted.iter().any(|(_, p)| *p > 0.0);
+        if policy == Policy::LeastLoad {
+            // The logged prediction is the one the choice used: least-load took the lower
+            // `load + pred` (ties to b1).
+            let score = |i: usize| x.loads[i].1 + x.predicted[i].1;
+            let expected = usize::from(score(1) < score(0));
+            assert_eq!(chosen, expected, "{x:?}");
+        }
     }
     assert_eq!(counts, logged, "every placement logged once");
+    assert!(
+        predicted_any,
+        "a burst between two reports is all predicted load"
+    );
     counts
 }
 
