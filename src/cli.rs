@@ -1,6 +1,8 @@
 //! Command line: one subcommand per role (DESIGN.md, "Roles and their command lines").
 //! Each role owns its `Args` and its `cli_main`; this file only wires them together.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -45,7 +47,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Logs go to stderr (stdout carries `listening on ADDR` and data), filtered by `RUST_LOG`.
+/// Logs go to stderr (stdout carries `listening on ADDR` and data), filtered by `RUST_LOG`,
+/// coloured only when stderr is a terminal (`make quick > log 2>&1` stays plain text).
 /// Default `info`; for `run`, only the runner's own progress lines and warnings, since a run
 /// starts hundreds of publishers whose every join would otherwise scroll past the progress bar.
 pub fn init_tracing(command: &Command) {
@@ -57,5 +60,6 @@ pub fn init_tracing(command: &Command) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

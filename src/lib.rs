@@ -9,10 +9,13 @@
 //! - [`run`]: one experiment from a [`scenario`] file; [`report`] writes CSVs, summaries, plots.
 //!
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
-//! [`duration`] (`5s`/`100ms` parsing), [`process`] (child processes that never outlive us),
-//! [`seeds`] (one trial seed → independent, value-stable random streams).
+//! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
+//! delays), [`shutdown`] (SIGINT/SIGTERM/SIGHUP), [`process`] (child processes that never
+//! outlive us), [`seeds`] (one trial seed → independent, value-stable random streams).
 
+pub mod addr;
 pub mod agent;
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod dispatcher;
@@ -25,6 +28,7 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod seeds;
+pub mod shutdown;
 
 /// Bad input from the user (scenario, flags): reported in one line, exit code 2.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,8 @@ use crate::dispatcher::{Metric, Policy};
 use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
 use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
 
+mod length;
+
 /// A scenario, checked and with its time scale applied: what the runner executes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
@@ -335,8 +337,8 @@ impl Checker<'_> {
         };
         let addresses: Vec<String> = b.addresses.iter().map(|a| a.value.clone()).collect();
         for a in &b.addresses {
-            if !is_host_port(&a.value) {
-                return Err(self.at(a, format!("`{}` is not a HOST:PORT address", a.value)));
+            if let Err(e) = a.value.parse::<crate::addr::HostPort>() {
+                return Err(self.at(a, e));
             }
         }
         let count = match (b.kind, &b.count) {
@@ -600,11 +602,6 @@ impl Checker<'_> {
     }
 }
 
-fn is_host_port(text: &str) -> bool {
-    text.rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-}
-
 // ---- `mqdispatch validate` ------------------------------------------------------------------
 
 #[derive(Debug, clap::Args)]
@@ -617,7 +614,7 @@ pub fn cli_main(args: ValidateArgs) -> anyhow::Result<()> {
     let scenario = load(&args.scenario)?;
     crate::broker::check_available(scenario.brokers.kind)
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
-    let per_trial: Duration = crate::run::method_length(&scenario);
+    let per_trial = scenario.method_length();
     println!(
         "{}: ok — {} trial(s) × {} method(s), {} publisher(s), about {} per method run",
         args.scenario.display(),

@@ -14,6 +14,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::addr::HostPort;
+use crate::backoff::Backoff;
+
 /// Where the agent reads a broker's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CounterSource {
@@ -28,13 +31,18 @@ impl std::str::FromStr for CounterSource {
     type Err = String;
     /// `rumqttd=HOST:PORT` or `mosquitto=HOST:PORT` (command line).
     fn from_str(text: &str) -> Result<Self, String> {
+        let valid = |addr: &str| {
+            addr.parse::<HostPort>()
+                .map(|a| a.to_string())
+                .map_err(|e| e.to_string())
+        };
         match text.split_once('=') {
             Some(("rumqttd", addr)) if !addr.is_empty() => Ok(CounterSource::Rumqttd {
-                stats_addr: addr.to_owned(),
+                stats_addr: valid(addr)?,
             }),
-            Some(("mosquitto", addr)) if !addr.is_empty() => Ok(CounterSource::MosquittoSys {
-                addr: addr.to_owned(),
-            }),
+            Some(("mosquitto", addr)) if !addr.is_empty() => {
+                Ok(CounterSource::MosquittoSys { addr: valid(addr)? })
+            }
             _ => Err(format!(
                 "`{text}`: expected rumqttd=HOST:PORT (the broker's `stats on` address) \
                  or mosquitto=HOST:PORT"
@@ -104,7 +112,7 @@ pub fn spawn_reader(
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = backoff.wait() => {}
             }
         }
     });
@@ -150,16 +158,13 @@ async fn read_mosquitto(
     tx: &watch::Sender<Option<CounterReading>>,
 ) -> anyhow::Result<()> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| anyhow::anyhow!("`{addr}` is not HOST:PORT"))?;
+    let addr: HostPort = addr.parse()?;
     let client_id = format!(
         "mqdispatch-agent-{}-{}",
         std::process::id(),
         crate::now_ms()
     );
-    let mut options = MqttOptions::new(client_id, host, port);
+    let mut options = MqttOptions::new(client_id, addr.host(), addr.port());
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut events) = AsyncClient::new(options, 10);
     for topic in [SYS_RECEIVED, SYS_CONNECTED, SYS_UPTIME] {
@@ -195,32 +200,6 @@ async fn read_mosquitto(
                 }
             }
         }
-    }
-}
-
-/// Reconnect delays: 100 ms doubling to 2 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-}
-
-impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(2));
-        d
-    }
-
-    pub fn reset(&mut self) {
-        *self = Backoff::default();
     }
 }
 
@@ -265,12 +244,7 @@ mod tests {
         assert!("mosquitto=h:1".parse::<CounterSource>().is_ok());
         assert!("other=h:1".parse::<CounterSource>().is_err());
         assert!("rumqttd=".parse::<CounterSource>().is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let mut b = Backoff::default();
-        let delays: Vec<_> = (0..7).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000]);
+        let bad = "mosquitto=::1:1883".parse::<CounterSource>().unwrap_err();
+        assert!(bad.contains("needs brackets"), "{bad}");
     }
 }

@@ -211,9 +211,11 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
             print!("{}", report.to_line());
         }
     });
+    let mut signals = crate::shutdown::Signals::install()?;
     let mut agent = tokio::spawn(run(cfg, Some(tx), cancel.clone()));
     let result = tokio::select! {
-        _ = shutdown_signal() => {
+        signal = signals.recv() => {
+            info!(%signal, "shutting down");
             cancel.cancel();
             (&mut agent).await?
         }
@@ -224,18 +226,4 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         warn!(error = %e, "agent stopped");
     }
     result
-}
-
-/// Resolves on SIGINT or SIGTERM, so a role run alone exits cleanly under Ctrl-C or `kill`.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::counters::Backoff;
+use crate::backoff::Backoff;
 
 /// Reports queued per dispatcher while it is slow or away; more are dropped.
 const QUEUE: usize = 4;
@@ -87,7 +87,7 @@ async fn connection_loop(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = backoff.wait() => {}
         }
     }
 }

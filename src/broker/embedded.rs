@@ -294,9 +294,10 @@ pub async fn serve_stats(
     }
 }
 
-/// The subcommand: start, announce the addresses on stdout, serve until SIGINT/SIGTERM.
+/// The subcommand: start, announce the addresses on stdout, serve until SIGINT/SIGTERM/SIGHUP.
 pub async fn cli_main(args: super::Args) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    let mut signals = crate::shutdown::Signals::install()?;
     let broker = start(
         args.listen,
         args.listen_v4,
@@ -321,7 +322,7 @@ pub async fn cli_main(args: super::Args) -> anyhow::Result<()> {
     stdout.flush().await?;
     info!(v5 = %broker.v5, v4 = ?broker.v4, stats = %stats_addr, "embedded broker running");
     let server = tokio::spawn(serve_stats(stats, broker.counters, cancel.clone()));
-    crate::agent::shutdown_signal().await;
+    signals.recv().await;
     cancel.cancel();
     let _ = server.await;
     // rumqttd's threads cannot be stopped; they end with the process.

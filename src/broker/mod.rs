@@ -205,12 +205,12 @@ impl RunningBroker {
     pub async fn restart(&mut self) -> Result<(), BrokerError> {
         let port = self
             .addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .ok_or_else(|| BrokerError::Spec {
+            .parse::<crate::addr::HostPort>()
+            .map_err(|e| BrokerError::Spec {
                 id: self.id.clone(),
-                why: format!("cannot restart: no port in `{}`", self.addr),
-            })?;
+                why: format!("cannot restart: {e}"),
+            })?
+            .port();
         if self.kind == BrokerKind::External {
             return Err(BrokerError::Spec {
                 id: self.id.clone(),

@@ -48,14 +48,13 @@ impl std::str::FromStr for BrokerEntry {
         let (id, addr) = text
             .split_once('=')
             .ok_or_else(|| format!("`{text}`: expected ID=HOST:PORT, e.g. b1=127.0.0.1:1884"))?;
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if id.is_empty() || !port_ok {
+        if id.is_empty() {
             return Err(format!(
                 "`{text}`: expected ID=HOST:PORT, e.g. b1=127.0.0.1:1884"
             ));
         }
+        addr.parse::<crate::addr::HostPort>()
+            .map_err(|e| format!("broker {id}: {e}"))?;
         Ok(Self {
             id: id.to_owned(),
             addr: addr.to_owned(),
@@ -286,6 +285,12 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Before the announcement: a signal sent as soon as `listening on` is read stops us cleanly.
+    let cancel = CancellationToken::new();
+    let _signals = crate::shutdown::cancel_on_signal(
+        &cancel,
+        |signal| tracing::info!(%signal, "shutting down"),
+    )?;
     println!("listening on {}", listener.local_addr()?);
     if let Some(rl) = &report_listener {
         println!("reports on {}", rl.local_addr()?);
@@ -300,38 +305,11 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         None => (None, None),
     };
 
-    let cancel = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(cancel.clone()));
     run(listener, report_listener, cfg, decisions, cancel).await?;
     if let Some(handle) = writer {
         handle.await.context("events writer")??;
     }
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM: stop accepting, finish the handshakes in flight, exit 0.
-async fn cancel_on_signal(cancel: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down");
-    cancel.cancel();
 }
 
 #[cfg(test)]
@@ -344,7 +322,14 @@ mod tests {
         assert_eq!((b.id.as_str(), b.addr.as_str()), ("b1", "127.0.0.1:1884"));
         let b: BrokerEntry = "b2=broker.example:1883".parse().unwrap();
         assert_eq!(b.addr, "broker.example:1883");
-        for bad in ["b1", "=h:1", "b1=h", "b1=:1883", "b1=h:99999"] {
+        for bad in [
+            "b1",
+            "=h:1",
+            "b1=h",
+            "b1=:1883",
+            "b1=h:99999",
+            "b1=::1:1883",
+        ] {
             assert!(bad.parse::<BrokerEntry>().is_err(), "{bad}");
         }
     }

@@ -109,15 +109,12 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::task::spawn_blocking(move || write_csv(rx, out, profile_of, start_s));
     let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    let signal = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("interrupted: stopping publishers");
-            on_signal.cancel();
-        }
-    });
+    let signals = crate::shutdown::cancel_on_signal(
+        &cancel,
+        |signal| tracing::warn!(%signal, "interrupted: stopping publishers"),
+    )?;
     let result = run(cfg, tx, cancel).await;
-    signal.abort();
+    drop(signals);
     // `run` has dropped every sender: the writer drains the rest and ends.
     writer.await.context("csv writer task")??;
     let summary = result?;

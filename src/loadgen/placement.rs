@@ -14,6 +14,7 @@ use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use tokio::time::Instant;
 
+use crate::addr::{AddrError, HostPort};
 use crate::proto::{ProtoError, RedirectReason, request_redirect};
 
 /// Redirect hops followed when the broker list itself redirects (dns-rr against a dispatcher).
@@ -54,7 +55,7 @@ impl Placement {
             return Err(format!("no {what} address given"));
         }
         for a in addrs {
-            split_host_port(a).map_err(|e| format!("{what} {e}"))?;
+            a.parse::<HostPort>().map_err(|e| format!("{what} {e}"))?;
         }
         Ok(())
     }
@@ -108,7 +109,7 @@ pub enum PlacementError {
     #[error("{0} answered CONNACK Success: it is a broker, not a dispatcher (use --broker)")]
     NotADispatcher(String),
     #[error("invalid Server Reference from {from}: {error}")]
-    BadReference { from: String, error: String },
+    BadReference { from: String, error: AddrError },
     #[error("dispatcher {addr}: {source}")]
     Dispatcher { addr: String, source: ProtoError },
     #[error("broker {addr}: {error}")]
@@ -223,10 +224,12 @@ async fn follow(
                 chain: format!("{} → {target}", chain()),
             });
         }
-        split_host_port(&target).map_err(|error| PlacementError::BadReference {
-            from: visited.last().cloned().unwrap_or_default(),
-            error,
-        })?;
+        target
+            .parse::<HostPort>()
+            .map_err(|error| PlacementError::BadReference {
+                from: visited.last().cloned().unwrap_or_default(),
+                error,
+            })?;
         if visited.contains(&target) {
             return Err(PlacementError::Loop {
                 chain: chain(),
@@ -281,8 +284,8 @@ async fn connect_broker(addr: &str, conn: &Connector) -> Result<Attempt, Placeme
         addr: addr.to_owned(),
         error,
     };
-    let (host, port) = split_host_port(addr).map_err(fail)?;
-    let mut options = MqttOptions::new(conn.client_id.clone(), host, port);
+    let target: HostPort = addr.parse().map_err(|e: AddrError| fail(e.to_string()))?;
+    let mut options = MqttOptions::new(conn.client_id.clone(), target.host(), target.port());
     options
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_start(true)
@@ -330,37 +333,9 @@ pub(crate) fn server_moved_us(eventloop: &mut EventLoop) -> Option<(RedirectReas
     found
 }
 
-/// `host:port` (or `[v6]:port`) → (host, port).
-pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{addr}` is not HOST:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{addr}`: port `{port}` is not a number 0-65535"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("`{addr}` has no host"));
-    }
-    Ok((host.to_owned(), port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(
-            split_host_port("127.0.0.1:1883"),
-            Ok(("127.0.0.1".into(), 1883))
-        );
-        assert_eq!(split_host_port("[::1]:80"), Ok(("::1".into(), 80)));
-        assert_eq!(split_host_port("broker-a:1"), Ok(("broker-a".into(), 1)));
-        assert!(split_host_port("nohost").is_err());
-        assert!(split_host_port(":1883").is_err());
-        assert!(split_host_port("h:99999").is_err());
-    }
 
     #[test]
     fn placement_validation_and_entries() {
@@ -369,6 +344,13 @@ mod tests {
         };
         assert!(dns.validate().is_ok());
         assert!(matches!(dns.entry_for(3), Entry::Broker { addr, .. } if addr == "b:2"));
+        let v6 = Placement::DnsRoundRobin {
+            brokers: vec!["[::1]:1".into(), "::1:2".into()],
+        };
+        assert_eq!(
+            v6.validate().unwrap_err(),
+            "broker `::1:2`: an IPv6 address needs brackets, e.g. [::1]:1883"
+        );
         let none = Placement::Dispatcher {
             dispatchers: vec![],
             max_hops: 2,

@@ -12,7 +12,6 @@ pub mod results_dir;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -42,18 +41,6 @@ pub struct Args {
     /// Also copy the headline plots (throughput.png, gap.png) here.
     #[arg(long)]
     pub plots_dir: Option<PathBuf>,
-}
-
-/// The length of one method run: the last publisher's end.
-pub fn method_length(scenario: &Scenario) -> Duration {
-    plan_arrivals(&scenario.profiles, &scenario.arrival, scenario.seed)
-        .map(|plan| {
-            plan.iter()
-                .map(|p| p.join_at + scenario.profiles[p.profile].duration)
-                .max()
-                .unwrap_or_default()
-        })
-        .unwrap_or_default()
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
@@ -89,13 +76,9 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
 
     let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ninterrupted: stopping everything, keeping what was measured");
-            on_signal.cancel();
-        }
-    });
+    let _signals = crate::shutdown::cancel_on_signal(&cancel, |signal| {
+        eprintln!("\ninterrupted ({signal}): stopping everything, keeping what was measured")
+    })?;
 
     let outcome = run(&scenario, &args.scenario, &text, &args.out, cancel).await?;
     println!("\n{}", report::tables::render_console(&outcome.summary));
@@ -176,7 +159,7 @@ pub async fn run(
         .collect();
     let mut writer = ResultsWriter::create(&dir, &broker_ids)?;
     let mut faults_log = FaultLog::create(&dir)?;
-    let progress = progress::Progress::new(scenario, method_length(scenario));
+    let progress = progress::Progress::new(scenario, scenario.method_length());
     let mut optimum = HashMap::new();
     let mut failure: Option<anyhow::Error> = None;
     let mut broker_versions = Vec::new();

@@ -18,6 +18,7 @@ mod dispatcher_down;
 mod dispatcher_restart;
 mod fuzz_replay;
 mod hostile;
+mod signals;
 
 /// Sampler interval of the short scenarios (s): the dispatcher calls a broker down after 3.
 const INTERVAL_S: f64 = 0.2;
@@ -157,6 +158,18 @@ fn run_watched(
     limit: Duration,
     interrupt: impl Fn(&Path) -> bool,
 ) -> Watched {
+    run_signalled(scenario, out, extra, limit, libc::SIGINT, interrupt)
+}
+
+/// [`run_watched`], sending `signal` instead of SIGINT.
+fn run_signalled(
+    scenario: &Path,
+    out: &Path,
+    extra: &[&str],
+    limit: Duration,
+    signal: i32,
+    interrupt: impl Fn(&Path) -> bool,
+) -> Watched {
     let stderr_path = out.join("stderr.log");
     let child = Command::new(bin())
         .arg("run")
@@ -183,7 +196,7 @@ fn run_watched(
             && interrupt(&dir)
         {
             // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-            unsafe { libc::kill(pid as i32, libc::SIGINT) };
+            unsafe { libc::kill(pid as i32, signal) };
             interrupted = true;
         }
         if let Some(status) = child.0.try_wait().expect("try_wait") {
@@ -217,6 +230,20 @@ fn results_dir(out: &Path) -> Option<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| p.is_dir() && !p.is_symlink())
+}
+
+/// Whether this test may create CPU cgroups (so a scenario may use `cpu_limit`).
+fn cgroups_writable() -> bool {
+    match mqdispatch::broker::cgroup::CpuCgroup::create("probe", 0.5) {
+        Ok(mut probe) => {
+            let _ = probe.remove();
+            true
+        }
+        Err(e) => {
+            eprintln!("cgroups not writable here ({e}): checking processes only");
+            false
+        }
+    }
 }
 
 /// Asserts nothing the run started is left: no process, no cgroup.
@@ -492,34 +519,50 @@ fn dns_rr_publishers_of_the_dead_broker_stay_down() {
     assert_no_orphans(&w);
 }
 
-#[test]
-fn interrupted_run_keeps_its_data_and_leaves_no_process_or_cgroup() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let capped = match mqdispatch::broker::cgroup::CpuCgroup::create("probe", 0.5) {
-        Ok(mut probe) => {
-            let _ = probe.remove();
-            true
-        }
-        Err(e) => {
-            eprintln!("cgroups not writable here ({e}): checking processes only");
-            false
-        }
+/// A scenario to interrupt, written to `dir/NAME.yaml`: two embedded brokers (capped, when
+/// cgroups are writable here, so cgroups are checked too), two publishers that would run 30 s,
+/// `faults` (YAML list entries, may be empty). Returns the file and whether brokers are capped.
+fn interruptible_scenario(dir: &Path, name: &str, faults: &str) -> (PathBuf, bool) {
+    let capped = cgroups_writable();
+    let scenario = dir.join(format!("{name}.yaml"));
+    let faults = if faults.is_empty() {
+        String::new()
+    } else {
+        format!("faults:\n{faults}")
     };
-    let scenario = tmp.path().join("interrupt.yaml");
     std::fs::write(
         &scenario,
         format!(
-            "name: interrupt\nseed: 1\ntrials: 1\n\
+            "name: {name}\nseed: 1\ntrials: 1\n\
              brokers: {{ kind: embedded, count: 2{} }}\n\
              sampler: {{ interval: 200ms, window: 1s }}\n\
              publishers:\n  - {{ name: p, count: 2, rate: 200, payload_bytes: 100, duration: 30s }}\n\
-             arrival: {{ order: random, interval: 500ms }}\n\
-             faults:\n  - {{ at: 1s, kind: kill, broker: 1, restore_after: 1s }}\n\
+             arrival: {{ order: random, interval: 500ms }}\n{faults}\
              methods:\n  - {{ name: rr, assign: dispatcher, policy: least-connections }}\n",
             if capped { ", cpu_limit: 0.5" } else { "" }
         ),
     )
     .expect("write scenario");
+    (scenario, capped)
+}
+
+/// The manifest of an interrupted run: kept, `completed: false`, reason `interrupted`.
+fn assert_interrupted_manifest(w: &Watched) {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.dir.join("manifest.json")).expect("manifest"))
+            .expect("manifest json");
+    assert_eq!(manifest["completed"], false, "{manifest}");
+    assert_eq!(manifest["incomplete_reason"], "interrupted", "{manifest}");
+}
+
+#[test]
+fn interrupted_run_keeps_its_data_and_leaves_no_process_or_cgroup() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (scenario, capped) = interruptible_scenario(
+        tmp.path(),
+        "interrupt",
+        "  - { at: 1s, kind: kill, broker: 1, restore_after: 1s }\n",
+    );
     // Interrupt once the killed broker is back (faults.csv has its restart) and seconds are on
     // disk: every kind of child (first brokers, the restarted one) has existed by then.
     let w = run_watched(&scenario, tmp.path(), &[], Duration::from_secs(30), |dir| {
@@ -530,11 +573,7 @@ fn interrupted_run_keeps_its_data_and_leaves_no_process_or_cgroup() {
         restarted && rows > 6
     });
     assert!(!w.status.success(), "an interrupted run must exit non-zero");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(w.dir.join("manifest.json")).expect("manifest"))
-            .expect("manifest json");
-    assert_eq!(manifest["completed"], false, "{manifest}");
-    assert_eq!(manifest["incomplete_reason"], "interrupted", "{manifest}");
+    assert_interrupted_manifest(&w);
     assert!(!read_rows(&w.dir.join("brokers.csv")).is_empty());
     // Two first brokers and the restarted one.
     assert!(w.children.len() >= 3, "children seen: {:?}", w.children);

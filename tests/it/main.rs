@@ -2,6 +2,7 @@
 
 mod agent;
 mod broker;
+mod cli;
 mod dispatcher;
 mod faults;
 mod loadgen;
