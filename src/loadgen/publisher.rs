@@ -27,8 +27,6 @@ use super::schedule::{Pacer, Schedule};
 use super::seconds::{Clock, SecondCounter};
 use crate::proto::RedirectReason;
 
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A publisher behind schedule (broker back-pressure) catches up for at most this long past its
 /// end; whatever is still owed then is not sent.
 const PACE_OVERRUN: Duration = Duration::from_secs(1);
@@ -245,7 +243,7 @@ async fn connect_with_backoff(
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> Result<Option<Placed>, PlacementError> {
-    let mut delay = BACKOFF_FIRST;
+    let mut backoff = crate::backoff::Backoff::default();
     loop {
         let (start, from_moved) = match (memory.once.take(), memory.moved.take()) {
             (Some(once), moved) => {
@@ -279,9 +277,10 @@ async fn connect_with_backoff(
             }
             Ok(Err(e)) if e.is_fatal() => return Err(e),
             Ok(Err(e)) => {
-                warn!(publisher = %ctx.name, error = %e, retry_in = ?delay, "cannot connect")
+                warn!(publisher = %ctx.name, error = %e, retry_in = ?backoff.peek(), "cannot connect")
             }
         }
+        let delay = backoff.next_delay();
         if Instant::now() + delay >= deadline {
             return Ok(None);
         }
@@ -289,7 +288,6 @@ async fn connect_with_backoff(
             _ = cancel.cancelled() => return Ok(None),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(BACKOFF_MAX);
     }
 }
 
