@@ -21,7 +21,7 @@ use crate::broker::{BrokerSpec, RunningBroker};
 use crate::dispatcher::{BrokerEntry, DispatcherConfig};
 use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
 use crate::report::ResultsWriter;
-use crate::scenario::{Assignment, MethodPlan, Scenario};
+use crate::scenario::{Assignment, CpuSampling, MethodPlan, Scenario};
 
 /// What one method run needs to know.
 pub struct MethodRun<'a> {
@@ -146,6 +146,7 @@ impl MethodRun<'_> {
         // One agent per broker; each feeds the dispatcher (if any) and the recorder.
         let agents = AgentSet {
             report_addr: report_addr.clone(),
+            cpu: scenario.cpu,
             interval: scenario.sample_interval,
             samples: sample_tx.clone(),
             tasks: tasks.clone(),
@@ -281,6 +282,7 @@ fn record_event(
 /// Starts agents for brokers, at the start and again when a fault brings a broker back.
 pub(super) struct AgentSet {
     report_addr: Option<String>,
+    cpu: CpuSampling,
     interval: Duration,
     samples: mpsc::UnboundedSender<crate::load_report::LoadReport>,
     tasks: TaskTracker,
@@ -295,6 +297,11 @@ impl AgentSet {
             return None;
         };
         cfg.dispatchers = self.report_addr.iter().cloned().collect();
+        if self.cpu == CpuSampling::Host {
+            // The paper's way: busy share of the whole machine from /proc/stat.
+            cfg.cpu = agent::CpuSource::Host;
+            cfg.capacity_cores = None;
+        }
         let token = self.stop.child_token();
         let tx = self.samples.clone();
         let id = broker.id.clone();
