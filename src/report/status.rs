@@ -196,6 +196,20 @@ mod tests {
         assert_eq!(back, status);
         assert_eq!(back.finished_runs(), vec![(1, "dns-rr")]);
 
+        // A trial whose plan had no publisher: no window keys, read back as `None`.
+        let empty = TrialDetail {
+            trial: 2,
+            seed: 3,
+            window: None,
+            methods: Vec::new(),
+        };
+        let json = serde_json::to_string(&empty).expect("json");
+        assert!(!json.contains("window"), "{json}");
+        assert_eq!(
+            serde_json::from_str::<TrialDetail>(&json).expect("back"),
+            empty
+        );
+
         let old: RunStatus =
             serde_json::from_str(r#"{"completed":true,"incomplete_reason":null,"trials":5}"#)
                 .expect("old");

@@ -139,9 +139,9 @@ fn write_recording(md: &mut String, report: &Report) {
     let _ = writeln!(
         md,
         "## Recording\n\nLate contributions: {contributions} ({msgs} messages). A second's row \
-         in brokers.csv is written once its end + a grace has passed; publisher counts and CPU \
-         samples for it that arrive later are in no row, and are counted here (per method run \
-         in manifest.json).\n"
+         in brokers.csv is written once the clock passes its end + one sampler interval + 2 s; \
+         publisher counts and CPU samples for it that arrive later are in no row, and are \
+         counted here (per method run in manifest.json).\n"
     );
 }
 

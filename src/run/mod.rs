@@ -144,6 +144,22 @@ pub struct RunOutcome {
     pub report: report::Report,
 }
 
+/// Adds `found` to the run's errors; any error makes the run incomplete, and the reason names
+/// the first unless the run already stopped for one (a failure, an interrupt).
+fn settle(status: &mut RunStatus, found: impl IntoIterator<Item = RunError>) {
+    status.errors.extend(found);
+    let Some(first) = status.errors.first() else {
+        return;
+    };
+    status.completed = false;
+    if status.incomplete_reason.is_none() {
+        status.incomplete_reason = Some(format!(
+            "{} error(s), listed under Errors in summary.md; the first: {first}",
+            status.errors.len()
+        ));
+    }
+}
+
 /// The arrival plan of every trial (seed + trial), and each trial's entry for the manifest.
 fn plan_trials(
     scenario: &Scenario,
@@ -294,7 +310,8 @@ pub async fn run(
         (None, true) => Some("interrupted".into()),
         (None, false) => None,
     };
-    status.completed = status.incomplete_reason.is_none() && status.errors.is_empty();
+    status.completed = status.incomplete_reason.is_none();
+    settle(status, []);
     manifest.end_ms = Some(crate::now_ms());
     manifest.broker_versions = broker_versions;
     manifest.write(&dir)?;
@@ -310,18 +327,7 @@ pub async fn run(
             )],
             ..report::Report::default()
         });
-    let status = &mut manifest.status;
-    status.errors.extend(report.report_errors().cloned());
-    if !status.errors.is_empty() {
-        status.completed = false;
-        if status.incomplete_reason.is_none() {
-            status.incomplete_reason = Some(format!(
-                "{} error(s), listed under Errors in summary.md; the first: {}",
-                status.errors.len(),
-                status.errors[0]
-            ));
-        }
-    }
+    settle(&mut manifest.status, report.report_errors().cloned());
     manifest.write(&dir)?;
     if let Some(e) = failure {
         return Err(e.context(format!("partial results kept in {}", dir.display())));
@@ -331,4 +337,61 @@ pub async fn run(
         dir,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_error_makes_the_run_incomplete() {
+        let mut status = RunStatus {
+            completed: true,
+            ..RunStatus::default()
+        };
+        settle(&mut status, []);
+        assert!(status.completed && status.incomplete_reason.is_none());
+        settle(
+            &mut status,
+            [RunError::new(Stage::Plot, "drawing gap.png: out of memory")],
+        );
+        assert!(!status.completed);
+        assert_eq!(
+            status.incomplete_reason.as_deref(),
+            Some(
+                "1 error(s), listed under Errors in summary.md; the first: plot: drawing gap.png: \
+                 out of memory"
+            )
+        );
+        // An interrupt stays the reason; the error is still listed.
+        let mut status = RunStatus {
+            incomplete_reason: Some("interrupted".into()),
+            ..RunStatus::default()
+        };
+        settle(&mut status, [RunError::new(Stage::Fault, "kill b2 failed")]);
+        assert_eq!(status.incomplete_reason.as_deref(), Some("interrupted"));
+        assert_eq!(status.errors.len(), 1);
+    }
+
+    #[test]
+    fn every_trial_gets_its_seed_and_plan_window() {
+        let text = "name: t\nseed: 1\ntrials: 2\nbrokers: { kind: embedded, count: 2 }\n\
+                    publishers:\n  - { name: p, count: 3, rate: 10, payload_bytes: 10, duration: 10s }\n\
+                    arrival: { order: random, interval: 2s }\n\
+                    methods:\n  - { name: dns-rr, assign: dns-rr }\n";
+        let scenario = scenario::parse(text, "t.yaml").expect("scenario");
+        let trials = plan_trials(&scenario).expect("plans");
+        let windows: Vec<_> = trials
+            .iter()
+            .map(|(_, d)| {
+                (
+                    d.trial,
+                    d.seed,
+                    d.window.map(|w| (w.window_start_s, w.window_end_s)),
+                )
+            })
+            .collect();
+        // Arrivals at 0, 2, 4 s, 10 s each: 4 + 2 ..= 10 − 1.
+        assert_eq!(windows, [(1, 2, Some((6, 9))), (2, 3, Some((6, 9)))]);
+    }
 }
