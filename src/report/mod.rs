@@ -1,12 +1,16 @@
 //! Results: the CSV rows a run records, the summary statistics drawn from them, and the PNG
-//! plots. Everything downstream of the rows works from the files alone, so
-//! `mqdispatch plot RESULTS_DIR` redraws a finished (or interrupted) run.
+//! plots. Everything downstream of the rows works from the files alone (the CSVs and
+//! `manifest.json`), so `mqdispatch plot RESULTS_DIR` redraws a finished (or interrupted) run
+//! with the same windows.
 //!
 //! - [`records`]: row types, the streaming [`ResultsWriter`], readers.
+//! - [`status`]: the run's own keys in `manifest.json` (completed, errors, trial windows).
+//! - [`window`]: the full-load window of a trial, from its arrival plan.
 //! - [`stats`]: mean, sample sd, 95 % CI (Student t), Jain's index, gap.
-//! - [`summary`]: full-load window, per-(trial, method) figures, `summary.csv`.
+//! - [`summary`]: per-(trial, method) figures over the window, `summary.csv`.
 //! - [`tables`]: `summary.md` and the end-of-run console table.
-//! - [`faults`]: the fault section of `summary.md` (faults injected, outages they caused).
+//! - [`verdict`]: a winner only when the paired 95 % CI of the gap difference excludes 0.
+//! - [`faults`]: the delivery headline and the fault section of `summary.md`.
 //! - [`optimum`]: the online-optimum yardstick (issue 7).
 //! - [`plots`]: `throughput.png`, `cpu-<method>-t<k>.png`, `rate-<method>-t<k>.png`, `gap.png`.
 
@@ -18,12 +22,16 @@ pub mod optimum;
 pub mod plots;
 pub mod records;
 pub mod stats;
+pub mod status;
 pub mod summary;
 pub mod tables;
+pub mod verdict;
+pub mod window;
 
 pub use optimum::online_optimum_gap;
 pub use plots::draw_all;
-pub use records::{BrokerRow, DecisionRow, FaultRow, OutageRow, PublisherRow, ResultsWriter};
+pub use records::{BrokerRow, DecisionRow, FaultRow, Late, OutageRow, PublisherRow, ResultsWriter};
+pub use status::{RunError, RunStatus, Stage};
 pub use summary::SummaryRow;
 
 /// Everything that can go wrong between the rows and the PNGs.
@@ -63,34 +71,129 @@ impl ReportError {
     }
 }
 
-/// Reads `brokers.csv` in `dir`, writes `summary.csv` and `summary.md`, returns the rows.
-/// `optimum_gaps` (online-optimum gap per trial) fills the optimum column; trials missing from
-/// it get an empty cell.
-pub fn summarize(
-    dir: &Path,
-    optimum_gaps: &HashMap<u32, f64>,
-) -> Result<Vec<SummaryRow>, ReportError> {
-    let rows = records::read_brokers(dir)?;
-    let summary = summary::compute(&rows, optimum_gaps);
-    if summary.is_empty() {
-        return Err(ReportError::Invalid(format!(
-            "{}: no second with an active publisher, nothing to summarise",
-            dir.join(records::BROKERS_CSV).display()
-        )));
+/// Everything `summary.md` and the console say about a run.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub title: String,
+    pub rows: Vec<SummaryRow>,
+    /// One statement per trial of the window used.
+    pub window_lines: Vec<String>,
+    pub notes: Vec<String>,
+    pub delivery: Vec<faults::Delivery>,
+    /// Faults were injected or publishers lost their broker: delivery is the headline and no
+    /// method is named winner by gap.
+    pub fault_run: bool,
+    /// The fault section (empty without faults or outages).
+    pub faults_md: String,
+    /// The run's errors (from `manifest.json`) and the ones found here ([`Stage::is_report`]).
+    pub errors: Vec<RunError>,
+    /// `manifest.json`'s `incomplete_reason` of a run that did not complete.
+    pub incomplete: Option<String>,
+    /// Late contributions and messages, for runs whose manifest counts them.
+    pub late: Option<(u64, u64)>,
+    pub pngs: Vec<PathBuf>,
+}
+
+impl Report {
+    /// Errors found while summarising and plotting (not inherited from the run).
+    pub fn report_errors(&self) -> impl Iterator<Item = &RunError> {
+        self.errors.iter().filter(|e| e.stage.is_report())
     }
-    summary::write_csv(&dir.join(summary::SUMMARY_CSV), &summary)?;
-    let title = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string());
-    let mut md = tables::render_markdown(&title, &summary);
-    md.push_str(&faults::render_markdown(
-        &records::read_faults(dir)?,
-        &records::read_outages(dir)?,
-    ));
+}
+
+/// Summarises `dir` and draws its plots: `summary.csv`, every PNG, then `summary.md` (which
+/// lists every error met on the way). Never fails: what went wrong is in `errors`, and a
+/// `summary.md` that could not be written is one of them.
+pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
+    let mut report = Report {
+        title: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string()),
+        ..Report::default()
+    };
+    let summary_err = |e: &dyn std::fmt::Display| RunError::new(Stage::Summary, e.to_string());
+    let status = status::read(dir).unwrap_or_else(|e| {
+        report.errors.push(summary_err(&e));
+        RunStatus::default()
+    });
+    report.errors.extend(
+        status
+            .errors
+            .iter()
+            .filter(|e| !e.stage.is_report())
+            .cloned(),
+    );
+    if !status.completed {
+        report.incomplete = status.incomplete_reason.clone();
+    }
+    let windows = match &status.trials_detail {
+        Some(details) => {
+            report.window_lines = details.iter().map(window::describe).collect();
+            report.late = Some((status.late_contributions, status.late_msgs));
+            summary::Windows::Plan(details)
+        }
+        None => {
+            report.window_lines = vec![window::FROM_ROWS.to_owned()];
+            summary::Windows::FromRows
+        }
+    };
+    let brokers = records::read_brokers(dir).unwrap_or_else(|e| {
+        report.errors.push(summary_err(&e));
+        Vec::new()
+    });
+    let computed = summary::compute(&brokers, optimum_gaps, windows, &status.finished_runs());
+    report.errors.extend(
+        computed
+            .errors
+            .iter()
+            .map(|e| RunError::new(Stage::Summary, e)),
+    );
+    report.notes = computed.notes;
+    report.rows = computed.rows;
+    if report.rows.is_empty() && !report.errors.iter().any(|e| e.stage == Stage::Summary) {
+        report.errors.push(RunError::new(
+            Stage::Summary,
+            format!(
+                "{}: no (trial, method) to summarise",
+                dir.join(records::BROKERS_CSV).display()
+            ),
+        ));
+    }
+    if !report.rows.is_empty()
+        && let Err(e) = summary::write_csv(&dir.join(summary::SUMMARY_CSV), &report.rows)
+    {
+        report.errors.push(summary_err(&e));
+    }
+    let publishers = rows_or_error(records::read_publishers(dir), &mut report.errors);
+    let faults = rows_or_error(records::read_faults(dir), &mut report.errors);
+    let outages = rows_or_error(records::read_outages(dir), &mut report.errors);
+    report.delivery = faults::delivery(&publishers, &faults, &outages);
+    report.fault_run = report.delivery.iter().any(faults::Delivery::faulted);
+    report.faults_md = faults::render_markdown(&faults, &outages);
+    if !report.rows.is_empty() {
+        match draw_all(dir, &report.rows) {
+            Ok(pngs) => report.pngs = pngs,
+            Err(e) => report
+                .errors
+                .push(RunError::new(Stage::Plot, e.to_string())),
+        }
+    }
     let md_path = dir.join(summary::SUMMARY_MD);
-    std::fs::write(&md_path, md).map_err(|e| ReportError::io(&md_path, e))?;
-    Ok(summary)
+    if let Err(e) = std::fs::write(&md_path, tables::render_markdown(&report)) {
+        report
+            .errors
+            .push(summary_err(&ReportError::io(&md_path, e)));
+    }
+    report
+}
+
+/// The rows read, or none and a summary error.
+fn rows_or_error<T>(read: Result<Vec<T>, ReportError>, errors: &mut Vec<RunError>) -> Vec<T> {
+    read.unwrap_or_else(|e| {
+        errors.push(RunError::new(Stage::Summary, e.to_string()));
+        Vec::new()
+    })
 }
 
 /// The optimum gaps to use when redrawing: an existing `summary.csv` column wins (the runner
@@ -133,19 +236,21 @@ pub async fn cli_main(args: PlotArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let paths = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, ReportError> {
-        let optimum = known_optimum(&dir)?;
-        summarize(&dir, &optimum)?;
-        let mut paths = vec![
-            dir.join(summary::SUMMARY_CSV),
-            dir.join(summary::SUMMARY_MD),
-        ];
-        paths.extend(draw_all(&dir)?);
-        Ok(paths)
+    let redraw = dir.clone();
+    let report = tokio::task::spawn_blocking(move || -> Result<Report, ReportError> {
+        Ok(build(&redraw, &known_optimum(&redraw)?))
     })
     .await??;
-    for p in paths {
+    if !report.rows.is_empty() {
+        println!("{}", dir.join(summary::SUMMARY_CSV).display());
+    }
+    println!("{}", dir.join(summary::SUMMARY_MD).display());
+    for p in &report.pngs {
         println!("{}", p.display());
+    }
+    let found: Vec<String> = report.report_errors().map(|e| e.to_string()).collect();
+    if !found.is_empty() {
+        anyhow::bail!("{} (listed under Errors in summary.md)", found.join("; "));
     }
     Ok(())
 }

@@ -133,6 +133,7 @@ mod tests {
             achieved_msgs_per_s: rate,
             sent_total: 0,
             downtime_s: 0.0,
+            target_total: 0,
         };
         // Written out of order; heavy joins last of three: greedy gives 2000+10000 vs 2000.
         let rows = vec![

@@ -58,6 +58,10 @@ pub struct PublisherRow {
     /// (fault runs). Files without the column read as 0.
     #[serde(default)]
     pub downtime_s: f64,
+    /// Contract extension: the messages its fixed-rate schedule owed (rate × duration), sent or
+    /// not. Files without the column read as 0 (unknown).
+    #[serde(default)]
+    pub target_total: u64,
 }
 
 /// One placement decision by the dispatcher.
@@ -105,6 +109,23 @@ pub struct OutageRow {
     pub not_sent: u64,
 }
 
+/// Per-second contributions (a publisher's count, a CPU sample) that arrived after their
+/// second's row was written: they are in no row. The recorder hands them to the writer with
+/// its rows; the runner takes them after each method run for `manifest.json`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Late {
+    pub contributions: u64,
+    /// Messages the late publisher counts carried.
+    pub msgs: f64,
+}
+
+impl Late {
+    pub fn add(&mut self, other: Late) {
+        self.contributions += other.contributions;
+        self.msgs += other.msgs;
+    }
+}
+
 /// The streaming CSVs of one run directory.
 ///
 /// Rows are buffered; call [`ResultsWriter::flush`] after every batch (the runner does so every
@@ -116,6 +137,7 @@ pub struct ResultsWriter {
     decisions: csv::Writer<File>,
     outages: csv::Writer<File>,
     broker_ids: Vec<String>,
+    late: Late,
 }
 
 impl ResultsWriter {
@@ -130,6 +152,7 @@ impl ResultsWriter {
             decisions: open_append(&dir.join(DECISIONS_CSV), &decision_header)?,
             outages: open_append(&dir.join(OUTAGES_CSV), &header_of::<OutageRow>())?,
             broker_ids: brokers.to_vec(),
+            late: Late::default(),
         })
     }
 
@@ -149,6 +172,16 @@ impl ResultsWriter {
         self.outages
             .serialize(row)
             .map_err(|e| ReportError::csv(OUTAGES_CSV, e))
+    }
+
+    /// Adds contributions that came too late for their row.
+    pub fn add_late(&mut self, late: Late) {
+        self.late.add(late);
+    }
+
+    /// The late contributions added since the last call.
+    pub fn take_late(&mut self) -> Late {
+        std::mem::take(&mut self.late)
     }
 
     /// `row.loads` must hold one value per broker given to [`ResultsWriter::create`].
@@ -245,6 +278,7 @@ impl HeaderSample for PublisherRow {
             achieved_msgs_per_s: 0.0,
             sent_total: 0,
             downtime_s: 0.0,
+            target_total: 0,
         }
     }
 }
@@ -436,7 +470,7 @@ mod tests {
         assert_eq!(
             header_of::<PublisherRow>().join(","),
             "trial,method,publisher,profile,join_s,broker,redirect_ms,target_msgs_per_s,\
-             achieved_msgs_per_s,sent_total,downtime_s"
+             achieved_msgs_per_s,sent_total,downtime_s,target_total"
         );
         assert_eq!(
             header_of::<OutageRow>().join(","),
@@ -514,7 +548,7 @@ mod tests {
         )
         .expect("write");
         let rows = read_publishers(dir.path()).expect("read");
-        assert_eq!(rows[0].downtime_s, 0.0);
+        assert_eq!((rows[0].downtime_s, rows[0].target_total), (0.0, 0));
         assert_eq!(rows[0].redirect_ms, None);
         assert_eq!(rows[0].sent_total, 999050);
     }

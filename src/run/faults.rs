@@ -1,4 +1,8 @@
 //! Fault injection during a method run (issue 6): kill or freeze a broker, silence an agent.
+//!
+//! A fault that cannot be injected (or recorded in `faults.csv`) is a failure of the run, not a
+//! log line: [`FaultLog`] keeps it, the runner lists it under Errors in `summary.md` and marks
+//! the run incomplete.
 
 use std::path::Path;
 
@@ -91,9 +95,11 @@ impl Schedule {
     }
 }
 
-/// Rows of `faults.csv` (`trial,method,t_s,kind,target`): the plots mark them.
+/// Rows of `faults.csv` (`trial,method,t_s,kind,target`): the plots mark them. Faults that
+/// failed are kept apart, for the run's errors.
 pub struct FaultLog {
     writer: csv::Writer<std::fs::File>,
+    failures: Vec<String>,
 }
 
 impl FaultLog {
@@ -101,7 +107,21 @@ impl FaultLog {
         let mut writer = csv::Writer::from_path(dir.join("faults.csv"))?;
         writer.write_record(["trial", "method", "t_s", "kind", "target"])?;
         writer.flush()?;
-        Ok(Self { writer })
+        Ok(Self {
+            writer,
+            failures: Vec::new(),
+        })
+    }
+
+    /// The failures since the last call.
+    pub fn take_failures(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.failures)
+    }
+
+    fn fail(&mut self, trial: u32, method: &str, what: &str, error: impl std::fmt::Display) {
+        warn!(trial, method, what, %error, "fault injection failed");
+        self.failures
+            .push(format!("trial {trial}, method {method}: {what}: {error}"));
     }
 
     fn record(&mut self, trial: u32, method: &str, t_s: f64, kind: &str, target: &str) {
@@ -117,7 +137,8 @@ impl FaultLog {
             .write_record(&row)
             .and_then(|()| Ok(self.writer.flush()?))
         {
-            warn!(error = %e, "cannot record a fault in faults.csv");
+            let what = format!("recording {kind} {target} at {t_s:.1} s in faults.csv");
+            self.fail(trial, method, &what, e);
         }
     }
 }
@@ -145,7 +166,17 @@ pub async fn inject(
         agents,
         dispatcher,
     } = targets;
+    // On the recorder's axis (brokers.csv, outages.csv): seconds from t0 floored to a second.
+    let t_s = || crate::now_ms().saturating_sub(t0_ms - t0_ms % 1000) as f64 / 1000.0;
     let Some(broker) = brokers.get_mut(due.broker) else {
+        let what = format!(
+            "{} broker index {} at {:.1} s",
+            due.action.label(),
+            due.broker,
+            t_s()
+        );
+        let error = format!("the run has {} brokers", brokers.len());
+        log.fail(run.trial, &run.method.name, &what, error);
         return;
     };
     // A frozen or dead broker host takes its agent with it: its reports stop, which is how the
@@ -182,7 +213,14 @@ pub async fn inject(
         Action::DispatcherDown | Action::DispatcherUp => {
             target = "dispatcher".into();
             match dispatcher {
-                None => Err(std::io::Error::other("this method has no dispatcher")),
+                // dns-rr has no dispatcher to restart: the fault does not apply, nothing failed.
+                None => {
+                    info!(
+                        action = due.action.label(),
+                        "no dispatcher in this method: skipped"
+                    );
+                    return;
+                }
                 Some(slot) if due.action == Action::DispatcherDown => {
                     slot.stop().await;
                     Ok(())
@@ -191,12 +229,12 @@ pub async fn inject(
             }
         }
     };
-    // On the recorder's axis (brokers.csv, outages.csv): seconds from t0 floored to a second.
-    let t_s = crate::now_ms().saturating_sub(t0_ms - t0_ms % 1000) as f64 / 1000.0;
+    let t_s = t_s();
     match outcome {
         Ok(()) => info!(%target, action = due.action.label(), t_s, "fault injected"),
         Err(e) => {
-            warn!(%target, action = due.action.label(), error = %e, "fault injection failed");
+            let what = format!("{} {target} at {t_s:.1} s", due.action.label());
+            log.fail(run.trial, &run.method.name, &what, e);
             return;
         }
     }
@@ -213,6 +251,18 @@ pub async fn inject(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn failures_are_kept_for_the_run_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = FaultLog::create(dir.path()).expect("log");
+        log.fail(2, "proposed", "kill b2 at 30.0 s", "no such process");
+        assert_eq!(
+            log.take_failures(),
+            ["trial 2, method proposed: kill b2 at 30.0 s: no such process"]
+        );
+        assert!(log.take_failures().is_empty());
+    }
 
     #[test]
     fn schedule_hands_out_faults_once_in_time_order() {

@@ -1,7 +1,13 @@
 //! `mqdispatch run SCENARIO.yaml`: every trial × method of a scenario, recorded and plotted.
 //!
 //! Within a trial every method sees the same arrival order (seed + trial); each method run
-//! starts fresh brokers so one method's leftovers never load the next.
+//! starts fresh brokers so one method's leftovers never load the next. Every trial's full-load
+//! window comes from its arrival plan and is stored in `manifest.json` before the first method
+//! runs, so all methods of a trial are summarised over the same seconds.
+//!
+//! Errors are errors: a failed method run, a fault that could not be injected, a method that
+//! wrote no row, a failed summary or plot each appear under Errors in `summary.md`, make the
+//! manifest say `completed: false` with the reason, and make `mqdispatch run` exit non-zero.
 
 mod dispatcher_slot;
 mod faults;
@@ -15,11 +21,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::InputError;
-use crate::loadgen::plan_arrivals;
-use crate::report::{self, ResultsWriter};
+use crate::loadgen::{PlannedPublisher, plan_arrivals};
+use crate::report::status::{MethodRunDetail, Outcome, TrialDetail};
+use crate::report::{self, ResultsWriter, RunError, RunStatus, Stage};
 use crate::scenario::{self, Scenario};
 use faults::FaultLog;
 use method_run::MethodRun;
@@ -81,7 +87,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     })?;
 
     let outcome = run(&scenario, &args.scenario, &text, &args.out, cancel).await?;
-    println!("\n{}", report::tables::render_console(&outcome.summary));
+    println!("\n{}", report::tables::render_console(&outcome.report));
     if let Ok(md) = std::fs::read_to_string(outcome.dir.join("summary.md"))
         && let Some(faults) = md.split("\n## ").find(|s| s.starts_with("Faults"))
     {
@@ -97,7 +103,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
                     .with_context(|| format!("copying {name} to {}", plots.display()))?;
             }
         }
-        for png in &outcome.pngs {
+        for png in &outcome.report.pngs {
             let name = png.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if name.ends_with("-t1.png") {
                 std::fs::copy(png, plots.join(name))?;
@@ -117,8 +123,54 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
 pub struct RunOutcome {
     pub dir: PathBuf,
     pub completed: bool,
-    pub pngs: Vec<PathBuf>,
-    pub summary: Vec<report::SummaryRow>,
+    /// The summary, the PNGs drawn, and every error.
+    pub report: report::Report,
+}
+
+/// Adds `found` to the run's errors; any error makes the run incomplete, and the reason names
+/// the first unless the run already stopped for one (a failure, an interrupt).
+fn settle(status: &mut RunStatus, found: impl IntoIterator<Item = RunError>) {
+    status.errors.extend(found);
+    let Some(first) = status.errors.first() else {
+        return;
+    };
+    status.completed = false;
+    if status.incomplete_reason.is_none() {
+        status.incomplete_reason = Some(format!(
+            "{} error(s), listed under Errors in summary.md; the first: {first}",
+            status.errors.len()
+        ));
+    }
+}
+
+/// The arrival plan of every trial (seed + trial), and each trial's entry for the manifest.
+fn plan_trials(
+    scenario: &Scenario,
+) -> Result<Vec<(Vec<PlannedPublisher>, TrialDetail)>, InputError> {
+    (1..=scenario.trials)
+        .map(|trial| {
+            let seed = scenario.seed + u64::from(trial);
+            let plan =
+                plan_arrivals(&scenario.profiles, &scenario.arrival, seed).map_err(InputError)?;
+            let spans: Vec<(f64, f64)> = plan
+                .iter()
+                .map(|p| {
+                    let join = p.join_at.as_secs_f64();
+                    (
+                        join,
+                        join + scenario.profiles[p.profile].duration.as_secs_f64(),
+                    )
+                })
+                .collect();
+            let detail = TrialDetail {
+                trial,
+                seed,
+                window: report::window::plan_window(&spans),
+                methods: Vec::new(),
+            };
+            Ok((plan, detail))
+        })
+        .collect()
 }
 
 /// Runs every trial × method; always leaves a manifest saying whether it completed.
@@ -129,6 +181,7 @@ pub async fn run(
     out: &Path,
     cancel: CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
+    let trials = plan_trials(scenario)?;
     let dir = results_dir::create(out, &scenario.name)
         .with_context(|| format!("creating a results folder under {}", out.display()))?;
     let workdir = dir.join("work");
@@ -137,9 +190,7 @@ pub async fn run(
         scenario: scenario.clone(),
         scenario_file: scenario_path.display().to_string(),
         scenario_text: scenario_text.to_owned(),
-        seeds: (1..=scenario.trials)
-            .map(|k| scenario.seed + u64::from(k))
-            .collect(),
+        seeds: trials.iter().map(|(_, d)| d.seed).collect(),
         trials: scenario.trials,
         methods: scenario.methods.iter().map(|m| m.name.clone()).collect(),
         crate_version: env!("CARGO_PKG_VERSION"),
@@ -149,8 +200,10 @@ pub async fn run(
         broker_versions: Vec::new(),
         start_ms: crate::now_ms(),
         end_ms: None,
-        completed: false,
-        incomplete_reason: None,
+        status: RunStatus {
+            trials_detail: Some(trials.iter().map(|(_, d)| d.clone()).collect()),
+            ..RunStatus::default()
+        },
     };
     manifest.write(&dir)?;
 
@@ -165,10 +218,8 @@ pub async fn run(
     let mut broker_versions = Vec::new();
 
     let mut method_index = 0;
-    'trials: for trial in 1..=scenario.trials {
-        let seed = scenario.seed + u64::from(trial);
-        let plan =
-            plan_arrivals(&scenario.profiles, &scenario.arrival, seed).map_err(InputError)?;
+    'trials: for (i, (plan, detail)) in trials.iter().enumerate() {
+        let trial = detail.trial;
         let rates: Vec<f64> = plan
             .iter()
             .map(|p| scenario.profiles[p.profile].rate)
@@ -186,18 +237,48 @@ pub async fn run(
             let run = MethodRun {
                 scenario,
                 trial,
-                seed,
+                seed: detail.seed,
                 method,
-                plan: &plan,
+                plan,
                 workdir: &workdir,
                 progress: &progress,
             };
-            match run.execute(&mut writer, &mut faults_log, &cancel).await {
+            let result = run.execute(&mut writer, &mut faults_log, &cancel).await;
+            let late = writer.take_late();
+            let outcome = match &result {
+                Err(_) => Outcome::Failed,
+                Ok(_) if cancel.is_cancelled() => Outcome::Interrupted,
+                Ok(_) => Outcome::Ok,
+            };
+            let status = &mut manifest.status;
+            if let Some(details) = status.trials_detail.as_mut() {
+                details[i].methods.push(MethodRunDetail {
+                    method: method.name.clone(),
+                    outcome,
+                    late_contributions: late.contributions,
+                    late_msgs: late.msgs.round() as u64,
+                });
+            }
+            status.total_late();
+            status.errors.extend(
+                faults_log
+                    .take_failures()
+                    .into_iter()
+                    .map(|f| RunError::new(Stage::Fault, f)),
+            );
+            match result {
                 Ok(versions) => broker_versions = versions,
                 Err(e) => {
-                    failure = Some(e.context(format!("trial {trial}, method {}", method.name)));
-                    break 'trials;
+                    let e = e.context(format!("trial {trial}, method {}", method.name));
+                    status
+                        .errors
+                        .push(RunError::new(Stage::Method, format!("{e:#}")));
+                    failure = Some(e);
                 }
+            }
+            manifest.write(&dir)?;
+            if failure.is_some() {
+                break 'trials;
             }
         }
     }
@@ -206,36 +287,94 @@ pub async fn run(
     drop(writer);
     let _ = std::fs::remove_dir_all(&workdir);
 
-    manifest.completed = failure.is_none() && !cancel.is_cancelled();
-    manifest.incomplete_reason = match (&failure, cancel.is_cancelled()) {
+    let status = &mut manifest.status;
+    status.incomplete_reason = match (&failure, cancel.is_cancelled()) {
         (Some(e), _) => Some(format!("{e:#}")),
         (None, true) => Some("interrupted".into()),
         (None, false) => None,
     };
+    status.completed = status.incomplete_reason.is_none();
+    settle(status, []);
     manifest.end_ms = Some(crate::now_ms());
     manifest.broker_versions = broker_versions;
+    manifest.write(&dir)?;
 
     // Summaries and plots from whatever was recorded, even for an incomplete run.
     let summary_dir = dir.clone();
-    let (summary, pngs) = tokio::task::spawn_blocking(
-        move || -> anyhow::Result<(Vec<report::SummaryRow>, Vec<PathBuf>)> {
-            let summary = report::summarize(&summary_dir, &optimum)?;
-            Ok((summary, report::draw_all(&summary_dir)?))
-        },
-    )
-    .await?
-    .unwrap_or_else(|e| {
-        warn!(error = %e, "could not summarise or plot this run");
-        (Vec::new(), Vec::new())
-    });
+    let report = tokio::task::spawn_blocking(move || report::build(&summary_dir, &optimum))
+        .await
+        .unwrap_or_else(|e| report::Report {
+            errors: vec![RunError::new(
+                Stage::Summary,
+                format!("the summary task failed: {e}"),
+            )],
+            ..report::Report::default()
+        });
+    settle(&mut manifest.status, report.report_errors().cloned());
     manifest.write(&dir)?;
     if let Some(e) = failure {
         return Err(e.context(format!("partial results kept in {}", dir.display())));
     }
     Ok(RunOutcome {
-        completed: manifest.completed,
+        completed: manifest.status.completed,
         dir,
-        pngs,
-        summary,
+        report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_error_makes_the_run_incomplete() {
+        let mut status = RunStatus {
+            completed: true,
+            ..RunStatus::default()
+        };
+        settle(&mut status, []);
+        assert!(status.completed && status.incomplete_reason.is_none());
+        settle(
+            &mut status,
+            [RunError::new(Stage::Plot, "drawing gap.png: out of memory")],
+        );
+        assert!(!status.completed);
+        assert_eq!(
+            status.incomplete_reason.as_deref(),
+            Some(
+                "1 error(s), listed under Errors in summary.md; the first: plot: drawing gap.png: \
+                 out of memory"
+            )
+        );
+        // An interrupt stays the reason; the error is still listed.
+        let mut status = RunStatus {
+            incomplete_reason: Some("interrupted".into()),
+            ..RunStatus::default()
+        };
+        settle(&mut status, [RunError::new(Stage::Fault, "kill b2 failed")]);
+        assert_eq!(status.incomplete_reason.as_deref(), Some("interrupted"));
+        assert_eq!(status.errors.len(), 1);
+    }
+
+    #[test]
+    fn every_trial_gets_its_seed_and_plan_window() {
+        let text = "name: t\nseed: 1\ntrials: 2\nbrokers: { kind: embedded, count: 2 }\n\
+                    publishers:\n  - { name: p, count: 3, rate: 10, payload_bytes: 10, duration: 10s }\n\
+                    arrival: { order: random, interval: 2s }\n\
+                    methods:\n  - { name: dns-rr, assign: dns-rr }\n";
+        let scenario = scenario::parse(text, "t.yaml").expect("scenario");
+        let trials = plan_trials(&scenario).expect("plans");
+        let windows: Vec<_> = trials
+            .iter()
+            .map(|(_, d)| {
+                (
+                    d.trial,
+                    d.seed,
+                    d.window.map(|w| (w.window_start_s, w.window_end_s)),
+                )
+            })
+            .collect();
+        // Arrivals at 0, 2, 4 s, 10 s each: 4 + 2 ..= 10 − 1.
+        assert_eq!(windows, [(1, 2, Some((6, 9))), (2, 3, Some((6, 9)))]);
+    }
 }

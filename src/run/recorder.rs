@@ -1,49 +1,34 @@
 //! Turns the event streams of one method run into per-second rows.
 //!
-//! Publishers count their messages over their own one-second ticks, agents sample on theirs;
-//! neither is aligned to the run's seconds. Each count is spread over the run seconds its
-//! interval overlaps, in proportion to the overlap, so a per-second rate never shows the
-//! 0-or-2 artefacts of rounding a phase-shifted tick into one bucket.
+//! Publishers count their messages per wall-clock second, agents sample on their own ticks;
+//! run second `k` is `[t0 + k s, t0 + (k+1) s)` with `t0` floored to a whole second. Each
+//! contribution carries the interval it covers: a publisher count its second, a CPU sample the
+//! time since that broker's previous sample (one nominal interval for the first sample, or
+//! after a gap of more than 3 intervals, e.g. an agent restarted after a fault). It is spread
+//! over the run seconds that interval overlaps: counts in proportion to the overlap, CPU and
+//! broker-side rates as an average weighted by the overlap's length, so a per-second value
+//! never shows the 0-or-2 artefacts of rounding a phase-shifted tick into one bucket.
+//!
+//! Rows are cut on a timer: second `k`'s row is written once the clock passes its end +
+//! [`Recorder::grace_ms`], whatever arrived meanwhile. A contribution that arrives later (a
+//! stalled publisher task, a delayed sample) is not credited to another second nor silently
+//! dropped: it is counted as late ([`Late`]), handed to the writer with the rows, and the
+//! runner reports the totals in `manifest.json` and `summary.md`.
 
-use std::collections::{BTreeMap, HashMap};
+mod grid;
+
+use std::collections::HashMap;
 
 use crate::dispatcher::Decision;
 use crate::load_report::LoadReport;
 use crate::loadgen::{LoadEvent, Profile};
-use crate::report::{BrokerRow, DecisionRow, OutageRow, PublisherRow, ResultsWriter};
+use crate::report::{BrokerRow, DecisionRow, Late, OutageRow, PublisherRow, ResultsWriter};
+use grid::Grid;
 
-/// A publisher that moved during a second has a partial count on two brokers: it is counted as
-/// connected only to the one it sent more to, so the per-second total never exceeds the
-/// publishers that exist (which would shrink the full-load window to that one second).
-fn count_movers_once(buckets: &mut [Bucket]) {
-    let mut best: HashMap<String, (usize, f64)> = HashMap::new();
-    for (i, b) in buckets.iter().enumerate() {
-        for (name, &sent) in &b.publishers {
-            let entry = best.entry(name.clone()).or_insert((i, sent));
-            if sent > entry.1 {
-                *entry = (i, sent);
-            }
-        }
-    }
-    for (i, b) in buckets.iter_mut().enumerate() {
-        b.publishers
-            .retain(|name, _| best.get(name).is_some_and(|(j, _)| *j == i));
-    }
-}
-
-/// Seconds whose last event may still be in flight are held back this long before written.
-const SETTLE_MS: u64 = 3_000;
-
-#[derive(Default, Clone)]
-struct Bucket {
-    cpu_sum: f64,
-    cpu_weight: f64,
-    sent: f64,
-    received_sum: f64,
-    received_weight: f64,
-    /// Publishers connected to this broker during this second → what they sent to it.
-    publishers: HashMap<String, f64>,
-}
+/// How long after a second ends its row waits, beyond one sample interval, before it is
+/// written: publisher counts are sent at the second's end and a CPU sample covering it
+/// arrives within one sample interval of it, but on a busy 2-core host tasks run late.
+const GRACE_MS: u64 = 2_000;
 
 #[derive(Default)]
 struct PublisherState {
@@ -76,10 +61,10 @@ pub struct Recorder {
     /// Broker address → id, for publisher events that name the address they connected to.
     ids_by_addr: HashMap<String, String>,
     profiles: HashMap<String, Profile>,
-    /// `seconds[k][broker index]`.
-    seconds: BTreeMap<u64, Vec<Bucket>>,
-    written_until: u64,
-    latest_ms: u64,
+    /// The per-second buckets, cut on the clock.
+    grid: Grid,
+    /// Per broker index: the end of its latest CPU sample.
+    last_sample_ms: HashMap<usize, u64>,
     publishers: HashMap<String, PublisherState>,
     /// Outages of finished publishers, until [`Recorder::take_outages`].
     outage_rows: Vec<OutageRow>,
@@ -107,9 +92,8 @@ impl Recorder {
                 .map(|(id, addr)| (addr.clone(), id.clone()))
                 .collect(),
             profiles: publisher_profiles,
-            seconds: BTreeMap::new(),
-            written_until: 0,
-            latest_ms: t0_ms,
+            grid: Grid::new(t0_ms - t0_ms % 1000, brokers.len()),
+            last_sample_ms: HashMap::new(),
             publishers: HashMap::new(),
             outage_rows: Vec::new(),
             cut_at_ms: None,
@@ -137,53 +121,38 @@ impl Recorder {
         self.brokers.iter().position(|b| b == id)
     }
 
-    /// Spreads `[start_ms, end_ms)` over run seconds; calls `f(second, broker, weight)`.
-    fn spread(
-        &mut self,
-        start_ms: u64,
-        end_ms: u64,
-        broker: usize,
-        mut f: impl FnMut(&mut Bucket, f64),
-    ) {
-        let start = start_ms.max(self.t0_ms);
-        if end_ms <= start {
-            return;
-        }
-        let total = (end_ms - start_ms) as f64;
-        let n = self.brokers.len();
-        let mut s = start;
-        while s < end_ms {
-            let k = (s - self.t0_ms) / 1000;
-            let second_end = self.t0_ms + (k + 1) * 1000;
-            let piece_end = second_end.min(end_ms);
-            let weight = (piece_end - s) as f64 / total;
-            if k >= self.written_until {
-                let row = self
-                    .seconds
-                    .entry(k)
-                    .or_insert_with(|| vec![Bucket::default(); n]);
-                f(&mut row[broker], weight);
-            }
-            s = piece_end;
-        }
-        self.latest_ms = self.latest_ms.max(end_ms);
+    /// How long after a second's end its row is written: one sample interval + [`GRACE_MS`].
+    pub fn grace_ms(&self) -> u64 {
+        self.sample_interval_ms + GRACE_MS
     }
 
+    /// A CPU sample, covering the time since this broker's previous sample.
     pub fn sample(&mut self, report: &LoadReport) {
         let Some(b) = self.broker_index(&report.broker) else {
             return;
         };
         let end = report.t_ms;
-        let start = end.saturating_sub(self.sample_interval_ms);
+        let nominal = end.saturating_sub(self.sample_interval_ms);
+        let start = match self.last_sample_ms.get(&b) {
+            Some(&prev) if prev < end && end - prev <= 3 * self.sample_interval_ms => prev,
+            _ => nominal,
+        };
+        if self.last_sample_ms.get(&b).is_none_or(|&prev| prev < end) {
+            self.last_sample_ms.insert(b, end);
+        }
         let cpu = report.cpu_pct;
         let received = report.msgs_in_per_s;
-        self.spread(start, end, b, |bucket, w| {
-            bucket.cpu_sum += cpu * w;
-            bucket.cpu_weight += w;
+        let (late, _) = self.grid.spread(start, end, b, |bucket, piece| {
+            bucket.cpu_sum += cpu * piece.ms;
+            bucket.cpu_weight += piece.ms;
             if let Some(r) = received {
-                bucket.received_sum += r * w;
-                bucket.received_weight += w;
+                bucket.received_sum += r * piece.ms;
+                bucket.received_weight += piece.ms;
             }
+        });
+        self.grid.add_late(Late {
+            contributions: late,
+            msgs: 0.0,
         });
     }
 
@@ -259,18 +228,23 @@ impl Recorder {
                     *sent > 0 || self.publishers.get(publisher).is_none_or(|s| !s.is_down());
                 let sent = *sent as f64;
                 let name = publisher.clone();
-                self.spread(*t_ms, t_ms + 1000, b, |bucket, w| {
+                let (late, fraction) = self.grid.spread(*t_ms, t_ms + 1000, b, |bucket, piece| {
+                    let w = piece.fraction;
                     bucket.sent += sent * w;
                     if w >= 0.5 && connected {
                         *bucket.publishers.entry(name.clone()).or_default() += sent * w;
                     }
+                });
+                self.grid.add_late(Late {
+                    contributions: late,
+                    msgs: sent * fraction,
                 });
                 None
             }
             LoadEvent::Finished {
                 publisher,
                 sent_total,
-                target_total: _,
+                target_total,
                 downtime_ms: _,
             } => {
                 let mut state = self.publishers.remove(publisher).unwrap_or_default();
@@ -333,6 +307,7 @@ impl Recorder {
                     },
                     sent_total: *sent_total,
                     downtime_s: downtime_ms as f64 / 1000.0,
+                    target_total: *target_total,
                 })
             }
         }
@@ -342,20 +317,23 @@ impl Recorder {
         self.profiles.get(publisher)
     }
 
-    /// Writes every second that can no longer change (or all of them with `all`).
+    /// Writes every second whose deadline (its end + [`Recorder::grace_ms`]) has passed on
+    /// the clock, or all of them with `all` (the run is over), and hands the late
+    /// contributions to the writer.
     pub fn write_settled(&mut self, writer: &mut ResultsWriter, all: bool) -> anyhow::Result<()> {
-        let horizon = if all {
-            u64::MAX
-        } else {
-            self.latest_ms
-                .saturating_sub(SETTLE_MS)
+        let now = (!all).then(crate::now_ms);
+        self.write_due(writer, now)
+    }
+
+    /// [`Recorder::write_settled`] at `now_ms` (`None` = everything).
+    fn write_due(&mut self, writer: &mut ResultsWriter, now_ms: Option<u64>) -> anyhow::Result<()> {
+        // Second k is due once now ≥ t0 + (k + 1) s + grace, i.e. k < the horizon.
+        let horizon = now_ms.map(|now| {
+            now.saturating_sub(self.grace_ms())
                 .saturating_sub(self.t0_ms)
                 / 1000
-        };
-        let ready: Vec<u64> = self.seconds.range(..horizon).map(|(k, _)| *k).collect();
-        for k in ready {
-            let mut buckets = self.seconds.remove(&k).expect("invariant: key just listed");
-            count_movers_once(&mut buckets);
+        });
+        for (k, buckets) in self.grid.take_due(horizon) {
             for (i, bucket) in buckets.iter().enumerate() {
                 writer.broker_row(&BrokerRow {
                     trial: self.trial,
@@ -369,8 +347,8 @@ impl Recorder {
                     publishers: bucket.publishers.len() as u32,
                 })?;
             }
-            self.written_until = k + 1;
         }
+        writer.add_late(self.grid.take_late());
         writer.flush()?;
         Ok(())
     }
@@ -418,6 +396,85 @@ mod tests {
             downtime_ms: 0,
         })
         .expect("a finished publisher has a row")
+    }
+
+    fn writer() -> (tempfile::TempDir, ResultsWriter) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = ResultsWriter::create(dir.path(), &["b1".into(), "b2".into()]).expect("w");
+        (dir, w)
+    }
+
+    fn rows(dir: &tempfile::TempDir) -> Vec<BrokerRow> {
+        crate::report::records::read_brokers(dir.path()).expect("read")
+    }
+
+    #[test]
+    fn rows_are_cut_on_the_clock_and_late_counts_are_counted_not_credited() {
+        let mut r = recorder();
+        let (dir, mut w) = writer();
+        // Grace = 200 ms sample interval + 2 s: second 0 is due at T0 + 3.2 s.
+        assert_eq!(r.grace_ms(), 2_200);
+        r.load_event(&second("p0", "b1", 0, 500));
+        r.write_due(&mut w, Some(T0 + 3_199)).expect("write");
+        assert!(rows(&dir).is_empty(), "written before its deadline");
+        r.write_due(&mut w, Some(T0 + 3_200)).expect("write");
+        let got: Vec<(u64, String, f64)> = rows(&dir)
+            .into_iter()
+            .map(|x| (x.t_s, x.broker, x.sent_msgs_per_s))
+            .collect();
+        assert_eq!(got, vec![(0, "b1".into(), 500.0), (0, "b2".into(), 0.0)]);
+        // A stalled publisher's count for second 0 arrives after its row: counted as late, and
+        // not credited to second 1.
+        r.load_event(&second("p1", "b1", 0, 300));
+        r.load_event(&second("p0", "b1", 1, 500));
+        // The clock closes seconds 1 and 2 (second 2 had nothing yet): a count for second 2
+        // that comes afterwards is late too, even though second 2 has no row.
+        r.write_due(&mut w, Some(T0 + 5_200)).expect("write");
+        r.load_event(&second("p0", "b1", 2, 200));
+        r.load_event(&second("p0", "b1", 3, 400));
+        r.write_settled(&mut w, true).expect("write all");
+        let b1: Vec<(u64, f64)> = rows(&dir)
+            .iter()
+            .filter(|x| x.broker == "b1")
+            .map(|x| (x.t_s, x.sent_msgs_per_s))
+            .collect();
+        assert_eq!(b1, vec![(0, 500.0), (1, 500.0), (3, 400.0)]);
+        assert_eq!(
+            w.take_late(),
+            Late {
+                contributions: 2,
+                msgs: 500.0
+            }
+        );
+        assert_eq!(w.take_late(), Late::default(), "taken once");
+    }
+
+    #[test]
+    fn a_sample_covers_the_time_since_its_brokers_previous_sample() {
+        let mut r = recorder();
+        let (dir, mut w) = writer();
+        let sample = |t_ms: u64, cpu: f64| LoadReport {
+            broker: "b1".into(),
+            t_ms,
+            cpu_pct: cpu,
+            msgs_in_per_s: None,
+            connections: None,
+            token: None,
+        };
+        // First sample: one nominal interval, [0.7 s, 0.9 s). The next covers [0.9 s, 1.4 s):
+        // 100 ms of second 0 and 400 ms of second 1. Second 0's CPU is the mean weighted by
+        // time: (10 × 200 + 40 × 100) / 300.
+        r.sample(&sample(T0 + 900, 10.0));
+        r.sample(&sample(T0 + 1_400, 40.0));
+        // After a gap of more than 3 intervals (an agent restarted): one nominal interval again.
+        r.sample(&sample(T0 + 4_500, 70.0));
+        r.write_settled(&mut w, true).expect("write");
+        let cpu: Vec<(u64, Option<f64>)> = rows(&dir)
+            .iter()
+            .filter(|x| x.broker == "b1")
+            .map(|x| (x.t_s, x.cpu_pct.map(|c| (c * 1000.0).round() / 1000.0)))
+            .collect();
+        assert_eq!(cpu, vec![(0, Some(20.0)), (1, Some(40.0)), (4, Some(70.0))]);
     }
 
     #[test]

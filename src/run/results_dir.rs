@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::report::RunStatus;
 use crate::scenario::Scenario;
 
 /// Creates `root/<scenario>/<run-id>` where run-id is the UTC start time, with a suffix when
@@ -79,9 +80,11 @@ pub struct Manifest {
     pub broker_versions: Vec<String>,
     pub start_ms: u64,
     pub end_ms: Option<u64>,
-    pub completed: bool,
-    /// Why the run stopped early, when it did.
-    pub incomplete_reason: Option<String>,
+    /// `completed`, `incomplete_reason`, `errors`, `trials_detail` (each trial's seed, full-load
+    /// window and method runs), `late_contributions`, `late_msgs`: the keys
+    /// `mqdispatch plot` reads back ([`crate::report::status`]).
+    #[serde(flatten)]
+    pub status: RunStatus,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,12 +1,14 @@
 //! Integration tests: report. A synthetic results directory with the paper's workload and
-//! numbers known by construction goes through `summarize`, `draw_all` and `mqdispatch plot`.
+//! numbers known by construction goes through `build`, `draw_all` and `mqdispatch plot`.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+use mqdispatch::report::status::{MethodRunDetail, Outcome, TrialDetail};
 use mqdispatch::report::{
-    self, BrokerRow, DecisionRow, FaultRow, PublisherRow, ResultsWriter, online_optimum_gap,
+    self, BrokerRow, DecisionRow, FaultRow, PublisherRow, ResultsWriter, RunStatus,
+    online_optimum_gap, window,
 };
 
 use crate::util::bin;
@@ -15,7 +17,7 @@ const BROKERS: [&str; 2] = ["b1", "b2"];
 const LIGHT: f64 = 2000.0;
 const HEAVY: f64 = 10000.0;
 /// Publisher i joins at 5·i s and runs 100 s; rows cover 0..150 s. All ten are active on 45..=99,
-/// so the trimmed full-load window is 46..=98.
+/// so the window from the rows (trimmed) is 46..=98; the arrival plan's is 47..=99.
 const SECONDS: u64 = 150;
 
 /// Arrival rates of a trial whose heavy publisher arrives at `heavy_pos` (1-based).
@@ -43,9 +45,15 @@ fn assign(method: &str, rates: &[f64]) -> Vec<usize> {
         .collect()
 }
 
-fn write_trial(w: &mut ResultsWriter, trial: u32, method: &str, rates: &[f64]) {
+/// `last_late_s`: the last publisher starts that much after its planned join (a slow connect),
+/// so the rows alone would give this method a later window.
+fn write_trial(w: &mut ResultsWriter, trial: u32, method: &str, rates: &[f64], last_late_s: u64) {
     let brokers = assign(method, rates);
-    let active = |i: usize, t: u64| (5 * i as u64..5 * i as u64 + 100).contains(&t);
+    let n = rates.len();
+    let active = |i: usize, t: u64| {
+        let join = 5 * i as u64 + if i + 1 == n { last_late_s } else { 0 };
+        (join..join + 100).contains(&t)
+    };
     for (i, (&rate, &b)) in rates.iter().zip(&brokers).enumerate() {
         let join_s = 5.0 * i as f64 + 0.05;
         if method != "dns-rr" {
@@ -71,6 +79,7 @@ fn write_trial(w: &mut ResultsWriter, trial: u32, method: &str, rates: &[f64]) {
             achieved_msgs_per_s: rate * 0.999,
             sent_total: (rate * 99.9) as u64,
             downtime_s: 0.0,
+            target_total: (rate * 100.0) as u64,
         })
         .expect("publisher row");
     }
@@ -95,8 +104,20 @@ fn write_trial(w: &mut ResultsWriter, trial: u32, method: &str, rates: &[f64]) {
     }
 }
 
-/// Trial 1: heavy arrives 2nd (optimum 0); trial 2: heavy arrives 9th (optimum 8000).
+/// Trial 1: heavy arrives 2nd (optimum 0); trial 2: heavy arrives 9th (optimum 8000). No
+/// manifest: a results folder from before windows were stored.
 fn synthetic_dir(dir: &Path) -> HashMap<u32, f64> {
+    let optimum = synthetic_rows(dir, 0);
+    std::fs::write(
+        dir.join("faults.csv"),
+        "trial,method,t_s,kind,target\n2,greedy,70.0,kill,b2\n",
+    )
+    .expect("faults.csv");
+    optimum
+}
+
+/// The rows of both trials and methods; greedy's last publisher starts `greedy_late_s` late.
+fn synthetic_rows(dir: &Path, greedy_late_s: u64) -> HashMap<u32, f64> {
     let brokers: Vec<String> = BROKERS.iter().map(|b| b.to_string()).collect();
     let mut w = ResultsWriter::create(dir, &brokers).expect("writer");
     let mut optimum = HashMap::new();
@@ -104,15 +125,50 @@ fn synthetic_dir(dir: &Path) -> HashMap<u32, f64> {
         let r = rates(heavy_pos);
         optimum.insert(trial, online_optimum_gap(&r, 2));
         for method in ["dns-rr", "greedy"] {
-            write_trial(&mut w, trial, method, &r);
+            let late = if method == "greedy" { greedy_late_s } else { 0 };
+            write_trial(&mut w, trial, method, &r, late);
         }
     }
-    std::fs::write(
-        dir.join("faults.csv"),
-        "trial,method,t_s,kind,target\n2,greedy,70.0,kill,b2\n",
-    )
-    .expect("faults.csv");
     optimum
+}
+
+/// A manifest as the runner writes it: each trial's window from the plan (publisher i planned
+/// at 5·i s for 100 s), and the method runs that finished.
+fn write_manifest(dir: &Path, methods: &[&str]) -> (u64, u64) {
+    let spans: Vec<(f64, f64)> = (0..10)
+        .map(|i| (5.0 * i as f64, 5.0 * i as f64 + 100.0))
+        .collect();
+    let plan = window::plan_window(&spans).expect("window");
+    let status = RunStatus {
+        completed: true,
+        trials_detail: Some(
+            [1, 2]
+                .map(|trial| TrialDetail {
+                    trial,
+                    seed: 1 + u64::from(trial),
+                    window: Some(plan),
+                    methods: methods
+                        .iter()
+                        .map(|m| MethodRunDetail {
+                            method: (*m).into(),
+                            outcome: Outcome::Ok,
+                            late_contributions: 1,
+                            late_msgs: 2000,
+                        })
+                        .collect(),
+                })
+                .to_vec(),
+        ),
+        ..RunStatus::default()
+    };
+    let mut status = status;
+    status.total_late();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&status).expect("json"),
+    )
+    .expect("manifest");
+    (plan.window_start_s, plan.window_end_s)
 }
 
 fn expected_pngs() -> Vec<String> {
@@ -164,7 +220,9 @@ fn summarize_gives_the_constructed_numbers() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let optimum = synthetic_dir(tmp.path());
     assert_eq!(optimum, HashMap::from([(1, 0.0), (2, 8000.0)]));
-    let rows = report::summarize(tmp.path(), &optimum).expect("summarize");
+    let built = report::build(tmp.path(), &optimum);
+    assert!(built.errors.is_empty(), "{:?}", built.errors);
+    let rows = built.rows;
     let got: Vec<(u32, &str, u64, u64, f64)> = rows
         .iter()
         .map(|r| {
@@ -210,8 +268,13 @@ fn summarize_gives_the_constructed_numbers() {
     );
     assert_eq!(lines.count(), 4);
     let md = std::fs::read_to_string(tmp.path().join("summary.md")).expect("summary.md");
+    // No manifest: the old per-method window, said as much.
+    assert!(md.contains(&format!("- {}", window::FROM_ROWS)), "{md}");
+    // faults.csv has a kill in trial 2: a fault run names no winner by gap, delivery leads.
+    assert!(!md.contains("Winner"), "{md}");
+    assert!(md.contains("**Fault run: no winner by gap**"), "{md}");
     assert!(
-        md.contains("**Winner (smallest mean gap): greedy** with 4000 msg/s (vs dns-rr 8000)"),
+        md.contains("| 2 | greedy | 2797200 / 2800000 | 0.1 | 0.00 | 0 |"),
         "{md}"
     );
     assert!(
@@ -226,9 +289,9 @@ fn summarize_gives_the_constructed_numbers() {
 fn draw_all_writes_every_png() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let optimum = synthetic_dir(tmp.path());
-    report::summarize(tmp.path(), &optimum).expect("summarize");
+    let built = report::build(tmp.path(), &optimum);
     let blank = blank_png_len(tmp.path());
-    let paths = report::draw_all(tmp.path()).expect("draw_all");
+    let paths = report::draw_all(tmp.path(), &built.rows).expect("draw_all");
     let mut names: Vec<String> = paths
         .iter()
         .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
@@ -301,4 +364,108 @@ fn faults_are_read() {
             target: "b2".into(),
         }]
     );
+}
+
+#[test]
+fn every_method_of_a_trial_is_summarised_over_the_plan_window() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    // greedy's last publisher starts 3 s late: from its rows alone its window would start 3 s
+    // after dns-rr's.
+    let optimum = synthetic_rows(dir, 3);
+    let legacy = report::build(dir, &optimum);
+    let starts = |rows: &[report::SummaryRow], trial: u32| -> Vec<(u64, u64)> {
+        rows.iter()
+            .filter(|r| r.trial == trial)
+            .map(|r| (r.window_start_s, r.window_end_s))
+            .collect()
+    };
+    assert_eq!(starts(&legacy.rows, 1), [(46, 98), (49, 98)]);
+
+    let window = write_manifest(dir, &["dns-rr", "greedy"]);
+    assert_eq!(window, (47, 99));
+    let out = Command::new(bin())
+        .arg("plot")
+        .arg(dir)
+        .output()
+        .expect("run plot");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).expect("summary.csv");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let windows: Vec<(u32, String, u64, u64)> = reader
+        .records()
+        .map(|r| {
+            let r = r.expect("record");
+            (
+                r[0].parse().expect("trial"),
+                r[1].to_owned(),
+                r[2].parse().expect("start"),
+                r[3].parse().expect("end"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            (1, "dns-rr".into(), 47, 99),
+            (1, "greedy".into(), 47, 99),
+            (2, "dns-rr".into(), 47, 99),
+            (2, "greedy".into(), 47, 99),
+        ]
+    );
+    let md = std::fs::read_to_string(dir.join("summary.md")).expect("summary.md");
+    for trial in [1, 2] {
+        let line = format!(
+            "- full-load window: t = 47–99 s for every method of trial {trial}, from the arrival \
+             plan: last arrival + 2 s to first departure − 1 s"
+        );
+        assert!(md.contains(&line), "{line} not in\n{md}");
+    }
+    assert!(
+        md.contains("Late contributions: 4 (8000 messages)."),
+        "{md}"
+    );
+    // No fault here, two trials: the verdict follows the paired CI (Δ −8000 and 0: includes 0).
+    assert!(md.contains("**No significant difference** in gap"), "{md}");
+}
+
+#[test]
+fn a_method_that_ran_but_wrote_no_rows_is_an_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    synthetic_rows(dir, 0);
+    write_manifest(dir, &["dns-rr", "greedy", "ghost"]);
+    let out = Command::new(bin())
+        .arg("plot")
+        .arg(dir)
+        .output()
+        .expect("run plot");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "plot must fail on a method without rows"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("method ghost: ran to its end but wrote no row"),
+        "{stderr}"
+    );
+    let md = std::fs::read_to_string(dir.join("summary.md")).expect("summary.md");
+    for trial in [1, 2] {
+        let line = format!(
+            "- summary: trial {trial}, method ghost: ran to its end but wrote no row to brokers.csv"
+        );
+        assert!(md.contains(&line), "{line} not in\n{md}");
+    }
+    assert!(md.starts_with("# Summary"), "{md}");
+    assert!(
+        md.find("## Errors") < md.find("| method | trials | gap"),
+        "{md}"
+    );
+    // What was recorded is still summarised and drawn.
+    assert!(dir.join("throughput.png").exists());
 }

@@ -280,11 +280,51 @@ fn quick_scenario_end_to_end() {
             assert!((gap - 8000.0).abs() <= 400.0, "dns-rr gap {gap}");
         }
     }
+    // One window per trial, from the arrival plan, stored in the manifest and used for both
+    // methods: arrivals every 1 s (the last at 9 s), 20 s each → 9 + 2 ..= 20 − 1.
+    let detail = &manifest["trials_detail"][0];
+    let window = (
+        detail["window_start_s"].as_u64().unwrap(),
+        detail["window_end_s"].as_u64().unwrap(),
+    );
+    assert_eq!(window, (11, 19), "{manifest}");
+    let (start_c, end_c) = (
+        column(&header, "window_start_s"),
+        column(&header, "window_end_s"),
+    );
+    for r in &rows {
+        let got: (u64, u64) = (r[start_c].parse().unwrap(), r[end_c].parse().unwrap());
+        assert_eq!(got, window, "{r:?}");
+    }
+    let runs: Vec<(&str, &str)> = detail["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["method"].as_str().unwrap(),
+                m["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(runs, [("dns-rr", "ok"), ("proposed", "ok")]);
+    assert!(manifest["late_contributions"].is_u64() && manifest["late_msgs"].is_u64());
+    assert_eq!(manifest["errors"], serde_json::json!([]));
+
     let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(
         md.contains("| dns-rr |") && md.contains("| proposed |"),
         "{md}"
     );
+    assert!(
+        md.contains(
+            "- full-load window: t = 11–19 s for every method of trial 1, from the arrival plan"
+        ),
+        "{md}"
+    );
+    // One trial: no confidence interval, so no winner, whatever the gaps.
+    assert!(md.contains("**1 trial: no winner named**"), "{md}");
+    assert!(!md.contains("Winner") && !md.contains("## Errors"), "{md}");
     for png in [
         "throughput.png",
         "gap.png",

@@ -9,8 +9,9 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::ReportError;
 use super::records::{self, BrokerRow, FaultRow, PublisherRow, first_seen};
-use super::{ReportError, summary};
+use super::summary::SummaryRow;
 
 mod gap;
 mod throughput;
@@ -96,32 +97,31 @@ pub(crate) struct Run<'a> {
     pub window: Option<(u64, u64)>,
 }
 
-/// Draws every PNG of `dir` from its CSVs and returns their paths: `throughput.png`, `gap.png`,
-/// and `cpu-<method>-t<k>.png` + `rate-<method>-t<k>.png` per method and trial.
-pub fn draw_all(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
+/// Draws every PNG of `dir` from its CSVs and `summary` (its windows and figures, see
+/// [`super::build`]) and returns their paths: `throughput.png`, `gap.png`, and
+/// `cpu-<method>-t<k>.png` + `rate-<method>-t<k>.png` per summarised method and trial.
+pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, ReportError> {
     ensure_font()?;
+    if summary.is_empty() {
+        return Err(ReportError::Invalid(format!(
+            "{}: no (trial, method) summarised, nothing to plot",
+            dir.display()
+        )));
+    }
     let rows = records::read_brokers(dir)?;
     let publishers = records::read_publishers(dir)?;
     let faults = records::read_faults(dir)?;
-    let optimum = super::known_optimum(dir)?;
-    let summary = summary::compute(&rows, &optimum);
-    if summary.is_empty() {
-        return Err(ReportError::Invalid(format!(
-            "{}: no second with an active publisher, nothing to plot",
-            dir.join(records::BROKERS_CSV).display()
-        )));
-    }
     let brokers = first_seen(rows.iter().map(|r| r.broker.as_str()));
     let mut out = Vec::new();
 
     let path = dir.join(THROUGHPUT_PNG);
-    throughput::draw(&path, &summary).map_err(|e| plot_err(&path, e))?;
+    throughput::draw(&path, summary).map_err(|e| plot_err(&path, e))?;
     out.push(path);
     let path = dir.join(GAP_PNG);
-    gap::draw(&path, &summary).map_err(|e| plot_err(&path, e))?;
+    gap::draw(&path, summary).map_err(|e| plot_err(&path, e))?;
     out.push(path);
 
-    for s in &summary {
+    for s in summary {
         let run = Run {
             trial: s.trial,
             method: &s.method,
