@@ -75,6 +75,10 @@ pub struct DecisionRow {
     pub broker: String,
     /// The load of every broker when chosen, in the writer's broker order.
     pub loads: Vec<f64>,
+    /// The predicted load of clients placed but not yet visible in the reports (least-load,
+    /// two-choices), per broker in the same order, before this client was added; empty in
+    /// files written before the `pred_` columns existed.
+    pub predicted: Vec<f64>,
 }
 
 /// An injected fault (`faults.csv`, written by fault runs): drawn as a red marker on time plots.
@@ -186,12 +190,13 @@ impl ResultsWriter {
 
     /// `row.loads` must hold one value per broker given to [`ResultsWriter::create`].
     pub fn decision_row(&mut self, row: &DecisionRow) -> Result<(), ReportError> {
-        if row.loads.len() != self.broker_ids.len() {
+        let n = self.broker_ids.len();
+        if row.loads.len() != n || row.predicted.len() != n {
             return Err(ReportError::Invalid(format!(
-                "decision for {} has {} loads but the run has {} brokers",
+                "decision for {} has {} loads and {} predictions but the run has {n} brokers",
                 row.client_id,
                 row.loads.len(),
-                self.broker_ids.len()
+                row.predicted.len(),
             )));
         }
         let mut fields = vec![
@@ -202,6 +207,7 @@ impl ResultsWriter {
             row.broker.clone(),
         ];
         fields.extend(row.loads.iter().map(f64::to_string));
+        fields.extend(row.predicted.iter().map(f64::to_string));
         self.decisions
             .write_record(&fields)
             .map_err(|e| ReportError::csv(DECISIONS_CSV, e))
@@ -227,6 +233,7 @@ fn decision_header(brokers: &[String]) -> Vec<String> {
         .map(|s| s.to_string())
         .collect();
     h.extend(brokers.iter().map(|b| format!("load_{b}")));
+    h.extend(brokers.iter().map(|b| format!("pred_{b}")));
     h
 }
 
@@ -395,7 +402,8 @@ fn optional_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Re
     }
 }
 
-/// `decisions.csv`: the broker order (from the `load_<broker>` columns) and the rows.
+/// `decisions.csv`: the broker order (from the `load_<broker>` columns) and the rows; files
+/// without the `pred_<broker>` columns read with empty predictions.
 pub fn read_decisions(dir: &Path) -> Result<(Vec<String>, Vec<DecisionRow>), ReportError> {
     let path = dir.join(DECISIONS_CSV);
     let file = File::open(&path).map_err(|e| ReportError::io(&path, e))?;
@@ -404,29 +412,34 @@ pub fn read_decisions(dir: &Path) -> Result<(Vec<String>, Vec<DecisionRow>), Rep
     let brokers: Vec<String> = headers
         .iter()
         .skip(5)
-        .map(|h| h.strip_prefix("load_").unwrap_or(h).to_owned())
+        .filter_map(|h| h.strip_prefix("load_").map(str::to_owned))
         .collect();
+    let n = brokers.len();
+    let with_predictions = headers.iter().any(|h| h.starts_with("pred_"));
+    let fields = if with_predictions { 5 + 2 * n } else { 5 + n };
     let mut rows = Vec::new();
     for rec in reader.records() {
         let rec = rec.map_err(|e| ReportError::csv(&path, e))?;
         let bad = || ReportError::Invalid(format!("{}: malformed row {:?}", path.display(), rec));
-        if rec.len() != 5 + brokers.len() {
+        if rec.len() != fields {
             tracing::warn!(file = %path.display(), "dropping a row with the wrong field count");
             continue;
         }
-        let loads = rec
+        let numbers = rec
             .iter()
             .skip(5)
             .map(|v| v.parse::<f64>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| bad())?;
+        let (loads, predicted) = numbers.split_at(n);
         rows.push(DecisionRow {
             trial: rec[0].parse().map_err(|_| bad())?,
             method: rec[1].to_owned(),
             t_s: rec[2].parse().map_err(|_| bad())?,
             client_id: rec[3].to_owned(),
             broker: rec[4].to_owned(),
-            loads,
+            loads: loads.to_vec(),
+            predicted: predicted.to_vec(),
         });
     }
     Ok((brokers, rows))
@@ -478,7 +491,7 @@ mod tests {
         );
         assert_eq!(
             decision_header(&["b1".into(), "b2".into()]).join(","),
-            "trial,method,t_s,client_id,broker,load_b1,load_b2"
+            "trial,method,t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2"
         );
     }
 
@@ -498,6 +511,7 @@ mod tests {
             client_id: "pub-1".into(),
             broker: String::new(),
             loads: vec![1.5, 2.0],
+            predicted: vec![0.0, 0.5],
         };
         w.decision_row(&d).expect("decision");
         assert!(

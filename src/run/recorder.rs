@@ -164,6 +164,7 @@ impl Recorder {
             client_id: d.client_id.clone(),
             broker: d.broker.clone().unwrap_or_default(),
             loads: d.loads.iter().map(|(_, load)| *load).collect(),
+            predicted: d.predicted.iter().map(|(_, p)| *p).collect(),
         }
     }
 

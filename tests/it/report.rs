@@ -64,6 +64,7 @@ fn write_trial(w: &mut ResultsWriter, trial: u32, method: &str, rates: &[f64], l
                 client_id: format!("p{i}"),
                 broker: BROKERS[b].into(),
                 loads: vec![1.0, 2.0],
+                predicted: vec![0.0, 0.0],
             })
             .expect("decision row");
         }
