@@ -91,6 +91,10 @@ pub struct Report {
     pub incomplete: Option<String>,
     /// Late contributions and messages, for runs whose manifest counts them.
     pub late: Option<(u64, u64)>,
+    /// What `cpu_pct` measures, from the manifest's scenario (`None` for older manifests).
+    pub cpu_source: Option<String>,
+    /// Per method run: host idle over the window and generator lateness (newer manifests).
+    pub host_lines: Vec<String>,
     pub pngs: Vec<PathBuf>,
 }
 
@@ -124,6 +128,7 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
             .filter(|e| !e.stage.is_report())
             .cloned(),
     );
+    report.cpu_source = status.scenario.as_ref().and_then(|s| s.cpu.clone());
     if !status.completed {
         report.incomplete = status.incomplete_reason.clone();
     }
@@ -131,6 +136,10 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
         Some(details) => {
             report.window_lines = details.iter().map(window::describe).collect();
             report.late = Some((status.late_contributions, status.late_msgs));
+            report.host_lines = details
+                .iter()
+                .flat_map(|d| d.methods.iter().filter_map(|m| m.describe_host(d.trial)))
+                .collect();
             summary::Windows::Plan(details)
         }
         None => {

@@ -35,6 +35,16 @@ pub struct RunStatus {
     pub late_contributions: u64,
     #[serde(default)]
     pub late_msgs: u64,
+    /// Read back from the manifest's scenario (written by the runner's own `scenario` key).
+    #[serde(default, skip_serializing)]
+    pub scenario: Option<ScenarioSampler>,
+}
+
+/// The part of the manifest's scenario the summary states: what `cpu_pct` measures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ScenarioSampler {
+    #[serde(default)]
+    pub cpu: Option<String>,
 }
 
 /// One trial: its seed and full-load window (the same for every method), and its method runs.
@@ -58,7 +68,46 @@ pub struct MethodRunDetail {
     /// second's row was written, and the messages they carried: not in `brokers.csv`.
     pub late_contributions: u64,
     pub late_msgs: u64,
+    /// The harness's own measure of the machine: mean and lowest idle share of all cores
+    /// (`/proc/stat`, per second) over the trial's full-load window. A figure made with the
+    /// host near 0 % idle measures the host's saturation, not the brokers.
+    #[serde(default)]
+    pub host_idle_pct: Option<f64>,
+    #[serde(default)]
+    pub host_idle_min_pct: Option<f64>,
+    /// How late the load generator handed messages to the client against their deadlines
+    /// (p50, p99, in ms; per-message sending aims at p99 ≤ 1 ms).
+    #[serde(default)]
+    pub lateness_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub lateness_p99_ms: Option<f64>,
 }
+
+impl MethodRunDetail {
+    /// The statement summary.md makes about the host and the generator for this method run.
+    pub fn describe_host(&self, trial: u32) -> Option<String> {
+        let idle = self.host_idle_pct?;
+        let mut line = format!(
+            "trial {trial}, {}: host idle {idle:.0} % of all cores over the full-load window              (lowest second {:.0} %)",
+            self.method,
+            self.host_idle_min_pct.unwrap_or(idle)
+        );
+        if let (Some(p50), Some(p99)) = (self.lateness_p50_ms, self.lateness_p99_ms) {
+            line.push_str(&format!(
+                "; generator lateness p50 {p50:.2} ms, p99 {p99:.2} ms"
+            ));
+        }
+        if idle < HOST_IDLE_FLOOR_PCT {
+            line.push_str(&format!(
+                " — below {HOST_IDLE_FLOOR_PCT:.0} %: the host was close to saturated, read                  these figures with care"
+            ));
+        }
+        Some(line)
+    }
+}
+
+/// Below this mean idle share over the window a run is flagged as made on a saturated host.
+pub const HOST_IDLE_FLOOR_PCT: f64 = 25.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -182,15 +231,26 @@ mod tests {
                     outcome: Outcome::Ok,
                     late_contributions: 2,
                     late_msgs: 4000,
+                    host_idle_pct: Some(41.5),
+                    host_idle_min_pct: Some(30.0),
+                    lateness_p50_ms: Some(0.06),
+                    lateness_p99_ms: Some(0.5),
                 }],
             }]),
             late_contributions: 2,
             late_msgs: 4000,
+            scenario: None,
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["trials_detail"][0]["window_start_s"], 47);
         assert_eq!(json["trials_detail"][0]["window_rule"], "all-active");
         assert_eq!(json["trials_detail"][0]["methods"][0]["outcome"], "ok");
+        assert_eq!(json["trials_detail"][0]["methods"][0]["host_idle_pct"], 41.5);
+        let line = status.trials_detail.as_ref().unwrap()[0].methods[0]
+            .describe_host(1)
+            .unwrap();
+        assert!(line.contains("host idle 42 %") && line.contains("p99 0.50 ms"), "{line}");
+        assert!(!line.contains("saturated"), "{line}");
         assert_eq!(json["errors"][0]["stage"], "fault");
         let back: RunStatus = serde_json::from_value(json).expect("back");
         assert_eq!(back, status);

@@ -28,6 +28,17 @@ pub fn render_markdown(report: &Report) -> String {
     let groups = by_method(rows);
     let n_brokers = rows.first().map_or(0, |r| r.brokers.len());
     let _ = writeln!(md, "# Summary: {}\n", report.title);
+    match report.cpu_source.as_deref() {
+        Some("host") => md.push_str(
+            "CPU (`cpu_pct`): the whole machine's busy share from /proc/stat, as the paper \
+             measured it (`sampler.cpu: host`).\n\n",
+        ),
+        Some(_) => md.push_str(
+            "CPU (`cpu_pct`): each broker's own process, all its threads, in % of one core (or \
+             of its cap); the paper measured whole hosts from /proc/stat (`sampler.cpu: host`).\n\n",
+        ),
+        None => {}
+    }
     write_errors(&mut md, report);
     for line in &report.window_lines {
         let _ = writeln!(md, "- {line}");
@@ -133,6 +144,20 @@ fn write_errors(md: &mut String, report: &Report) {
 }
 
 fn write_recording(md: &mut String, report: &Report) {
+    if !report.host_lines.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Host and generator
+
+CPU in this summary is each broker's own process (all its \
+             threads; `sampler.cpu: host` measures the whole machine instead, as the paper \
+             did).\n"
+        );
+        for line in &report.host_lines {
+            let _ = writeln!(md, "- {line}");
+        }
+        md.push('\n');
+    }
     let Some((contributions, msgs)) = report.late else {
         return;
     };

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::dispatcher_slot::DispatcherSlot;
 use super::faults::{self, FaultLog};
 use super::recorder::Recorder;
-use crate::agent;
+use crate::agent::{self, CpuSampler};
 use crate::broker::{BrokerSpec, RunningBroker};
 use crate::dispatcher::{BrokerEntry, DispatcherConfig};
 use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
@@ -46,7 +46,7 @@ impl MethodRun<'_> {
         writer: &mut ResultsWriter,
         faults_log: &mut FaultLog,
         cancel: &CancellationToken,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<MethodResult> {
         let mut brokers = Vec::new();
         let started = self.start_brokers(&mut brokers).await;
         let tasks = TaskTracker::new();
@@ -73,7 +73,7 @@ impl MethodRun<'_> {
                 warn!(error = %e, "stopping a broker failed");
             }
         }
-        result.map(|()| versions)
+        result.map(|measures| MethodResult { versions, measures })
     }
 
     async fn start_brokers(&self, brokers: &mut Vec<RunningBroker>) -> anyhow::Result<()> {
@@ -100,8 +100,9 @@ impl MethodRun<'_> {
         faults_log: &mut FaultLog,
         tasks: &TaskTracker,
         stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Measures> {
         let scenario = self.scenario;
+        let mut measures = Measures::default();
         let addresses: Vec<(String, String)> = brokers
             .iter()
             .map(|b| (b.id.clone(), b.addr.clone()))
@@ -165,7 +166,7 @@ impl MethodRun<'_> {
             tokio::select! {
                 Some(r) = sample_rx.recv() => { reported.insert(r.broker.clone()); early.push(r); }
                 _ = &mut warmup => { warn!("not every agent reported during warm-up"); break; }
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return Ok(measures),
             }
         }
 
@@ -198,6 +199,10 @@ impl MethodRun<'_> {
         tokio::pin!(load);
         let mut fault_clock = faults::Schedule::new(&scenario.faults, t0);
         let mut flush = tokio::time::interval(Duration::from_secs(1));
+        // The machine's own idle share each second: is the host saturated? (in the harness,
+        // outside every measured broker process)
+        let mut host = CpuSampler::new(agent::CpuSource::Host, None);
+        let _ = host.sample();
         let load_result = loop {
             // Faults fire on time, not on the next once-a-second flush.
             let next_fault = fault_clock
@@ -218,6 +223,10 @@ impl MethodRun<'_> {
                 }
                 Some(d) = decision_rx.recv() => writer.decision_row(&recorder.decision(&d))?,
                 _ = flush.tick() => {
+                    if let Ok(Some(busy)) = host.sample() {
+                        let t_s = crate::now_ms().saturating_sub(t0).saturating_sub(500) / 1000;
+                        measures.host_idle.push((t_s, 100.0 - busy));
+                    }
                     recorder.write_settled(writer, false)?;
                     let elapsed = Duration::from_millis(crate::now_ms().saturating_sub(t0));
                     self.progress.update(self.trial, &self.method.name, "publishing", elapsed);
@@ -253,6 +262,7 @@ impl MethodRun<'_> {
         }
         recorder.write_settled(writer, true)?;
         let summary = load_result.context("load generator failed")?;
+        measures.lateness = Some(summary.lateness());
         info!(
             trial = self.trial,
             method = %self.method.name,
@@ -260,7 +270,38 @@ impl MethodRun<'_> {
             target = summary.target_total(),
             "method run finished"
         );
-        Ok(())
+        Ok(measures)
+    }
+}
+
+/// What one method run returns to the runner besides its rows.
+pub struct MethodResult {
+    pub versions: Vec<String>,
+    pub measures: Measures,
+}
+
+/// Harness-side measurements of one method run.
+#[derive(Default)]
+pub struct Measures {
+    /// `(t_s, idle % of all cores)` per second, `t_s` as in brokers.csv.
+    pub host_idle: Vec<(u64, f64)>,
+    /// The generator's lateness against its deadlines (`None` if it did not finish).
+    pub lateness: Option<loadgen::Lateness>,
+}
+
+impl Measures {
+    /// Mean and lowest host idle % over `start..=end` (t_s), if any second was sampled.
+    pub fn host_idle_over(&self, start: u64, end: u64) -> Option<(f64, f64)> {
+        let idle: Vec<f64> = self
+            .host_idle
+            .iter()
+            .filter(|(t, _)| (start..=end).contains(t))
+            .map(|(_, idle)| *idle)
+            .collect();
+        (!idle.is_empty()).then(|| {
+            let mean = idle.iter().sum::<f64>() / idle.len() as f64;
+            (mean, idle.iter().copied().fold(f64::INFINITY, f64::min))
+        })
     }
 }
 

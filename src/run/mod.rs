@@ -252,11 +252,25 @@ pub async fn run(
             };
             let status = &mut manifest.status;
             if let Some(details) = status.trials_detail.as_mut() {
+                let measures = result.as_ref().ok().map(|r| &r.measures);
+                let idle = measures.zip(details[i].window.as_ref()).and_then(|(m, w)| {
+                    m.host_idle_over(w.window_start_s, w.window_end_s)
+                });
+                let lateness = measures.and_then(|m| m.lateness.as_ref());
+                let quantile_ms = |q: f64| {
+                    lateness
+                        .and_then(|l| l.quantile(q))
+                        .map(|d| d.as_secs_f64() * 1e3)
+                };
                 details[i].methods.push(MethodRunDetail {
                     method: method.name.clone(),
                     outcome,
                     late_contributions: late.contributions,
                     late_msgs: late.msgs.round() as u64,
+                    host_idle_pct: idle.map(|(mean, _)| mean),
+                    host_idle_min_pct: idle.map(|(_, min)| min),
+                    lateness_p50_ms: quantile_ms(0.5),
+                    lateness_p99_ms: quantile_ms(0.99),
                 });
             }
             status.total_late();
@@ -267,7 +281,7 @@ pub async fn run(
                     .map(|f| RunError::new(Stage::Fault, f)),
             );
             match result {
-                Ok(versions) => broker_versions = versions,
+                Ok(done) => broker_versions = done.versions,
                 Err(e) => {
                     let e = e.context(format!("trial {trial}, method {}", method.name));
                     status

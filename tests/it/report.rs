@@ -155,6 +155,10 @@ fn write_manifest(dir: &Path, methods: &[&str]) -> (u64, u64) {
                             outcome: Outcome::Ok,
                             late_contributions: 1,
                             late_msgs: 2000,
+                            host_idle_pct: None,
+                            host_idle_min_pct: None,
+                            lateness_p50_ms: None,
+                            lateness_p99_ms: None,
                         })
                         .collect(),
                 })
