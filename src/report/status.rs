@@ -88,7 +88,7 @@ impl MethodRunDetail {
     pub fn describe_host(&self, trial: u32) -> Option<String> {
         let idle = self.host_idle_pct?;
         let mut line = format!(
-            "trial {trial}, {}: host idle {idle:.0} % of all cores over the full-load window              (lowest second {:.0} %)",
+            "trial {trial}, {}: host idle {idle:.0} % of all cores over the full-load window (lowest second {:.0} %)",
             self.method,
             self.host_idle_min_pct.unwrap_or(idle)
         );
@@ -99,7 +99,7 @@ impl MethodRunDetail {
         }
         if idle < HOST_IDLE_FLOOR_PCT {
             line.push_str(&format!(
-                " — below {HOST_IDLE_FLOOR_PCT:.0} %: the host was close to saturated, read                  these figures with care"
+                " — below {HOST_IDLE_FLOOR_PCT:.0} %: the host was close to saturated, read these figures with care"
             ));
         }
         Some(line)
@@ -245,11 +245,17 @@ mod tests {
         assert_eq!(json["trials_detail"][0]["window_start_s"], 47);
         assert_eq!(json["trials_detail"][0]["window_rule"], "all-active");
         assert_eq!(json["trials_detail"][0]["methods"][0]["outcome"], "ok");
-        assert_eq!(json["trials_detail"][0]["methods"][0]["host_idle_pct"], 41.5);
+        assert_eq!(
+            json["trials_detail"][0]["methods"][0]["host_idle_pct"],
+            41.5
+        );
         let line = status.trials_detail.as_ref().unwrap()[0].methods[0]
             .describe_host(1)
             .unwrap();
-        assert!(line.contains("host idle 42 %") && line.contains("p99 0.50 ms"), "{line}");
+        assert!(
+            line.contains("host idle 42 %") && line.contains("p99 0.50 ms"),
+            "{line}"
+        );
         assert!(!line.contains("saturated"), "{line}");
         assert_eq!(json["errors"][0]["stage"], "fault");
         let back: RunStatus = serde_json::from_value(json).expect("back");

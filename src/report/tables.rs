@@ -145,14 +145,7 @@ fn write_errors(md: &mut String, report: &Report) {
 
 fn write_recording(md: &mut String, report: &Report) {
     if !report.host_lines.is_empty() {
-        let _ = writeln!(
-            md,
-            "## Host and generator
-
-CPU in this summary is each broker's own process (all its \
-             threads; `sampler.cpu: host` measures the whole machine instead, as the paper \
-             did).\n"
-        );
+        let _ = writeln!(md, "## Host and generator\n");
         for line in &report.host_lines {
             let _ = writeln!(md, "- {line}");
         }

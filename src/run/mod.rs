@@ -253,9 +253,9 @@ pub async fn run(
             let status = &mut manifest.status;
             if let Some(details) = status.trials_detail.as_mut() {
                 let measures = result.as_ref().ok().map(|r| &r.measures);
-                let idle = measures.zip(details[i].window.as_ref()).and_then(|(m, w)| {
-                    m.host_idle_over(w.window_start_s, w.window_end_s)
-                });
+                let idle = measures
+                    .zip(details[i].window.as_ref())
+                    .and_then(|(m, w)| m.host_idle_over(w.window_start_s, w.window_end_s));
                 let lateness = measures.and_then(|m| m.lateness.as_ref());
                 let quantile_ms = |q: f64| {
                     lateness
