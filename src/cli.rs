@@ -25,6 +25,10 @@ pub enum Command {
     Validate(crate::scenario::ValidateArgs),
     /// Redraw every PNG of a results directory from its CSV files.
     Plot(crate::report::PlotArgs),
+    /// Copy a completed run's manifest.json, summary.csv and summary.md to results/published/.
+    Publish(crate::report::published::PublishArgs),
+    /// Regenerate README.md's tables from results/published/.
+    Readme(crate::report::published::ReadmeArgs),
     /// Redirect every MQTT v5 CONNECT to the least loaded broker.
     Dispatcher(crate::dispatcher::Args),
     /// Sample a broker's CPU every interval and report it to a dispatcher.
@@ -40,6 +44,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => crate::run::cli_main(args).await,
         Command::Validate(args) => crate::scenario::cli_main(args),
         Command::Plot(args) => crate::report::cli_main(args).await,
+        Command::Publish(args) => crate::report::published::publish_main(args),
+        Command::Readme(args) => crate::report::published::readme_main(args),
         Command::Dispatcher(args) => crate::dispatcher::cli_main(args).await,
         Command::Agent(args) => crate::agent::cli_main(args).await,
         Command::Broker(args) => crate::broker::cli_main(args).await,

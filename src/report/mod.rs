@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 pub mod faults;
 pub mod optimum;
 pub mod plots;
+pub mod published;
 pub mod records;
 pub mod stats;
 pub mod status;

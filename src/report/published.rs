@@ -1,0 +1,306 @@
+//! Figures that trace to files: `mqdispatch publish RESULTS_DIR` copies a run's small summary
+//! files into `results/published/<scenario>/` (committed), and `mqdispatch readme` regenerates
+//! every README table from those copies, so no figure in README.md is typed by hand.
+//!
+//! A README block is `<!-- table: NAME -->` … `<!-- /table -->`; its content is replaced by the
+//! table of `results/published/NAME/`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::stats::Estimate;
+
+/// The files a published result keeps (each small).
+pub const PUBLISHED_FILES: [&str; 3] = ["manifest.json", "summary.csv", "summary.md"];
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// A run's results folder (results/<scenario>/<run-id>).
+    pub results: PathBuf,
+    /// Where published copies live.
+    #[arg(long, default_value = "results/published")]
+    pub to: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReadmeArgs {
+    /// The file whose `<!-- table: NAME -->` blocks are regenerated.
+    #[arg(default_value = "README.md")]
+    pub readme: PathBuf,
+    #[arg(long, default_value = "results/published")]
+    pub published: PathBuf,
+}
+
+/// Copies a completed run's summary files to `<to>/<scenario name>/`, replacing an earlier
+/// published copy of the same scenario (git keeps the history).
+pub fn publish(args: &PublishArgs) -> anyhow::Result<PathBuf> {
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(args.results.join("manifest.json"))
+            .with_context(|| format!("{}: no manifest.json", args.results.display()))?,
+    )?;
+    if manifest["completed"] != serde_json::Value::Bool(true) {
+        bail!(
+            "{}: the run did not complete (manifest.json: completed is not true); only complete \
+             runs are published",
+            args.results.display()
+        );
+    }
+    let name = manifest["scenario"]["name"]
+        .as_str()
+        .context("manifest.json has no scenario.name")?;
+    let dest = args.to.join(name);
+    std::fs::create_dir_all(&dest)?;
+    for file in PUBLISHED_FILES {
+        std::fs::copy(args.results.join(file), dest.join(file))
+            .with_context(|| format!("copying {file} from {}", args.results.display()))?;
+    }
+    Ok(dest)
+}
+
+/// One row of `summary.csv`, as far as the README tables need it.
+#[derive(Debug, Clone)]
+struct Row {
+    trial: u32,
+    method: String,
+    gap: f64,
+    jain: Option<f64>,
+    cpu_diff: Option<f64>,
+    optimum: Option<f64>,
+}
+
+fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{}: no column {name}", path.display()))
+    };
+    let (trial, method, gap) = (col("trial")?, col("method")?, col("gap_msgs_per_s")?);
+    let (jain, cpu, optimum) = (
+        col("jain_index")?,
+        col("mean_abs_cpu_diff_pct")?,
+        col("optimum_gap_msgs_per_s")?,
+    );
+    let mut rows = Vec::new();
+    for rec in reader.records() {
+        let rec = rec?;
+        let num = |i: usize| rec.get(i).and_then(|v| v.parse::<f64>().ok());
+        rows.push(Row {
+            trial: rec[trial].parse()?,
+            method: rec[method].to_owned(),
+            gap: num(gap).with_context(|| format!("{}: a row without a gap", path.display()))?,
+            jain: num(jain),
+            cpu_diff: num(cpu),
+            optimum: num(optimum),
+        });
+    }
+    Ok(rows)
+}
+
+fn est(xs: &[f64], decimals: usize) -> String {
+    Estimate::of(xs).map_or_else(|| "–".into(), |e| e.display(decimals))
+}
+
+/// The markdown table (and its source line) for one published scenario folder.
+pub fn table(dir: &Path) -> anyhow::Result<String> {
+    let rows = read_rows(&dir.join("summary.csv"))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
+    let mut methods: Vec<String> = Vec::new();
+    for r in &rows {
+        if !methods.contains(&r.method) {
+            methods.push(r.method.clone());
+        }
+    }
+    let by_trial: HashMap<(u32, &str), &Row> = rows
+        .iter()
+        .map(|r| ((r.trial, r.method.as_str()), r))
+        .collect();
+    let idle = host_idle(&manifest);
+    let baseline = methods.first().cloned().unwrap_or_default();
+    let mut md = String::new();
+    md.push_str(
+        "| method | trials | gap (msg/s) | gap per trial | online optimum (msg/s) | Jain index \
+         | mean abs CPU diff (points) | CPU diff below the baseline's in every trial | host idle, mean (lowest s) |\n\
+         |---|---:|---:|---|---:|---:|---:|---|---:|\n",
+    );
+    for m in &methods {
+        let mine: Vec<&Row> = rows.iter().filter(|r| &r.method == m).collect();
+        let gaps: Vec<f64> = mine.iter().map(|r| r.gap).collect();
+        let per_trial: Vec<String> = gaps.iter().map(|g| format!("{g:.0}")).collect();
+        let optimum: Vec<f64> = mine.iter().filter_map(|r| r.optimum).collect();
+        let jain: Vec<f64> = mine.iter().filter_map(|r| r.jain).collect();
+        let cpu: Vec<f64> = mine.iter().filter_map(|r| r.cpu_diff).collect();
+        let below = if *m == baseline {
+            "(baseline)".to_owned()
+        } else {
+            let pairs: Vec<bool> = mine
+                .iter()
+                .filter_map(|r| {
+                    let base = by_trial.get(&(r.trial, baseline.as_str()))?;
+                    Some(r.cpu_diff? < base.cpu_diff?)
+                })
+                .collect();
+            let yes = pairs.iter().filter(|b| **b).count();
+            format!("{yes} of {}", pairs.len())
+        };
+        let host = idle.get(m.as_str()).map_or_else(
+            || "–".into(),
+            |(mean, min)| format!("{mean:.0} % ({min:.0} %)"),
+        );
+        let _ = writeln!(
+            md,
+            "| {m} | {} | {} | {} | {} | {} | {} | {below} | {host} |",
+            mine.len(),
+            est(&gaps, 0),
+            per_trial.join(", "),
+            est(&optimum, 0),
+            est(&jain, 3),
+            est(&cpu, 2),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nMean ± 95 % CI over trials (Student t). Source: `{}/` (run started {}, commit {}, \
+         broker kind {}, CPU per {}).",
+        dir.display(),
+        manifest["start_ms"]
+            .as_u64()
+            .map_or_else(|| "?".into(), |ms| format!("{ms} ms since the epoch")),
+        manifest["git_commit"].as_str().unwrap_or("unknown"),
+        manifest["broker_kind"].as_str().unwrap_or("?"),
+        manifest["scenario"]["cpu"].as_str().unwrap_or("process"),
+    );
+    Ok(md)
+}
+
+/// Per method: mean of the per-run mean host idle, and the lowest second, over all trials.
+fn host_idle(manifest: &serde_json::Value) -> HashMap<&str, (f64, f64)> {
+    let mut acc: HashMap<&str, (Vec<f64>, f64)> = HashMap::new();
+    for trial in manifest["trials_detail"].as_array().into_iter().flatten() {
+        for m in trial["methods"].as_array().into_iter().flatten() {
+            let (Some(name), Some(mean)) = (m["method"].as_str(), m["host_idle_pct"].as_f64())
+            else {
+                continue;
+            };
+            let min = m["host_idle_min_pct"].as_f64().unwrap_or(mean);
+            let entry = acc.entry(name).or_insert((Vec::new(), f64::INFINITY));
+            entry.0.push(mean);
+            entry.1 = entry.1.min(min);
+        }
+    }
+    acc.into_iter()
+        .map(|(m, (means, min))| (m, (means.iter().sum::<f64>() / means.len() as f64, min)))
+        .collect()
+}
+
+/// Replaces the content of every `<!-- table: NAME -->` … `<!-- /table -->` block.
+pub fn regenerate(text: &str, published: &Path) -> anyhow::Result<String> {
+    const OPEN: &str = "<!-- table: ";
+    const CLOSE: &str = "<!-- /table -->";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        let after_open = &rest[start + OPEN.len()..];
+        let name_end = after_open
+            .find(" -->")
+            .context("an unterminated `<!-- table: NAME -->` marker")?;
+        let name = after_open[..name_end].trim();
+        let body_start = start + OPEN.len() + name_end + " -->".len();
+        let close = rest[body_start..]
+            .find(CLOSE)
+            .with_context(|| format!("table {name}: no `{CLOSE}` after it"))?;
+        out.push_str(&rest[..body_start]);
+        out.push('\n');
+        out.push_str(&table(&published.join(name)).with_context(|| format!("table {name}"))?);
+        out.push_str(CLOSE);
+        rest = &rest[body_start + close + CLOSE.len()..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+pub fn publish_main(args: PublishArgs) -> anyhow::Result<()> {
+    let dest = publish(&args)?;
+    println!("published to {}", dest.display());
+    Ok(())
+}
+
+pub fn readme_main(args: ReadmeArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.readme)
+        .with_context(|| format!("reading {}", args.readme.display()))?;
+    let new = regenerate(&text, &args.published)?;
+    if new != text {
+        std::fs::write(&args.readme, new)?;
+        println!("{}: tables regenerated", args.readme.display());
+    } else {
+        println!("{}: tables already up to date", args.readme.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(dir: &Path) {
+        let d = dir.join("demo");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("summary.csv"),
+            "trial,method,window_start_s,window_end_s,gap_msgs_per_s,jain_index,mean_abs_cpu_diff_pct,optimum_gap_msgs_per_s,mean_msgs_per_s_b1,mean_msgs_per_s_b2\n\
+             1,dns-rr,47,99,8000,0.925,10,0,18000,10000\n\
+             1,proposed,47,99,4000,0.98,2,0,16000,12000\n\
+             2,dns-rr,47,99,8000,0.925,12,0,18000,10000\n\
+             2,proposed,47,99,2000,0.99,13,0,15000,13000\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("manifest.json"),
+            r#"{"completed":true,"git_commit":"abc","broker_kind":"embedded","start_ms":1,
+                "scenario":{"name":"demo","cpu":"process"},
+                "trials_detail":[{"trial":1,"methods":[{"method":"dns-rr","host_idle_pct":40.0,"host_idle_min_pct":35.0}]},
+                                 {"trial":2,"methods":[{"method":"dns-rr","host_idle_pct":50.0,"host_idle_min_pct":30.0}]}]}"#,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn tables_come_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        published(dir.path());
+        let t = table(&dir.path().join("demo")).unwrap();
+        assert!(t.contains("| dns-rr | 2 | 8000 ± 0 | 8000, 8000 |"), "{t}");
+        assert!(
+            t.contains("| proposed | 2 | 3000 ± 12706 | 4000, 2000 |"),
+            "{t}"
+        );
+        // CPU diff 2 < 10 in trial 1, 13 > 12 in trial 2.
+        assert!(t.contains("| 1 of 2 |"), "{t}");
+        assert!(t.contains("45 % (30 %)"), "{t}");
+        assert!(t.contains("commit abc"), "{t}");
+    }
+
+    #[test]
+    fn regenerate_replaces_only_marked_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        published(dir.path());
+        let readme = "intro\n<!-- table: demo -->\nold typed numbers\n<!-- /table -->\noutro\n";
+        let new = regenerate(readme, dir.path()).unwrap();
+        assert!(
+            new.starts_with("intro\n<!-- table: demo -->\n| method |"),
+            "{new}"
+        );
+        assert!(!new.contains("old typed numbers"));
+        assert!(new.ends_with("<!-- /table -->\noutro\n"), "{new}");
+        // Idempotent.
+        assert_eq!(regenerate(&new, dir.path()).unwrap(), new);
+        assert!(regenerate("<!-- table: missing -->\n<!-- /table -->", dir.path()).is_err());
+    }
+}
