@@ -10,7 +10,7 @@ help:
 	@echo "make quick                                      the short scenario (about a minute)"
 	@echo "make test                                       format check, clippy, all tests"
 	@echo "make lint                                       format check and clippy only"
-	@echo "make bench                                      dispatcher and load-generator benchmarks"
+	@echo "make bench                                      dispatcher, load-generator and send-mode benchmarks"
 	@echo "make fuzz                                       fuzz the CONNECT path for 2 minutes (nightly + cargo-fuzz)"
 
 build:
@@ -26,9 +26,10 @@ lint:
 bench: build
 	$(CARGO) bench --bench dispatcher
 	$(CARGO) bench --bench loadgen
+	$(CARGO) bench --bench send_modes
 
 experiment: build
-	$(BIN) run $(SCENARIO) --plots-dir plots
+	$(BIN) run $(SCENARIO) --plots-dir plots/$(basename $(notdir $(SCENARIO)))
 
 quick:
 	$(MAKE) experiment SCENARIO=scenarios/quick.yaml

@@ -240,10 +240,13 @@ fn broker_cpu(
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` (make test) runs this as a
+    // smoke test, with short runs.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let secs: u64 = std::env::var("SEND_MODES_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(if smoke { 3 } else { 10 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
