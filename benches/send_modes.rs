@@ -12,7 +12,6 @@
 //!   /proc schedstat) over the middle of the run, in % of one core.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -252,13 +251,11 @@ fn main() {
         .build()
         .expect("runtime");
     println!("command: cargo bench --bench send_modes   (SEND_MODES_SECS={secs})");
-    // Brokers are started as `mqdispatch broker` children: point at the release binary that
-    // `make bench` builds (this bench executable is not mqdispatch).
+    // Brokers are started as `mqdispatch broker` children: point at the binary cargo built
+    // with this bench (release under `cargo bench`, debug under `cargo test`).
     if std::env::var_os("MQDISPATCH_BIN").is_none() {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/mqdispatch");
-        assert!(bin.exists(), "build it first: cargo build --release");
         // SAFETY: set before any other thread of this process reads the environment.
-        unsafe { std::env::set_var("MQDISPATCH_BIN", bin) };
+        unsafe { std::env::set_var("MQDISPATCH_BIN", env!("CARGO_BIN_EXE_mqdispatch")) };
     }
     let workdir = tempfile::tempdir().expect("temp dir");
     let start = |kind| {
