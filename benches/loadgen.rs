@@ -8,26 +8,15 @@
 
 use std::time::{Duration, Instant};
 
-use mqdispatch::loadgen::{
-    self, ArrivalOrder, ArrivalSpec, LoadConfig, LoadSummary, Placement, Profile,
-};
+use mqdispatch::loadgen::{self, LoadConfig, LoadSummary, Profile};
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::{config, cpu_time};
 
 // The integration tests' child helper: `mqdispatch broker` killed and reaped on drop.
 #[path = "../tests/it/util.rs"]
 mod util;
-
-/// User + system CPU time of this whole process.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct we hand it.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 /// Peak resident memory of this process (VmHWM), in MiB.
 fn peak_rss_mib() -> f64 {
@@ -39,24 +28,6 @@ fn peak_rss_mib() -> f64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn config(profiles: Vec<Profile>, broker: &str, prefix: &str) -> LoadConfig {
-    let spec = ArrivalSpec {
-        order: ArrivalOrder::Random,
-        interval: Duration::ZERO,
-        jitter: Duration::ZERO,
-        burst: None,
-    };
-    LoadConfig {
-        publishers: loadgen::plan_arrivals(&profiles, &spec, 1).expect("plan"),
-        profiles,
-        placement: Placement::DnsRoundRobin {
-            brokers: vec![broker.to_owned()],
-        },
-        inflight_limit: 100,
-        client_id_prefix: prefix.to_owned(),
-    }
 }
 
 /// Runs `cfg`, returning the summary, wall time and this process's CPU time.

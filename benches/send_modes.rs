@@ -18,40 +18,11 @@ use std::time::{Duration, Instant};
 
 use mqdispatch::agent::cpu::{CpuSampler, CpuSource};
 use mqdispatch::broker::{BrokerKind, BrokerSpec, RunningBroker};
-use mqdispatch::loadgen::{
-    self, ArrivalOrder, ArrivalSpec, LoadConfig, LoadSummary, Placement, Profile,
-};
+use mqdispatch::loadgen::{self, LoadSummary, Profile};
 use tokio_util::sync::CancellationToken;
 
-/// User + system CPU time of this whole process.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct we hand it.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-fn config(profiles: Vec<Profile>, broker: &str, prefix: &str) -> LoadConfig {
-    let spec = ArrivalSpec {
-        order: ArrivalOrder::Random,
-        interval: Duration::ZERO,
-        jitter: Duration::ZERO,
-        burst: None,
-    };
-    LoadConfig {
-        publishers: loadgen::plan_arrivals(&profiles, &spec, 1).expect("plan"),
-        profiles,
-        placement: Placement::DnsRoundRobin {
-            brokers: vec![broker.to_owned()],
-        },
-        inflight_limit: 100,
-        client_id_prefix: prefix.to_owned(),
-    }
-}
+mod common;
+use common::{config, cpu_time};
 
 /// One socket's kernel counters (TCP_INFO), keyed by its local port.
 #[derive(Clone, Copy, Default)]

@@ -1,0 +1,38 @@
+//! Pieces shared by the load-generator benchmarks: this process's CPU time, and a load config
+//! that sends every publisher straight to one broker.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use mqdispatch::loadgen::{self, ArrivalOrder, ArrivalSpec, LoadConfig, Placement, Profile};
+
+/// User + system CPU time of this whole process.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Every publisher of `profiles` at once (no arrival spacing), straight to `broker`.
+pub fn config(profiles: Vec<Profile>, broker: &str, prefix: &str) -> LoadConfig {
+    let spec = ArrivalSpec {
+        order: ArrivalOrder::Random,
+        interval: Duration::ZERO,
+        jitter: Duration::ZERO,
+        burst: None,
+    };
+    LoadConfig {
+        publishers: loadgen::plan_arrivals(&profiles, &spec, 1).expect("plan"),
+        profiles,
+        placement: Placement::DnsRoundRobin {
+            brokers: vec![broker.to_owned()],
+        },
+        inflight_limit: 100,
+        client_id_prefix: prefix.to_owned(),
+    }
+}
