@@ -22,7 +22,7 @@ use mqdispatch::loadgen::{self, LoadSummary, Profile};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{config, cpu_time};
+use common::{bare_sender, config, cpu_time};
 
 /// One socket's kernel counters (TCP_INFO), keyed by its local port.
 #[derive(Clone, Copy, Default)]
@@ -123,14 +123,92 @@ fn paper_profiles(secs: u64, send: &str) -> Vec<Profile> {
     .collect()
 }
 
-fn generator_cost(rt: &tokio::runtime::Runtime, broker: &RunningBroker, secs: u64, send: &str) {
-    let port: u16 = broker
+/// One row of the generator table.
+struct GeneratorRow {
+    sender: String,
+    sent: u64,
+    wall: Duration,
+    cpu: Duration,
+    lateness: mqdispatch::loadgen::Lateness,
+    segments: SegmentCount,
+}
+
+impl GeneratorRow {
+    fn cpu_pct(&self) -> f64 {
+        100.0 * self.cpu.as_secs_f64() / self.wall.as_secs_f64()
+    }
+
+    /// Segments per PUBLISH, and the share of PUBLISHes that certainly left alone in their
+    /// segment (S segments carrying P packets leave at least 2S − P alone). Every topic here
+    /// is 12 bytes (`load/<name>-<k>`, `load/floor-<k>`).
+    fn segments(&self) -> (f64, f64) {
+        let packets = self.segments.bytes_sent as f64 / publish_len(12, 600) as f64;
+        let per_publish = self.segments.data_segs_out as f64 / packets;
+        (
+            per_publish,
+            (100.0 * (2.0 * per_publish - 1.0)).clamp(0.0, 100.0),
+        )
+    }
+
+    fn print_details(&self) {
+        let (per_publish, alone) = self.segments();
+        println!(
+            "{}: sent {} in {:.2} s; CPU {:.1} % of one core ({:.3} ms per 1000 messages)",
+            self.sender,
+            self.sent,
+            self.wall.as_secs_f64(),
+            self.cpu_pct(),
+            self.cpu.as_secs_f64() * 1e3 / (self.sent as f64 / 1000.0),
+        );
+        println!(
+            "  lateness against each message's deadline: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            ms(self.lateness.quantile(0.5)),
+            ms(self.lateness.quantile(0.99)),
+            ms(Some(self.lateness.max())),
+        );
+        println!(
+            "  TCP_INFO of its sockets: {} data segments for ≈ {:.0} PUBLISH packets = {per_publish:.3} \
+             segments per PUBLISH; at least {alone:.1} % of PUBLISHes left as their own segment",
+            self.segments.data_segs_out,
+            self.segments.bytes_sent as f64 / publish_len(12, 600) as f64,
+        );
+    }
+
+    fn table_row(&self) -> String {
+        let (per_publish, alone) = self.segments();
+        format!(
+            "| {} | {:.1} | {:.1} ms | {:.2} / {:.2} / {:.1} ms | {per_publish:.3} (≥ {alone:.1} % alone in their segment) |",
+            self.sender,
+            self.cpu_pct(),
+            self.cpu.as_secs_f64() * 1e3 / (self.sent as f64 / 1000.0),
+            ms(self.lateness.quantile(0.5)),
+            ms(self.lateness.quantile(0.99)),
+            ms(Some(self.lateness.max())),
+        )
+    }
+}
+
+fn ms(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
+fn broker_port(broker: &RunningBroker) -> u16 {
+    broker
         .addr
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
-        .expect("broker port");
+        .expect("broker port")
+}
+
+/// The project's generator (whole process CPU) at the paper's 28,000 msg/s in `send` mode.
+fn generator_cost(
+    rt: &tokio::runtime::Runtime,
+    broker: &RunningBroker,
+    secs: u64,
+    send: &str,
+) -> GeneratorRow {
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_segments(port, Arc::clone(&stop));
+    let watcher = watch_segments(broker_port(broker), Arc::clone(&stop));
     let cfg = config(
         paper_profiles(secs, send),
         &broker.addr,
@@ -148,35 +226,39 @@ fn generator_cost(rt: &tokio::runtime::Runtime, broker: &RunningBroker, secs: u6
         (summary, wall, cpu)
     });
     stop.store(true, Ordering::Relaxed);
-    let segments = watcher.join().expect("segment watcher");
-    let lateness = summary.lateness();
-    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-    // Every publisher's topic is `load/<profile>-<k>`: 12 bytes for these names.
-    let packets = segments.bytes_sent as f64 / publish_len(12, 600) as f64;
-    let segs_per_publish = segments.data_segs_out as f64 / packets;
-    println!(
-        "generator, send={send}: sent {} of {} in {:.2} s; CPU {:.1} % of one core \
-         ({:.3} ms per 1000 messages)",
+    assert_eq!(
         summary.sent_total(),
         summary.target_total(),
-        wall.as_secs_f64(),
-        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
-        cpu.as_secs_f64() * 1e3 / (summary.sent_total() as f64 / 1000.0),
+        "{send}: messages missing"
     );
-    println!(
-        "  lateness against each message's deadline: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        ms(lateness.quantile(0.5)),
-        ms(lateness.quantile(0.99)),
-        ms(Some(lateness.max())),
-    );
-    println!(
-        "  TCP_INFO of its sockets: {} data segments for ≈ {:.0} PUBLISH packets = {:.3} segments \
-         per PUBLISH; at least {:.1} % of PUBLISHes left as their own segment",
-        segments.data_segs_out,
-        packets,
-        segs_per_publish,
-        (100.0 * (2.0 * segs_per_publish - 1.0)).clamp(0.0, 100.0),
-    );
+    GeneratorRow {
+        sender: format!("mqdispatch load, send={send} (whole process)"),
+        sent: summary.sent_total(),
+        wall,
+        cpu,
+        lateness: summary.lateness(),
+        segments: watcher.join().expect("segment watcher"),
+    }
+}
+
+/// The same 28,000 msg/s, per message, from the bare floor sender (one thread: sleep, write).
+fn floor_cost(broker: &RunningBroker, secs: u64) -> GeneratorRow {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_segments(broker_port(broker), Arc::clone(&stop));
+    let publishers: Vec<(String, f64)> = (0..9)
+        .map(|k| (format!("floor-{k}"), 2000.0))
+        .chain(std::iter::once(("floor-9".to_owned(), 10000.0)))
+        .collect();
+    let run = bare_sender::run(&broker.addr, &publishers, secs).expect("floor sender");
+    stop.store(true, Ordering::Relaxed);
+    GeneratorRow {
+        sender: "floor: one plain thread, sleep + write (that thread)".to_owned(),
+        sent: run.sent,
+        wall: run.wall,
+        cpu: run.cpu,
+        lateness: run.lateness,
+        segments: watcher.join().expect("segment watcher"),
+    }
 }
 
 /// Broker CPU (% of one core) while one publisher sends at `rate` with `send`, measured from
@@ -245,14 +327,33 @@ fn main() {
          child at {} for {secs} s",
         embedded.addr
     );
-    for send in ["per-message", "batched"] {
-        generator_cost(&rt, &embedded, secs, send);
+    let rows = vec![
+        generator_cost(&rt, &embedded, secs, "per-message"),
+        floor_cost(&embedded, secs),
+        generator_cost(&rt, &embedded, secs, "batched"),
+    ];
+    for row in &rows {
+        row.print_details();
+    }
+    let (ours, floor) = (&rows[0], &rows[1]);
+    println!(
+        "per-message: the generator costs {:.2}× the floor's CPU (same run)",
+        ours.cpu_pct() / floor.cpu_pct()
+    );
+    println!("\n## generator\n");
+    println!(
+        "| sender | CPU (% of one core) | CPU per 1000 messages | lateness p50 / p99 / max | TCP data segments per PUBLISH |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for row in &rows {
+        println!("{}", row.table_row());
     }
 
     println!(
         "\nbroker CPU, % of one core, one publisher (600 B, QoS 0), {secs} s runs, middle {} s measured:",
         secs.saturating_sub(2).max(1)
     );
+    println!("\n## broker-cpu\n");
     println!(
         "| broker | 2000 msg/s batched | 10000 msg/s batched | 2000 msg/s per-message | 10000 msg/s per-message | 10000 ÷ 2000, per-message |"
     );

@@ -2,6 +2,8 @@
 //! that sends every publisher straight to one broker.
 #![allow(dead_code)]
 
+pub mod bare_sender;
+
 use std::time::Duration;
 
 use mqdispatch::loadgen::{self, ArrivalOrder, ArrivalSpec, LoadConfig, Placement, Profile};

@@ -49,6 +49,24 @@ impl PreciseTimer {
             return Ok(());
         };
         self.arm(wait)?;
+        self.tick().await.map(|_| ())
+    }
+
+    /// Fires at `first` and then every `period`, like Java's `scheduleAtFixedRate` (the
+    /// kernel keeps the phase: no re-arming, so one syscall less per message). Wait for each
+    /// expiration with [`PreciseTimer::tick`]; [`PreciseTimer::sleep_until`] re-arms one-shot.
+    pub fn start_periodic(&self, first: Instant, period: Duration) -> io::Result<()> {
+        // A zero it_value would disarm the timer: a first tick already due fires in 1 ns.
+        let wait = first
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_nanos(1));
+        self.set(wait, period)
+    }
+
+    /// Completes at the next expiration of a periodic timer; returns how many expired since
+    /// the last tick (more than 1 when this thread was late).
+    pub async fn tick(&self) -> io::Result<u64> {
         loop {
             let mut ready = self.fd.readable().await?;
             let mut expirations = [0u8; 8];
@@ -60,7 +78,7 @@ impl PreciseTimer {
                 }
             });
             match read {
-                Ok(result) => return result,
+                Ok(result) => return result.map(|()| u64::from_ne_bytes(expirations)),
                 Err(_would_block) => continue, // stale readiness; try_io cleared it
             }
         }
@@ -68,15 +86,18 @@ impl PreciseTimer {
 
     /// Arms the timer to fire once after `wait`; re-arming resets any pending expiration.
     fn arm(&self, wait: Duration) -> io::Result<()> {
+        self.set(wait, Duration::ZERO)
+    }
+
+    /// First expiration after `wait`, then every `period` (zero: once).
+    fn set(&self, wait: Duration, period: Duration) -> io::Result<()> {
+        let timespec = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+        };
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: wait.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32),
-            },
+            it_interval: timespec(period),
+            it_value: timespec(wait),
         };
         // SAFETY: sets our own timer from a fully initialised itimerspec.
         let rc =
@@ -120,6 +141,31 @@ mod tests {
             Instant::now() >= at,
             "a stale expiration ended the sleep early"
         );
+    }
+
+    #[tokio::test]
+    async fn periodic_ticks_keep_their_phase_and_count_missed_expirations() {
+        let timer = PreciseTimer::new().unwrap();
+        let period = Duration::from_micros(500);
+        let first = Instant::now() + Duration::from_millis(1);
+        timer.start_periodic(first, period).unwrap();
+        let mut expired = timer.tick().await.unwrap();
+        assert!(expired >= 1);
+        assert!(Instant::now() >= first, "first tick before its time");
+        // Miss several periods: the next tick reports them all, so a pacer can catch up.
+        std::thread::sleep(Duration::from_millis(3));
+        let missed = timer.tick().await.unwrap();
+        assert!(
+            missed >= 5,
+            "3 ms late at 0.5 ms per tick reported {missed} expirations"
+        );
+        expired += missed;
+        // The phase is kept: expiration n (from 1) is never before first + (n − 1) × period.
+        while expired < 30 {
+            expired += timer.tick().await.unwrap();
+            let elapsed = Instant::now() - first;
+            assert!(elapsed >= period * u32::try_from(expired - 1).unwrap());
+        }
     }
 
     #[tokio::test]

@@ -343,6 +343,13 @@ async fn pace(
         lateness,
         timer,
     } = pacing;
+    // MQTTLoader's scheduleAtFixedRate: a periodic timer in phase with the deadlines, when the
+    // interval is a whole number of nanoseconds (2000 and 10000 msg/s are); else one-shot.
+    let mut periodic = match (*timer, ctx.send, pacer.next_due()) {
+        (Some(timer), SendMode::PerMessage, Some(first)) => whole_ns_interval(ctx.rate)
+            .is_some_and(|period| timer.start_periodic(first.into_std(), period).is_ok()),
+        _ => false,
+    };
     loop {
         let now = Instant::now();
         seconds.observe();
@@ -359,6 +366,21 @@ async fn pace(
                 return; // the event loop is gone; the poll side reports why
             }
             pacer.issue();
+        }
+        if periodic {
+            // Each tick is one deadline (or several, after a late wake-up); the seconds are cut
+            // at the first tick after each boundary, before that tick's message is written.
+            let Some(timer) = *timer else { return };
+            if pacer.next_due().is_none() {
+                return;
+            }
+            match timer.tick().await {
+                Ok(_) => continue,
+                Err(error) => {
+                    warn!(publisher = %ctx.name, %error, "periodic timer failed: one-shot from now");
+                    periodic = false;
+                }
+            }
         }
         let wake = match ctx.send {
             SendMode::PerMessage => pacer.next_due(),
@@ -380,6 +402,13 @@ struct Pacing<'t> {
     pacer: Pacer,
     lateness: Lateness,
     timer: Option<&'t PreciseTimer>,
+}
+
+/// `1/rate` when it is a whole number of nanoseconds, so a periodic timer stays exactly in phase
+/// with [`Schedule`]'s deadlines (`round(i × 1e9 / rate)` ns).
+fn whole_ns_interval(rate: f64) -> Option<Duration> {
+    let ns = 1e9 / rate;
+    (ns >= 1.0 && (ns - ns.round()).abs() < 1e-9).then(|| Duration::from_nanos(ns.round() as u64))
 }
 
 /// The precise timer a per-message publisher sleeps on, when its messages are close together
@@ -463,5 +492,22 @@ impl Seconds<'_> {
             tokio::time::sleep_until(self.clock.next_second(Instant::now())).await;
             self.observe();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_periodic_timer_is_used_only_when_it_stays_in_phase() {
+        assert_eq!(whole_ns_interval(2000.0), Some(Duration::from_micros(500)));
+        assert_eq!(
+            whole_ns_interval(10_000.0),
+            Some(Duration::from_micros(100))
+        );
+        assert_eq!(whole_ns_interval(0.5), Some(Duration::from_secs(2)));
+        assert_eq!(whole_ns_interval(3000.0), None, "333333.3 ns would drift");
+        assert_eq!(whole_ns_interval(7.0), None);
     }
 }

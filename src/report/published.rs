@@ -200,7 +200,29 @@ fn host_idle(manifest: &serde_json::Value) -> HashMap<&str, (f64, f64)> {
         .collect()
 }
 
-/// Replaces the content of every `<!-- table: NAME -->` … `<!-- /table -->` block.
+/// The markdown table under the line `## SECTION` of a committed benchmark output (`FILE#SECTION`
+/// in a README marker): the `|` lines that follow it.
+fn bench_section(file: &Path, section: &str) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let heading = format!("## {section}");
+    let mut lines = text.lines().skip_while(|l| l.trim() != heading);
+    if lines.next().is_none() {
+        bail!("{}: no `{heading}` line", file.display());
+    }
+    let table: String = lines
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if table.is_empty() {
+        bail!("{}: no table under `{heading}`", file.display());
+    }
+    Ok(table)
+}
+
+/// Replaces the content of every `<!-- table: NAME -->` … `<!-- /table -->` block: NAME is a
+/// published scenario, or `FILE#SECTION` for a table in a committed benchmark output.
 pub fn regenerate(text: &str, published: &Path) -> anyhow::Result<String> {
     const OPEN: &str = "<!-- table: ";
     const CLOSE: &str = "<!-- /table -->";
@@ -218,7 +240,11 @@ pub fn regenerate(text: &str, published: &Path) -> anyhow::Result<String> {
             .with_context(|| format!("table {name}: no `{CLOSE}` after it"))?;
         out.push_str(&rest[..body_start]);
         out.push('\n');
-        out.push_str(&table(&published.join(name)).with_context(|| format!("table {name}"))?);
+        let body = match name.split_once('#') {
+            Some((file, section)) => bench_section(&published.join(file), section),
+            None => table(&published.join(name)),
+        };
+        out.push_str(&body.with_context(|| format!("table {name}"))?);
         out.push_str(CLOSE);
         rest = &rest[body_start + close + CLOSE.len()..];
     }
@@ -285,6 +311,34 @@ mod tests {
         assert!(t.contains("| 1 of 2 |"), "{t}");
         assert!(t.contains("45 % (30 %)"), "{t}");
         assert!(t.contains("commit abc"), "{t}");
+    }
+
+    #[test]
+    fn bench_tables_come_from_their_section() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bench")).unwrap();
+        std::fs::write(
+            dir.path().join("bench/out.txt"),
+            "command: x\n## first\n| a |\n|---|\n| 1 |\nafter\n## second\n\n| b |\n| 2 |\n",
+        )
+        .unwrap();
+        let readme = "<!-- table: bench/out.txt#second -->\nold\n<!-- /table -->";
+        assert_eq!(
+            regenerate(readme, dir.path()).unwrap(),
+            "<!-- table: bench/out.txt#second -->\n| b |\n| 2 |\n<!-- /table -->"
+        );
+        let first = regenerate(
+            "<!-- table: bench/out.txt#first -->\n<!-- /table -->",
+            dir.path(),
+        );
+        assert!(first.unwrap().contains("| 1 |\n<!--"));
+        assert!(
+            regenerate(
+                "<!-- table: bench/out.txt#third -->\n<!-- /table -->",
+                dir.path()
+            )
+            .is_err()
+        );
     }
 
     #[test]
