@@ -314,6 +314,31 @@ async fn main() {
     drop(mosquitto);
 
     let per = |o: &Outcome| o.server_cpu.as_secs_f64() / o.handshakes.max(1) as f64;
+    println!("\n## handshakes\n");
+    println!(
+        "| client closes with | dispatcher | Mosquitto | ratio | p50 / p99, dispatcher | p50 / p99, Mosquitto | server CPU per handshake, dispatcher / Mosquitto |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (i, close) in MODES.iter().enumerate() {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {} | {:.0} /s | {:.0} /s | {:.2}× | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.1} / {:.1} µs |",
+            match close {
+                Close::Abort => "an abortive close (RST)",
+                Close::Graceful => "a normal close (FIN)",
+            },
+            d[i].rate(),
+            m[i].rate(),
+            d[i].rate() / m[i].rate(),
+            ms(d[i].p50),
+            ms(d[i].p99),
+            ms(m[i].p50),
+            ms(m[i].p99),
+            per(&d[i]) * 1e6,
+            per(&m[i]) * 1e6,
+        );
+    }
+    println!();
     for (i, close) in MODES.iter().enumerate() {
         println!(
             "client close {close:?}: dispatcher/mosquitto {:.2}x handshakes/s (target >= 3x), \

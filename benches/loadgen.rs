@@ -88,9 +88,15 @@ fn main() {
         cpu.as_secs_f64() * 1e3 / (sent as f64 / 1000.0),
     );
 
+    let rss = peak_rss_mib();
     println!(
-        "  peak RSS of the generator process so far: {:.1} MiB (10 clients, in-flight limit 100)",
-        peak_rss_mib()
+        "  peak RSS of the generator process so far: {rss:.1} MiB (10 clients, in-flight limit 100)"
+    );
+    let fixed_row = format!(
+        "| paper's 10 publishers, 28,000 msg/s per message, {secs} s | {sent} of {} | {:.1} | {:.2} ms | {rss:.1} MiB |",
+        s.target_total(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e3 / (sent as f64 / 1000.0),
     );
 
     let max_secs = 3;
@@ -108,5 +114,17 @@ fn main() {
         wall.as_secs_f64(),
         s.sent_total() as f64 / wall.as_secs_f64(),
         100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+    );
+    println!("\n## loadgen\n");
+    println!("| run | sent | generator CPU (% of one core) | CPU per 1000 messages | peak RSS |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("{fixed_row}");
+    println!(
+        "| 10 publishers flat out, {max_secs} s | {} ({:.0} msg/s) | {:.1} | {:.2} ms | {:.1} MiB |",
+        s.sent_total(),
+        s.sent_total() as f64 / wall.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e3 / (s.sent_total() as f64 / 1000.0),
+        peak_rss_mib(),
     );
 }
