@@ -1,4 +1,5 @@
 # mqdispatch — the commands a user types. `make help` lists them.
+SHELL    := bash
 CARGO    ?= cargo
 SCENARIO ?= scenarios/paper.yaml
 BIN      := target/release/mqdispatch
@@ -23,10 +24,18 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# Each benchmark's output is kept in results/bench/<UTC time>/ (never overwritten), headed by
+# the commit it ran at; `cp` a folder's files to results/published/bench/ to publish them.
+BENCH_DIR := results/bench/$(shell date -u +%Y%m%dT%H%M%SZ)
+BENCHES   := dispatcher loadgen send_modes
+
 bench: build
-	$(CARGO) bench --bench dispatcher
-	$(CARGO) bench --bench loadgen
-	$(CARGO) bench --bench send_modes
+	mkdir -p $(BENCH_DIR)
+	set -o pipefail; for b in $(BENCHES); do \
+	  { echo "commit: $$(git rev-parse HEAD 2>/dev/null || echo unknown)$$(git status --porcelain 2>/dev/null | grep -q . && echo ' (with uncommitted changes)')"; \
+	    $(CARGO) bench --bench $$b; } | tee $(BENCH_DIR)/$$b.txt || exit 1; \
+	done
+	@echo "bench output in $(BENCH_DIR)/"
 
 experiment: build
 	$(BIN) run $(SCENARIO) --plots-dir plots/$(basename $(notdir $(SCENARIO)))
