@@ -44,6 +44,7 @@ fn config(profiles: Vec<Profile>, placement: Placement, prefix: &str) -> LoadCon
         placement,
         inflight_limit: 100,
         client_id_prefix: format!("{prefix}-"),
+        tls: None,
     }
 }
 
