@@ -136,7 +136,7 @@ pub async fn connect(
 
 /// A CA made for one run or test, and one server certificate it signed for `localhost`,
 /// `127.0.0.1` and `::1`, written as PEM files into a directory.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThrowawayCa {
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,

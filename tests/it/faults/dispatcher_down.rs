@@ -111,6 +111,7 @@ fn load(
         },
         inflight_limit: 100,
         client_id_prefix: format!("{prefix}-"),
+        tls: None,
     }
 }
 
