@@ -83,7 +83,8 @@ async fn connect_from(source: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStr
 }
 
 /// An agent: `broker`'s cpu read from `cpu` every interval, over one connection it never
-/// replaces (a lost connection fails the agent, which the test then notices).
+/// replaces (a lost connection fails the agent, which the test then notices). Like `mqdispatch
+/// agent`, it sends its first report at its next tick, up to an interval after connecting.
 fn agent(
     tasks: &mut JoinSet<()>,
     mut stream: TcpStream,
@@ -91,6 +92,7 @@ fn agent(
     cpu: tokio::sync::watch::Receiver<f64>,
 ) {
     tasks.spawn(async move {
+        tokio::time::sleep(INTERVAL / 2).await;
         loop {
             let line = crate::util::cpu_report(broker, *cpu.borrow()).to_line();
             if stream.write_all(line.as_bytes()).await.is_err() {
