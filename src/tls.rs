@@ -19,7 +19,10 @@ pub enum TlsError {
     #[error("{0}: no certificate in the file (expected PEM `BEGIN CERTIFICATE` blocks)")]
     NoCertificate(PathBuf),
     #[error("{path}: {source}")]
-    Rustls { path: PathBuf, source: rustls::Error },
+    Rustls {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("client CA {path}: {source}")]
     Verifier {
         path: PathBuf,
@@ -78,8 +81,8 @@ pub fn server_config(
         path: key.to_owned(),
         source,
     })?;
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -93,12 +96,13 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, key_der)
-        .map_err(|source| TlsError::Rustls {
-            path: key.to_owned(),
-            source,
-        })?;
+    let mut config =
+        builder
+            .with_single_cert(chain, key_der)
+            .map_err(|source| TlsError::Rustls {
+                path: key.to_owned(),
+                source,
+            })?;
     // A redirect server sees each client once: resumption tickets would only cost bytes.
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
@@ -158,7 +162,9 @@ impl ThrowawayCa {
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
 
-        let names = ["localhost", "127.0.0.1", "::1"].map(str::to_owned).to_vec();
+        let names = ["localhost", "127.0.0.1", "::1"]
+            .map(str::to_owned)
+            .to_vec();
         let mut params = CertificateParams::new(names)?;
         params
             .distinguished_name
@@ -205,7 +211,10 @@ mod tests {
         ca.client_config().unwrap();
         server_config(&ca.server_cert, &ca.server_key, Some(&ca.ca_cert)).unwrap();
         let err = client_config(&ca.server_key).unwrap_err().to_string();
-        assert!(err.contains("server-key.pem") && err.contains("no certificate"), "{err}");
+        assert!(
+            err.contains("server-key.pem") && err.contains("no certificate"),
+            "{err}"
+        );
         let missing = dir.path().join("nope.pem");
         let err = client_config(&missing).unwrap_err().to_string();
         assert!(err.contains("nope.pem"), "{err}");

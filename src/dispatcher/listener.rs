@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection;
@@ -95,7 +95,11 @@ pub async fn accept_loop(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
-    let what = if tls.is_some() { "tls clients" } else { "clients" };
+    let what = if tls.is_some() {
+        "tls clients"
+    } else {
+        "clients"
+    };
     while let Some(Admitted {
         stream,
         peer,

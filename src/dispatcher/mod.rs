@@ -264,7 +264,11 @@ pub struct Args {
     pub listen: SocketAddr,
     /// A broker clients may be sent to (repeat for each); HOST:PORT is the Server Reference,
     /// `tls=HOST:PORT` the one for clients of the TLS port.
-    #[arg(long = "broker", value_name = "ID=HOST:PORT[,tls=HOST:PORT]", required = true)]
+    #[arg(
+        long = "broker",
+        value_name = "ID=HOST:PORT[,tls=HOST:PORT]",
+        required = true
+    )]
     pub brokers: Vec<BrokerEntry>,
     #[arg(long, value_enum)]
     pub policy: Policy,
@@ -348,7 +352,15 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         None => (None, None),
     };
 
-    run_with_tls(listener, tls_listener, report_listener, cfg, decisions, cancel).await?;
+    run_with_tls(
+        listener,
+        tls_listener,
+        report_listener,
+        cfg,
+        decisions,
+        cancel,
+    )
+    .await?;
     if let Some(handle) = writer {
         handle.await.context("events writer")??;
     }
@@ -366,7 +378,10 @@ mod tests {
         let b: BrokerEntry = "b2=broker.example:1883".parse().unwrap();
         assert_eq!((b.addr.as_str(), b.tls_addr), ("broker.example:1883", None));
         let b: BrokerEntry = "b3=h:1883,tls=h:8883".parse().unwrap();
-        assert_eq!((b.addr.as_str(), b.tls_addr.as_deref()), ("h:1883", Some("h:8883")));
+        assert_eq!(
+            (b.addr.as_str(), b.tls_addr.as_deref()),
+            ("h:1883", Some("h:8883"))
+        );
         for bad in [
             "b1",
             "=h:1",

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use tokio::time::Instant;
 
 use crate::addr::{AddrError, HostPort};

@@ -109,7 +109,12 @@ impl MethodRun<'_> {
         // Where publishers connect (the TLS listeners in a TLS run), by broker id.
         let addresses: Vec<(String, String)> = brokers
             .iter()
-            .map(|b| (b.id.clone(), b.tls_addr.clone().unwrap_or_else(|| b.addr.clone())))
+            .map(|b| {
+                (
+                    b.id.clone(),
+                    b.tls_addr.clone().unwrap_or_else(|| b.addr.clone()),
+                )
+            })
             .collect();
         let (decision_tx, mut decision_rx) = mpsc::unbounded_channel();
         let (sample_tx, mut sample_rx) = mpsc::unbounded_channel();

@@ -88,24 +88,30 @@ async fn tls_and_plain_clients_side_by_side_each_get_their_own_reference() {
     // A client that does not trust the dispatcher's CA never gets a CONNACK.
     let other = tempfile::tempdir().unwrap();
     let stranger = ThrowawayCa::create(other.path()).unwrap();
-    let err = proto::request_redirect_via(&t.tls, Some(&stranger.client_config().unwrap()), "x", GUARD)
-        .await
-        .unwrap_err();
+    let err =
+        proto::request_redirect_via(&t.tls, Some(&stranger.client_config().unwrap()), "x", GUARD)
+            .await
+            .unwrap_err();
     assert!(matches!(err, ProtoError::Io(_)), "{err:?}");
     // Plain MQTT on the TLS port is not answered as MQTT.
     let err = proto::request_redirect(&t.tls, "plain-on-tls", GUARD)
         .await
         .unwrap_err();
-    assert!(!matches!(err, ProtoError::Timeout(_)), "closed, not hung: {err:?}");
+    assert!(
+        !matches!(err, ProtoError::Timeout(_)),
+        "closed, not hung: {err:?}"
+    );
 }
 
 /// Opens TCP to `addr` and sends the first bytes of a TLS ClientHello record, then nothing.
 async fn stall_mid_handshake(addr: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     // Handshake record header announcing 512 bytes, and the start of a ClientHello.
-    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])
-        .await
-        .unwrap();
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ])
+    .await
+    .unwrap();
     s
 }
 
@@ -138,7 +144,10 @@ async fn a_client_stalling_mid_handshake_is_closed_at_the_timeout_while_others_a
         assert_eq!(n, 0, "closed without an answer");
     }
     let closed_after = opened.elapsed();
-    assert!(closed_after >= TIMEOUT, "closed after {closed_after:?}, before the timeout");
+    assert!(
+        closed_after >= TIMEOUT,
+        "closed after {closed_after:?}, before the timeout"
+    );
     // Their slots are free again: a full set of concurrent clients is served.
     let mut clients = JoinSet::new();
     for k in 0..CAP {
@@ -172,8 +181,14 @@ async fn paho_python_over_tls_gets_0x9c_and_the_tls_reference() {
     let t = start(Duration::from_secs(3), 64).await;
     let (host, port) = t.tls.rsplit_once(':').unwrap();
     let mut cmd = tokio::process::Command::new("python3");
-    cmd.args(["-c", PAHO_SCRIPT, host, port, t.ca.ca_cert.to_str().unwrap()])
-        .kill_on_drop(true);
+    cmd.args([
+        "-c",
+        PAHO_SCRIPT,
+        host,
+        port,
+        t.ca.ca_cert.to_str().unwrap(),
+    ])
+    .kill_on_drop(true);
     let out = timeout(GUARD, cmd.output())
         .await
         .expect("paho script finished")
@@ -209,3 +224,66 @@ for _ in range(100):
 print(seen[0] if seen else "no CONNACK")
 sys.exit(0 if seen else 1)
 "#;
+
+/// The command line: `tls on ADDR` after `listening on ADDR`, the TLS reference over the TLS
+/// port; a broker without a TLS address is refused before anything is announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_announces_the_tls_port_and_refuses_brokers_without_tls_addresses() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ThrowawayCa::create(dir.path()).unwrap();
+    let args = |broker: &str| {
+        [
+            "dispatcher",
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            "round-robin",
+            "--broker",
+            broker,
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            ca.server_cert.to_str().unwrap(),
+            "--tls-key",
+            ca.server_key.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+    };
+    let out = Command::new(crate::util::bin())
+        .args(args(&format!("b1={PLAIN_REF}")))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broker b1 has no TLS address"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing announced");
+
+    let child = Command::new(crate::util::bin())
+        .args(args(&format!("b1={PLAIN_REF},tls={TLS_REF}")))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = crate::util::ChildGuard {
+        child,
+        addr: String::new(),
+    };
+    let mut lines = BufReader::new(guard.child.stdout.take().unwrap()).lines();
+    let mut next = |prefix: &str| {
+        let line = lines.next().unwrap().unwrap();
+        line.strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected `{prefix}ADDR`, got {line:?}"))
+            .to_owned()
+    };
+    let plain = next("listening on ");
+    let tls = next("tls on ");
+    let config = ca.client_config().unwrap();
+    let r = proto::request_redirect_via(&tls, Some(&config), "cli-tls", GUARD)
+        .await
+        .unwrap();
+    assert_eq!(r.server_reference, TLS_REF);
+    let r = proto::request_redirect(&plain, "cli-plain", GUARD)
+        .await
+        .unwrap();
+    assert_eq!(r.server_reference, PLAIN_REF);
+}

@@ -148,7 +148,10 @@ async fn eighty_idle_connections_leave_the_agents_reports_effective() {
             assert_eq!(decision.loads, [("b1".into(), 80.0), ("b2".into(), 20.0)]);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(agents.try_join_next().is_none(), "an agent lost its connection");
+        assert!(
+            agents.try_join_next().is_none(),
+            "an agent lost its connection"
+        );
     }
     let last = d.place("after-attack-window").await;
     assert_eq!(
@@ -156,7 +159,11 @@ async fn eighty_idle_connections_leave_the_agents_reports_effective() {
         [("b1".into(), 80.0), ("b2".into(), 20.0)],
         "both agents' reports are in the table"
     );
-    assert_eq!(last.broker.as_deref(), Some("b2"), "b2 is live: agent B's reports count");
+    assert_eq!(
+        last.broker.as_deref(),
+        Some("b2"),
+        "b2 is live: agent B's reports count"
+    );
 
     // Agent A's next report (b1 now at 5 %) takes over placement: b1 is live and its new load is
     // used, about one interval later (the guard only stops a hung test).
@@ -169,10 +176,16 @@ async fn eighty_idle_connections_leave_the_agents_reports_effective() {
         if decision.broker.as_deref() == Some("b1") {
             break;
         }
-        assert!(changed.elapsed() < GUARD, "b1's new load never used: {decision:?}");
+        assert!(
+            changed.elapsed() < GUARD,
+            "b1's new load never used: {decision:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(agents.try_join_next().is_none(), "an agent lost its connection");
+    assert!(
+        agents.try_join_next().is_none(),
+        "an agent lost its connection"
+    );
     attackers.abort_all();
     agents.abort_all();
 }
