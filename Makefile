@@ -11,7 +11,7 @@ help:
 	@echo "make quick                                      the short scenario (about a minute)"
 	@echo "make test                                       format check, clippy, all tests"
 	@echo "make lint                                       format check and clippy only"
-	@echo "make bench                                      dispatcher, load-generator and send-mode benchmarks"
+	@echo "make bench                                      dispatcher (plain and TLS), load-generator and send-mode benchmarks"
 	@echo "make fuzz                                       fuzz the CONNECT path for 2 minutes (nightly + cargo-fuzz)"
 
 build:

@@ -317,6 +317,7 @@ fn main() {
             kind,
             cpu_limit_cores: None,
             external_addr: None,
+            tls: None,
         };
         rt.block_on(RunningBroker::start(&spec, workdir.path()))
     };

@@ -55,6 +55,7 @@ fn placer() -> &'static Placer {
         let broker = BrokerEntry {
             id: "b1".into(),
             addr: BROKER.into(),
+            tls_addr: None,
         };
         Placer::new(
             &DispatcherConfig::new(vec![broker], Policy::RoundRobin),

@@ -11,7 +11,8 @@
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
 //! delays), [`shutdown`] (SIGINT/SIGTERM/SIGHUP), [`process`] (child processes that never
-//! outlive us), [`seeds`] (one trial seed → independent, value-stable random streams).
+//! outlive us), [`seeds`] (one trial seed → independent, value-stable random streams), [`tls`]
+//! (rustls configurations, throwaway CAs).
 
 pub mod addr;
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod run;
 pub mod scenario;
 pub mod seeds;
 pub mod shutdown;
+pub mod tls;
 
 /// Bad input from the user (scenario, flags): reported in one line, exit code 2.
 #[derive(Debug, thiserror::Error)]

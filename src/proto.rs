@@ -13,7 +13,7 @@ use rumqttc::v5::mqttbytes::Error as CodecError;
 use rumqttc::v5::mqttbytes::v5::{
     self as v5, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Packet,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest CONNECT the dispatcher accepts. A real CONNECT is a few hundred bytes; anything
@@ -231,11 +231,27 @@ pub async fn request_redirect(
     client_id: &str,
     timeout: Duration,
 ) -> Result<Redirect, ProtoError> {
+    request_redirect_via(dispatcher, None, client_id, timeout).await
+}
+
+/// [`request_redirect`], over TLS when `tls` is given (verifying the dispatcher's certificate
+/// for the host part of `dispatcher`). The TLS handshake counts against `timeout`.
+pub async fn request_redirect_via(
+    dispatcher: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<Redirect, ProtoError> {
     let exchange = async {
         let mut stream = TcpStream::connect(dispatcher).await?;
         stream.set_nodelay(true)?;
-        stream.write_all(&connect_packet(client_id)).await?;
-        read_connack(&mut stream).await
+        match tls {
+            None => redirect_exchange(&mut stream, client_id).await,
+            Some(config) => {
+                let mut stream = crate::tls::connect(stream, dispatcher, config).await?;
+                redirect_exchange(&mut stream, client_id).await
+            }
+        }
     };
     let connack = tokio::time::timeout(timeout, exchange)
         .await
@@ -253,6 +269,15 @@ pub async fn request_redirect(
         reason,
         server_reference,
     })
+}
+
+async fn redirect_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    client_id: &str,
+) -> Result<ConnAck, ProtoError> {
+    stream.write_all(&connect_packet(client_id)).await?;
+    stream.flush().await?;
+    read_connack(stream).await
 }
 
 /// Reads one v5 packet and insists it is a CONNACK.

@@ -36,6 +36,9 @@ pub struct Scenario {
     pub methods: Vec<MethodPlan>,
     pub faults: Vec<FaultPlan>,
     pub time_scale: f64,
+    /// Publishers speak TLS to the dispatcher and the brokers (Mosquitto gets a TLS listener
+    /// with a throwaway CA made for the run).
+    pub tls: bool,
 }
 
 mod duration_serde {
@@ -124,6 +127,8 @@ struct RawScenario {
     faults: Vec<Spanned<RawFault>>,
     #[serde(default)]
     time_scale: Option<Spanned<f64>>,
+    #[serde(default)]
+    tls: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +304,16 @@ impl Checker<'_> {
             }
         };
         let brokers = self.brokers(&raw.brokers)?;
+        let tls = match &raw.tls {
+            Some(t) if t.value && brokers.kind != BrokerKind::Mosquitto => {
+                return Err(self.at(
+                    t,
+                    "tls: true needs `brokers: { kind: mosquitto }` (the harness gives Mosquitto \
+                     a TLS listener; the embedded broker and external brokers have none here)",
+                ));
+            }
+            t => t.as_ref().is_some_and(|t| t.value),
+        };
         let (sample_interval, window) = self.sampler(raw.sampler.as_ref(), time_scale)?;
         let cpu = raw
             .sampler
@@ -325,6 +340,7 @@ impl Checker<'_> {
             methods,
             faults,
             time_scale,
+            tls,
         })
     }
 

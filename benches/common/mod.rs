@@ -36,5 +36,6 @@ pub fn config(profiles: Vec<Profile>, broker: &str, prefix: &str) -> LoadConfig 
         },
         inflight_limit: 100,
         client_id_prefix: prefix.to_owned(),
+        tls: None,
     }
 }

@@ -51,6 +51,9 @@ pub struct BrokerSpec {
     pub cpu_limit_cores: Option<f64>,
     /// `host:port`, for [`BrokerKind::External`] only.
     pub external_addr: Option<String>,
+    /// A second, TLS listener with this CA's server certificate ([`BrokerKind::Mosquitto`]
+    /// only).
+    pub tls: Option<crate::tls::ThrowawayCa>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,8 @@ pub struct RunningBroker {
     pub id: String,
     /// `127.0.0.1:PORT`: what the dispatcher puts in the Server Reference.
     pub addr: String,
+    /// `127.0.0.1:PORT` of the TLS listener, when [`BrokerSpec::tls`] asked for one.
+    pub tls_addr: Option<String>,
     pub kind: BrokerKind,
     version: String,
     counters: Option<CounterSource>,
@@ -134,7 +139,7 @@ impl RunningBroker {
         }
         let mut last_error = None;
         for attempt in 1..=START_ATTEMPTS {
-            match start_child(spec, workdir, None).await {
+            match start_child(spec, workdir, None, None).await {
                 Ok(broker) => return Ok(broker),
                 // A probed port taken in the meantime shows up as an exit during startup.
                 Err(e @ BrokerError::Exited { .. }) => {
@@ -225,7 +230,12 @@ impl RunningBroker {
             let _ = group.remove();
         }
         self._io_tasks.clear();
-        let fresh = start_child(&self.spec, &self.workdir, Some(port)).await?;
+        let tls_port = self
+            .tls_addr
+            .as_deref()
+            .and_then(|a| a.parse::<crate::addr::HostPort>().ok())
+            .map(|a| a.port());
+        let fresh = start_child(&self.spec, &self.workdir, Some(port), tls_port).await?;
         *self = fresh;
         Ok(())
     }
@@ -266,6 +276,7 @@ async fn start_external(spec: &BrokerSpec) -> Result<RunningBroker, BrokerError>
     Ok(RunningBroker {
         id: spec.id.clone(),
         addr,
+        tls_addr: None,
         kind: BrokerKind::External,
         version: "external".to_owned(),
         counters: None,
@@ -278,12 +289,20 @@ async fn start_external(spec: &BrokerSpec) -> Result<RunningBroker, BrokerError>
 }
 
 /// Embedded or Mosquitto: cgroup (if capped), spawn inside it, wait until it listens.
-/// `port`: the port to listen on (a restart), or `None` for a free one.
+/// `port`, `tls_port`: the ports to listen on (a restart), or `None` for free ones.
 async fn start_child(
     spec: &BrokerSpec,
     workdir: &Path,
     port: Option<u16>,
+    tls_port: Option<u16>,
 ) -> Result<RunningBroker, BrokerError> {
+    if spec.tls.is_some() && spec.kind != BrokerKind::Mosquitto {
+        return Err(BrokerError::Spec {
+            id: spec.id.clone(),
+            why: "only Mosquitto brokers get a TLS listener".into(),
+        });
+    }
+    let mut tls_addr = None;
     let cgroup = spec
         .cpu_limit_cores
         .map(|cores| CpuCgroup::create(&spec.id, cores))
@@ -312,7 +331,18 @@ async fn start_child(
                 Some(p) => p,
                 None => free_port()?,
             };
-            let config = mosquitto::write_config(workdir, &spec.id, port)?;
+            let tls = match &spec.tls {
+                Some(ca) => {
+                    let p = match tls_port {
+                        Some(p) => p,
+                        None => free_port()?,
+                    };
+                    tls_addr = Some(format!("127.0.0.1:{p}"));
+                    Some((p, ca))
+                }
+                None => None,
+            };
+            let config = mosquitto::write_config(workdir, &spec.id, port, tls)?;
             let mut cmd = Command::new(&binary);
             cmd.arg("-c").arg(&config);
             (cmd, Some(port), mosquitto::version(&binary).await)
@@ -370,6 +400,7 @@ async fn start_child(
     Ok(RunningBroker {
         id: spec.id.clone(),
         addr,
+        tls_addr,
         kind: spec.kind,
         version,
         counters,

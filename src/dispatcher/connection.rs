@@ -1,12 +1,16 @@
-//! One client: read its CONNECT within the handshake timeout, answer, close.
+//! One client: read its CONNECT within the handshake timeout, answer, close. Over TLS, the TLS
+//! handshake counts against the same timeout: a client that opens TLS and stalls holds its slot
+//! for at most that long.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
-use super::placer::Placer;
+use super::placer::{Placer, Transport};
 use crate::proto::{self, Hello};
 
 /// After answering a client that sent more than its CONNECT, how long to wait for it to close.
@@ -14,29 +18,8 @@ const LINGER: Duration = Duration::from_millis(500);
 
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, placer: &Placer) {
     // No TCP_NODELAY needed: the CONNACK is the first data sent, which Nagle never holds back.
-    let hello = tokio::time::timeout(
-        placer.handshake_timeout,
-        proto::read_hello(&mut stream, placer.max_packet_bytes),
-    )
-    .await;
-    let answer = match hello {
-        Ok(Ok(Hello::V5 { client_id })) => placer.place(&client_id),
-        Ok(Ok(Hello::Legacy { level })) => {
-            tracing::debug!(%peer, level, "MQTT 3.x client: refused (no redirection before v5)");
-            proto::legacy_refusal().freeze()
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "bad first packet: closed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, timeout = ?placer.handshake_timeout, "no CONNECT in time: closed");
-            return;
-        }
-    };
-    let answered = tokio::time::timeout(placer.handshake_timeout, stream.write_all(&answer)).await;
-    if !matches!(answered, Ok(Ok(()))) {
-        tracing::debug!(%peer, "client went away before its CONNACK was sent");
+    let deadline = Instant::now() + placer.handshake_timeout;
+    if !exchange(&mut stream, peer, placer, deadline, Transport::Plain).await {
         return;
     }
     // Closing with unread input makes the kernel send RST, which can destroy the CONNACK before
@@ -45,16 +28,84 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, placer: &Placer) {
     if drain_ready(&stream) {
         // Send our FIN now, then read until the client's.
         let _ = stream.shutdown().await;
-        let mut sink = [0u8; 512];
-        let _ = tokio::time::timeout(LINGER, async {
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
+        linger(&mut stream).await;
     }
+}
+
+/// A client of the TLS port: TLS handshake and CONNECT within one handshake timeout, the TLS
+/// Server Reference, then close_notify and a bounded wait for the client's close (its TLS
+/// records still in flight would otherwise turn our close into a RST).
+pub async fn serve_tls(stream: TcpStream, peer: SocketAddr, placer: &Placer, tls: &TlsAcceptor) {
+    let deadline = Instant::now() + placer.handshake_timeout;
+    let mut stream = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed: closed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, timeout = ?placer.handshake_timeout, "TLS handshake not done in time: closed");
+            return;
+        }
+    };
+    if !exchange(&mut stream, peer, placer, deadline, Transport::Tls).await {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, stream.shutdown()).await;
+    linger(&mut stream).await;
+}
+
+/// Reads the first packet by `deadline` and writes the answer; false when the client is gone.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    peer: SocketAddr,
+    placer: &Placer,
+    deadline: Instant,
+    transport: Transport,
+) -> bool {
+    let hello = tokio::time::timeout_at(
+        deadline,
+        proto::read_hello(&mut *stream, placer.max_packet_bytes),
+    )
+    .await;
+    let answer = match hello {
+        Ok(Ok(Hello::V5 { client_id })) => placer.place_over(&client_id, transport),
+        Ok(Ok(Hello::Legacy { level })) => {
+            tracing::debug!(%peer, level, "MQTT 3.x client: refused (no redirection before v5)");
+            proto::legacy_refusal().freeze()
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "bad first packet: closed");
+            return false;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, timeout = ?placer.handshake_timeout, "no CONNECT in time: closed");
+            return false;
+        }
+    };
+    let answered = tokio::time::timeout(placer.handshake_timeout, async {
+        stream.write_all(&answer).await?;
+        stream.flush().await
+    })
+    .await;
+    if !matches!(answered, Ok(Ok(()))) {
+        tracing::debug!(%peer, "client went away before its CONNACK was sent");
+        return false;
+    }
+    true
+}
+
+/// Reads until the client closes, for at most [`LINGER`].
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads whatever is already buffered without waiting; true if there was any.

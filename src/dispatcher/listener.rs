@@ -1,4 +1,5 @@
-//! The client port: a large accept backlog, a cap on concurrent connections, one task each.
+//! The client ports (plain and TLS): a large accept backlog, a cap on concurrent connections per
+//! port, one task each.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,9 +37,32 @@ pub struct Admitted {
     pub permit: OwnedSemaphorePermit,
 }
 
+/// The next accepted connection; `None` once `cancel` fires. Accept errors (EMFILE and
+/// friends) are logged and retried after a short pause instead of spinning. `what` names the
+/// port in log lines.
+pub async fn accept_next(
+    listener: &TcpListener,
+    cancel: &CancellationToken,
+    what: &'static str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(conn) => return Some(conn),
+            Err(e) => {
+                tracing::warn!(port = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// The next connection that fits under `permits`; `None` once `cancel` fires. Over the cap a
 /// connection is closed at once: queuing would let a flood of idle sockets grow memory without
-/// bound and delay every honest client behind them. `what` names the port in log lines.
+/// bound and delay every honest client behind them.
 pub async fn accept_capped(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
@@ -45,19 +70,7 @@ pub async fn accept_capped(
     what: &'static str,
 ) -> Option<Admitted> {
     loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return None,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning on the error.
-                tracing::warn!(port = what, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = accept_next(listener, cancel, what).await?;
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 return Some(Admitted {
@@ -71,27 +84,44 @@ pub async fn accept_capped(
     }
 }
 
-/// Serves clients until `cancel`, at most `max_connections` at once, one task each.
+/// Serves clients until `cancel`, at most `max_connections` at once, one task each; over TLS
+/// when `tls` is given (the slot is taken before the TLS handshake starts).
 pub async fn accept_loop(
     listener: TcpListener,
     placer: Arc<Placer>,
     max_connections: usize,
+    tls: Option<TlsAcceptor>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
+    let what = if tls.is_some() {
+        "tls clients"
+    } else {
+        "clients"
+    };
     while let Some(Admitted {
         stream,
         peer,
         permit,
-    }) = accept_capped(&listener, &permits, &cancel, "clients").await
+    }) = accept_capped(&listener, &permits, &cancel, what).await
     {
         let placer = placer.clone();
         let cancel = cancel.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            cancel
-                .run_until_cancelled(connection::serve(stream, peer, &placer))
-                .await;
+            match &tls {
+                None => {
+                    cancel
+                        .run_until_cancelled(connection::serve(stream, peer, &placer))
+                        .await
+                }
+                Some(tls) => {
+                    cancel
+                        .run_until_cancelled(connection::serve_tls(stream, peer, &placer, tls))
+                        .await
+                }
+            };
             drop(permit);
         });
     }

@@ -6,7 +6,8 @@
 //! - [`placer`]: the shared state behind a short lock; precomputed answers.
 //! - [`load_table`]: window averages, liveness, predicted (pending) load.
 //! - [`policy`]: the placement policies, pure functions of a load-table snapshot.
-//! - [`reports`]: the agents' report port.  [`events`]: `--events` CSV.
+//! - [`reports`]: the agents' report port ([`report_slots`]: who may hold its slots).
+//! - [`tls`]: the TLS client port.  [`events`]: `--events` CSV.
 
 pub mod connection;
 pub mod events;
@@ -14,7 +15,9 @@ pub mod listener;
 pub mod load_table;
 pub mod placer;
 pub mod policy;
+pub mod report_slots;
 pub mod reports;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -39,25 +42,37 @@ pub struct BrokerEntry {
     pub id: String,
     /// `host:port`, sent verbatim as the Server Reference.
     pub addr: String,
+    /// `host:port` of the broker's TLS listener: the Server Reference for clients that came to
+    /// the dispatcher over TLS.
+    pub tls_addr: Option<String>,
 }
 
 impl std::str::FromStr for BrokerEntry {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let (id, addr) = text
-            .split_once('=')
-            .ok_or_else(|| format!("`{text}`: expected ID=HOST:PORT, e.g. b1=127.0.0.1:1884"))?;
+        let form = || {
+            format!(
+                "`{text}`: expected ID=HOST:PORT[,tls=HOST:PORT], e.g. b1=127.0.0.1:1884 or \
+                 b1=127.0.0.1:1884,tls=127.0.0.1:8884"
+            )
+        };
+        let (id, rest) = text.split_once('=').ok_or_else(form)?;
         if id.is_empty() {
-            return Err(format!(
-                "`{text}`: expected ID=HOST:PORT, e.g. b1=127.0.0.1:1884"
-            ));
+            return Err(form());
         }
-        addr.parse::<crate::addr::HostPort>()
-            .map_err(|e| format!("broker {id}: {e}"))?;
+        let (addr, tls_addr) = match rest.split_once(',') {
+            None => (rest, None),
+            Some((addr, tls)) => (addr, Some(tls.strip_prefix("tls=").ok_or_else(form)?)),
+        };
+        for a in std::iter::once(addr).chain(tls_addr) {
+            a.parse::<crate::addr::HostPort>()
+                .map_err(|e| format!("broker {id}: {e}"))?;
+        }
         Ok(Self {
             id: id.to_owned(),
             addr: addr.to_owned(),
+            tls_addr: tls_addr.map(str::to_owned),
         })
     }
 }
@@ -181,24 +196,45 @@ pub async fn run(
     decisions: Option<UnboundedSender<Decision>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with_tls(listener, None, report_listener, cfg, decisions, cancel).await
+}
+
+/// [`run`], with TLS clients served on `tls` too.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    tls: Option<tls::TlsListener>,
+    report_listener: Option<TcpListener>,
+    cfg: DispatcherConfig,
+    decisions: Option<UnboundedSender<Decision>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     cfg.validate()?;
+    if tls.is_some() {
+        tls::check_brokers(&cfg.brokers)?;
+    }
     if let Some(rl) = &report_listener {
         reports::checked_bind_addr(rl.local_addr()?, cfg.token.as_deref())?;
     }
     let placer = Arc::new(placer::Placer::new(&cfg, decisions));
     let tracker = TaskTracker::new();
     if let Some(rl) = report_listener {
-        let port = reports::ReportPort {
-            placer: placer.clone(),
-            token: cfg.token.as_deref().map(Arc::from),
-            idle_timeout: reports::ReportPort::idle_timeout_for(cfg.report_interval),
-        };
+        let port =
+            reports::ReportPort::new(placer.clone(), cfg.token.as_deref(), cfg.report_interval);
         tracker.spawn(port.accept_loop(rl, tracker.clone(), cancel.clone()));
     }
     tracing::info!(
         policy = ?cfg.policy, metric = ?cfg.metric, brokers = cfg.brokers.len(), "dispatcher up"
     );
-    listener::accept_loop(listener, placer, cfg.max_connections, &tracker, cancel).await;
+    if let Some(t) = tls {
+        let (placer, tracker_, cancel) = (placer.clone(), tracker.clone(), cancel.clone());
+        let cap = cfg.max_connections;
+        tracker.spawn(async move {
+            let acceptor = Some(t.acceptor);
+            listener::accept_loop(t.listener, placer, cap, acceptor, &tracker_, cancel).await;
+        });
+    }
+    let cap = cfg.max_connections;
+    listener::accept_loop(listener, placer, cap, None, &tracker, cancel).await;
     tracker.close();
     tracker.wait().await;
     Ok(())
@@ -226,8 +262,13 @@ pub struct Args {
     /// Client port, e.g. 0.0.0.0:1883 (port 0: any free port, printed on stdout).
     #[arg(long)]
     pub listen: SocketAddr,
-    /// A broker clients may be sent to (repeat for each); HOST:PORT is the Server Reference.
-    #[arg(long = "broker", value_name = "ID=HOST:PORT", required = true)]
+    /// A broker clients may be sent to (repeat for each); HOST:PORT is the Server Reference,
+    /// `tls=HOST:PORT` the one for clients of the TLS port.
+    #[arg(
+        long = "broker",
+        value_name = "ID=HOST:PORT[,tls=HOST:PORT]",
+        required = true
+    )]
     pub brokers: Vec<BrokerEntry>,
     #[arg(long, value_enum)]
     pub policy: Policy,
@@ -260,6 +301,8 @@ pub struct Args {
     /// from it, independent of the arrival order `load --seed` draws from the same number).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
@@ -285,6 +328,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let tls_listener = args.tls.bind(&cfg.brokers)?;
     // Before the announcement: a signal sent as soon as `listening on` is read stops us cleanly.
     let cancel = CancellationToken::new();
     let _signals = crate::shutdown::cancel_on_signal(
@@ -294,6 +338,9 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     println!("listening on {}", listener.local_addr()?);
     if let Some(rl) = &report_listener {
         println!("reports on {}", rl.local_addr()?);
+    }
+    if let Some(t) = &tls_listener {
+        println!("tls on {}", t.listener.local_addr()?);
     }
 
     let ids: Vec<String> = cfg.brokers.iter().map(|b| b.id.clone()).collect();
@@ -305,7 +352,15 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         None => (None, None),
     };
 
-    run(listener, report_listener, cfg, decisions, cancel).await?;
+    run_with_tls(
+        listener,
+        tls_listener,
+        report_listener,
+        cfg,
+        decisions,
+        cancel,
+    )
+    .await?;
     if let Some(handle) = writer {
         handle.await.context("events writer")??;
     }
@@ -321,7 +376,12 @@ mod tests {
         let b: BrokerEntry = "b1=127.0.0.1:1884".parse().unwrap();
         assert_eq!((b.id.as_str(), b.addr.as_str()), ("b1", "127.0.0.1:1884"));
         let b: BrokerEntry = "b2=broker.example:1883".parse().unwrap();
-        assert_eq!(b.addr, "broker.example:1883");
+        assert_eq!((b.addr.as_str(), b.tls_addr), ("broker.example:1883", None));
+        let b: BrokerEntry = "b3=h:1883,tls=h:8883".parse().unwrap();
+        assert_eq!(
+            (b.addr.as_str(), b.tls_addr.as_deref()),
+            ("h:1883", Some("h:8883"))
+        );
         for bad in [
             "b1",
             "=h:1",
@@ -329,6 +389,9 @@ mod tests {
             "b1=:1883",
             "b1=h:99999",
             "b1=::1:1883",
+            "b1=h:1,h:2",
+            "b1=h:1,tls=h",
+            "b1=h:1,tls=",
         ] {
             assert!(bad.parse::<BrokerEntry>().is_err(), "{bad}");
         }
@@ -339,6 +402,7 @@ mod tests {
         let b = |id: &str| BrokerEntry {
             id: id.into(),
             addr: "h:1".into(),
+            tls_addr: None,
         };
         assert!(
             DispatcherConfig::new(vec![], Policy::LeastCpu)

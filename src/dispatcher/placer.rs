@@ -23,11 +23,21 @@ struct Inner {
     views: Vec<BrokerView>,
 }
 
+/// How the client reached the dispatcher: it is sent to the broker's address for the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
 pub struct Placer {
     inner: Mutex<Inner>,
     policy: Policy,
     /// CONNACK redirect per broker, config order.
     redirects: Vec<Bytes>,
+    /// CONNACK redirect to each broker's TLS address (its plain address when it has none; the
+    /// TLS port refuses to start then), config order.
+    tls_redirects: Vec<Bytes>,
     unavailable: Bytes,
     decisions: Option<UnboundedSender<Decision>>,
     pub handshake_timeout: Duration,
@@ -42,6 +52,12 @@ impl Placer {
             .iter()
             .map(|b| proto::redirect_connack(cfg.reason, &b.addr).freeze())
             .collect();
+        let tls_redirects = cfg
+            .brokers
+            .iter()
+            .map(|b| proto::redirect_connack(cfg.reason, b.tls_addr.as_ref().unwrap_or(&b.addr)))
+            .map(bytes::BytesMut::freeze)
+            .collect();
         Self {
             inner: Mutex::new(Inner {
                 table: LoadTable::new(ids, cfg.metric, cfg.window, cfg.report_interval),
@@ -50,6 +66,7 @@ impl Placer {
             }),
             policy: cfg.policy,
             redirects,
+            tls_redirects,
             unavailable: proto::refusal_connack(ConnectReturnCode::ServerUnavailable).freeze(),
             decisions,
             handshake_timeout: cfg.handshake_timeout,
@@ -66,6 +83,11 @@ impl Placer {
     /// Chooses a broker for `client_id`, records the placement and returns the CONNACK to send
     /// (a redirect, or 0x88 Server unavailable when no broker is live).
     pub fn place(&self, client_id: &str) -> Bytes {
+        self.place_over(client_id, Transport::Plain)
+    }
+
+    /// [`Self::place`] for a client that came over `transport`.
+    pub fn place_over(&self, client_id: &str, transport: Transport) -> Bytes {
         let now = Instant::now();
         let (chosen, decision) = {
             let mut guard = self.lock();
@@ -100,7 +122,10 @@ impl Placer {
         match chosen {
             Some(i) => {
                 tracing::debug!(client_id, broker = i, "redirected");
-                self.redirects[i].clone()
+                match transport {
+                    Transport::Plain => self.redirects[i].clone(),
+                    Transport::Tls => self.tls_redirects[i].clone(),
+                }
             }
             None => {
                 tracing::warn!(
@@ -134,6 +159,7 @@ mod tests {
             .map(|id| BrokerEntry {
                 id: id.into(),
                 addr: format!("{id}.example:1883"),
+                tls_addr: None,
             })
             .to_vec();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -60,6 +60,10 @@ pub struct Args {
     /// Client ids are PREFIX + publisher name (default `mqd<pid>-`).
     #[arg(long, value_name = "PREFIX")]
     client_id_prefix: Option<String>,
+    /// Speak TLS to the dispatchers and brokers, trusting the CA certificates in this PEM file
+    /// (the addresses given are then TLS ports).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
@@ -93,6 +97,10 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         client_id_prefix: args
             .client_id_prefix
             .unwrap_or_else(|| format!("mqd{}-", std::process::id())),
+        tls: match &args.tls_ca {
+            Some(ca) => Some(crate::tls::client_config(ca).context("--tls-ca")?),
+            None => None,
+        },
     };
     cfg.validate().map_err(InputError)?;
     let out = match &args.out {

@@ -47,6 +47,8 @@ pub struct LoadConfig {
     pub inflight_limit: u16,
     /// Client id = prefix + publisher name.
     pub client_id_prefix: String,
+    /// TLS to every dispatcher and broker, trusting this configuration's CAs; `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl LoadConfig {
@@ -232,6 +234,7 @@ async fn run_here(
                 client_id: format!("{}{}", cfg.client_id_prefix, planned.name),
                 inflight_limit: cfg.inflight_limit,
                 tcp_nodelay: profile.send == SendMode::PerMessage,
+                tls: cfg.tls.clone(),
             },
             clock,
         };

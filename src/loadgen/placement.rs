@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use rumqttc::NetworkOptions;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use tokio::time::Instant;
 
 use crate::addr::{AddrError, HostPort};
-use crate::proto::{ProtoError, RedirectReason, request_redirect};
+use crate::proto::{ProtoError, RedirectReason, request_redirect_via};
 
 /// Redirect hops followed when the broker list itself redirects (dns-rr against a dispatcher).
 pub const DEFAULT_MAX_HOPS: u8 = 4;
@@ -157,6 +157,8 @@ pub(crate) struct Connector {
     /// Disable Nagle, so that each PUBLISH written on its own leaves as its own TCP segment
     /// (per-message sending); with Nagle, writes made while a segment awaits its ACK coalesce.
     pub tcp_nodelay: bool,
+    /// TLS to dispatchers and brokers alike (the addresses are then TLS ports).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// One placement attempt from `entry`: for a dispatcher list, transient failures move on to the
@@ -255,7 +257,7 @@ async fn follow(
 
 /// One redirect exchange with `addr`, errors classified.
 async fn ask(addr: &str, conn: &Connector) -> Result<crate::proto::Redirect, PlacementError> {
-    request_redirect(addr, &conn.client_id, CONNECT_TIMEOUT)
+    request_redirect_via(addr, conn.tls.as_ref(), &conn.client_id, CONNECT_TIMEOUT)
         .await
         .map_err(|source| match source {
             ProtoError::Refused(ConnectReturnCode::Success) => {
@@ -295,6 +297,11 @@ async fn connect_broker(addr: &str, conn: &Connector) -> Result<Attempt, Placeme
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(conn.tcp_nodelay);
     options.set_network_options(network);
+    if let Some(tls) = &conn.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let first = tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll())
         .await

@@ -9,11 +9,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::dispatcher::tls::TlsListener;
 use crate::dispatcher::{self, Decision, DispatcherConfig};
 
 pub(super) struct DispatcherSlot {
     listen: SocketAddr,
     reports: SocketAddr,
+    /// The TLS client port and its acceptor, for a `tls: true` scenario.
+    tls: Option<(SocketAddr, tokio_rustls::TlsAcceptor)>,
     cfg: DispatcherConfig,
     decisions: mpsc::UnboundedSender<Decision>,
     stop: CancellationToken,
@@ -21,43 +24,69 @@ pub(super) struct DispatcherSlot {
 }
 
 impl DispatcherSlot {
-    /// Binds both ports (127.0.0.1, free ports) and starts the dispatcher.
+    /// Binds its ports (127.0.0.1, free ports; a TLS one too with `tls`) and starts the
+    /// dispatcher.
     pub(super) fn start(
         cfg: DispatcherConfig,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
         decisions: mpsc::UnboundedSender<Decision>,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let listener = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
         let reports = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
+        let tls = match tls {
+            Some(config) => {
+                let l = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
+                Some(TlsListener {
+                    listener: l,
+                    acceptor: config.into(),
+                })
+            }
+            None => None,
+        };
         let mut slot = Self {
             listen: listener.local_addr()?,
             reports: reports.local_addr()?,
+            tls: match &tls {
+                Some(t) => Some((t.listener.local_addr()?, t.acceptor.clone())),
+                None => None,
+            },
             cfg,
             decisions,
             stop,
             running: None,
         };
-        slot.spawn(listener, reports);
+        slot.spawn(listener, tls, reports);
         Ok(slot)
     }
 
+    /// Where publishers connect: the TLS port when there is one.
     pub(super) fn listen_addr(&self) -> String {
-        self.listen.to_string()
+        self.tls
+            .as_ref()
+            .map_or(self.listen, |(addr, _)| *addr)
+            .to_string()
     }
 
     pub(super) fn report_addr(&self) -> String {
         self.reports.to_string()
     }
 
-    fn spawn(&mut self, listener: tokio::net::TcpListener, reports: tokio::net::TcpListener) {
+    fn spawn(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        tls: Option<TlsListener>,
+        reports: tokio::net::TcpListener,
+    ) {
         let token = self.stop.child_token();
         let cfg = self.cfg.clone();
         let decisions = self.decisions.clone();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
-            if let Err(e) =
-                dispatcher::run(listener, Some(reports), cfg, Some(decisions), run_token).await
-            {
+            let reports = Some(reports);
+            let decisions = Some(decisions);
+            let run = dispatcher::run_with_tls(listener, tls, reports, cfg, decisions, run_token);
+            if let Err(e) = run.await {
                 warn!(error = %e, "dispatcher stopped with an error");
             }
         });
@@ -83,7 +112,14 @@ impl DispatcherSlot {
         self.stop().await;
         let listener = dispatcher::bind_listener(self.listen)?;
         let reports = dispatcher::bind_listener(self.reports)?;
-        self.spawn(listener, reports);
+        let tls = match &self.tls {
+            Some((addr, acceptor)) => Some(TlsListener {
+                listener: dispatcher::bind_listener(*addr)?,
+                acceptor: acceptor.clone(),
+            }),
+            None => None,
+        };
+        self.spawn(listener, tls, reports);
         Ok(())
     }
 }

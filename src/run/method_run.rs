@@ -32,6 +32,8 @@ pub struct MethodRun<'a> {
     pub plan: &'a [PlannedPublisher],
     pub workdir: &'a Path,
     pub progress: &'a super::progress::Progress,
+    /// `tls: true`: the run's CA; brokers, dispatcher and publishers use TLS.
+    pub tls: Option<&'a crate::tls::ThrowawayCa>,
 }
 
 impl MethodRun<'_> {
@@ -84,6 +86,7 @@ impl MethodRun<'_> {
                 kind: plan.kind,
                 cpu_limit_cores: plan.cpu_limit,
                 external_addr: plan.addresses.get(i).cloned(),
+                tls: self.tls.cloned(),
             };
             let broker = RunningBroker::start(&spec, self.workdir)
                 .await
@@ -103,9 +106,15 @@ impl MethodRun<'_> {
     ) -> anyhow::Result<Measures> {
         let scenario = self.scenario;
         let mut measures = Measures::default();
+        // Where publishers connect (the TLS listeners in a TLS run), by broker id.
         let addresses: Vec<(String, String)> = brokers
             .iter()
-            .map(|b| (b.id.clone(), b.addr.clone()))
+            .map(|b| {
+                (
+                    b.id.clone(),
+                    b.tls_addr.clone().unwrap_or_else(|| b.addr.clone()),
+                )
+            })
             .collect();
         let (decision_tx, mut decision_rx) = mpsc::unbounded_channel();
         let (sample_tx, mut sample_rx) = mpsc::unbounded_channel();
@@ -121,11 +130,12 @@ impl MethodRun<'_> {
                 None,
             ),
             Assignment::Dispatcher { policy, metric } => {
-                let entries = addresses
+                let entries = brokers
                     .iter()
-                    .map(|(id, addr)| BrokerEntry {
-                        id: id.clone(),
-                        addr: addr.clone(),
+                    .map(|b| BrokerEntry {
+                        id: b.id.clone(),
+                        addr: b.addr.clone(),
+                        tls_addr: b.tls_addr.clone(),
                     })
                     .collect();
                 let mut cfg = DispatcherConfig::new(entries, policy);
@@ -133,7 +143,8 @@ impl MethodRun<'_> {
                 cfg.window = scenario.window;
                 cfg.report_interval = scenario.sample_interval;
                 cfg.seed = self.seed;
-                let slot = DispatcherSlot::start(cfg, decision_tx, stop.clone())?;
+                let tls = self.tls.map(|ca| ca.server_config()).transpose()?;
+                let slot = DispatcherSlot::start(cfg, tls, decision_tx, stop.clone())?;
                 let placement = Placement::Dispatcher {
                     dispatchers: vec![slot.listen_addr()],
                     max_hops: 3,
@@ -194,6 +205,7 @@ impl MethodRun<'_> {
             placement,
             inflight_limit: 100,
             client_id_prefix: format!("t{}-{}-", self.trial, self.method.name),
+            tls: self.tls.map(|ca| ca.client_config()).transpose()?,
         };
         let load = loadgen::run(load_cfg, event_tx, stop.child_token());
         tokio::pin!(load);

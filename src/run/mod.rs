@@ -186,6 +186,11 @@ pub async fn run(
         .with_context(|| format!("creating a results folder under {}", out.display()))?;
     let workdir = dir.join("work");
     std::fs::create_dir_all(&workdir)?;
+    // `tls: true`: one throwaway CA for the whole run (brokers, dispatcher, publishers).
+    let tls = match scenario.tls {
+        true => Some(crate::tls::ThrowawayCa::create(&workdir).context("TLS certificates")?),
+        false => None,
+    };
     let mut manifest = Manifest {
         scenario: scenario.clone(),
         scenario_file: scenario_path.display().to_string(),
@@ -242,6 +247,7 @@ pub async fn run(
                 plan,
                 workdir: &workdir,
                 progress: &progress,
+                tls: tls.as_ref(),
             };
             let result = run.execute(&mut writer, &mut faults_log, &cancel).await;
             let late = writer.take_late();

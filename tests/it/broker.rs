@@ -28,6 +28,7 @@ pub fn spec(id: &str, kind: BrokerKind, cpu_limit_cores: Option<f64>) -> BrokerS
         kind,
         cpu_limit_cores,
         external_addr: None,
+        tls: None,
     }
 }
 
@@ -405,6 +406,7 @@ async fn least_cpu_steers_away_from_the_loaded_broker(kind: BrokerKind) {
         .map(|b| BrokerEntry {
             id: b.id.clone(),
             addr: b.addr.clone(),
+            tls_addr: None,
         })
         .collect();
     let mut cfg = DispatcherConfig::new(entries, Policy::LeastCpu);

@@ -16,6 +16,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 mod cli;
+mod tls;
 
 const B1: &str = "127.0.0.1:1884";
 const B2: &str = "127.0.0.1:1885";
@@ -26,6 +27,7 @@ fn brokers() -> Vec<BrokerEntry> {
         .map(|(id, addr)| BrokerEntry {
             id: id.into(),
             addr: addr.into(),
+            tls_addr: None,
         })
         .to_vec()
 }

@@ -18,6 +18,7 @@ mod dispatcher_down;
 mod dispatcher_restart;
 mod fuzz_replay;
 mod hostile;
+mod report_port;
 mod signals;
 
 /// Sampler interval of the short scenarios (s): the dispatcher calls a broker down after 3.

@@ -119,6 +119,11 @@ fn scenario_errors_name_line_column_and_exit_2() {
             ":11:13: assign: dispatcher needs a policy",
         ),
         (
+            "tls on embedded brokers",
+            &GOOD.replace("seed: 1", "seed: 1\ntls: true"),
+            ":3:6: tls: true needs `brokers: { kind: mosquitto }`",
+        ),
+        (
             "unknown policy",
             &GOOD.replace("least-cpu", "least-cpuu"),
             ":11:51: unknown variant `least-cpuu`",

@@ -71,6 +71,7 @@ fn one_broker(addr: &str) -> DispatcherConfig {
     let broker = BrokerEntry {
         id: "b1".into(),
         addr: addr.into(),
+        tls_addr: None,
     };
     DispatcherConfig::new(vec![broker], Policy::RoundRobin)
 }
@@ -110,6 +111,7 @@ fn load(
         },
         inflight_limit: 100,
         client_id_prefix: format!("{prefix}-"),
+        tls: None,
     }
 }
 
@@ -286,6 +288,7 @@ async fn a_silent_broker_is_avoided_three_intervals_after_its_last_report() {
         .map(|id| BrokerEntry {
             id: id.into(),
             addr: format!("{id}.invalid:1883"),
+            tls_addr: None,
         })
         .to_vec();
     let cfg = DispatcherConfig::new(entries, Policy::LeastCpu);

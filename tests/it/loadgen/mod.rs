@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::util::bin;
 
 mod fakes;
+mod tls;
 use fakes::{Broker, FakeDispatcher, Proxy, Reply, fake_broker_that_moves_us};
 
 fn profile(spec: &str) -> Profile {
@@ -44,6 +45,7 @@ fn config(profiles: Vec<Profile>, placement: Placement, prefix: &str) -> LoadCon
         placement,
         inflight_limit: 100,
         client_id_prefix: format!("{prefix}-"),
+        tls: None,
     }
 }
 
