@@ -13,15 +13,18 @@ help:
 	@echo "make bench                                      dispatcher, load-generator and send-mode benchmarks"
 	@echo "make fuzz                                       fuzz the CONNECT path for 2 minutes (nightly + cargo-fuzz)"
 
+# --workspace: also the Mosquitto plugin (target/release/libmqdispatch_mosquitto_plugin.so).
 build:
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 
+# The plugin's .so must exist before the integration tests load it into Mosquitto.
 test: lint
-	$(CARGO) test --all-targets
+	$(CARGO) build -p mqdispatch-mosquitto-plugin
+	$(CARGO) test --workspace --all-targets
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: build
 	$(CARGO) bench --bench dispatcher

@@ -235,6 +235,7 @@ fn main() {
             kind,
             cpu_limit_cores: None,
             external_addr: None,
+            mosquitto_plugin: None,
         };
         rt.block_on(RunningBroker::start(&spec, workdir.path()))
     };

@@ -59,6 +59,8 @@ pub struct BrokersPlan {
     pub cpu_limit: Option<f64>,
     /// `host:port` of each external broker (kind `external` only).
     pub addresses: Vec<String>,
+    /// Load the mqdispatch Mosquitto plugin (`plugin: true`, kind `mosquitto` only).
+    pub plugin: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -136,6 +138,8 @@ struct RawBrokers {
     cpu_limit: Option<Spanned<f64>>,
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
+    #[serde(default)]
+    plugin: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -362,11 +366,22 @@ impl Checker<'_> {
         if b.kind == BrokerKind::External && cpu_limit.is_some() {
             return Err(self.at(raw, "cpu_limit cannot be applied to external brokers"));
         }
+        let plugin = match &b.plugin {
+            Some(p) if p.value && b.kind != BrokerKind::Mosquitto => {
+                return Err(self.at(
+                    p,
+                    "plugin: true needs `kind: mosquitto` (it is a Mosquitto plugin)",
+                ));
+            }
+            Some(p) => p.value,
+            None => false,
+        };
         Ok(BrokersPlan {
             kind: b.kind,
             count,
             cpu_limit,
             addresses,
+            plugin,
         })
     }
 
@@ -602,6 +617,14 @@ impl Checker<'_> {
     }
 }
 
+/// With `plugin: true`, the Mosquitto plugin must be built (checked before anything starts).
+pub fn check_plugin(scenario: &Scenario) -> Result<(), crate::broker::BrokerError> {
+    if scenario.brokers.plugin {
+        crate::broker::mosquitto::find_plugin()?;
+    }
+    Ok(())
+}
+
 // ---- `mqdispatch validate` ------------------------------------------------------------------
 
 #[derive(Debug, clap::Args)]
@@ -613,6 +636,7 @@ pub struct ValidateArgs {
 pub fn cli_main(args: ValidateArgs) -> anyhow::Result<()> {
     let scenario = load(&args.scenario)?;
     crate::broker::check_available(scenario.brokers.kind)
+        .and_then(|()| check_plugin(&scenario))
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     let per_trial = scenario.method_length();
     println!(

@@ -84,6 +84,10 @@ impl MethodRun<'_> {
                 kind: plan.kind,
                 cpu_limit_cores: plan.cpu_limit,
                 external_addr: plan.addresses.get(i).cloned(),
+                mosquitto_plugin: plan
+                    .plugin
+                    .then(crate::broker::mosquitto::find_plugin)
+                    .transpose()?,
             };
             let broker = RunningBroker::start(&spec, self.workdir)
                 .await

@@ -28,6 +28,7 @@ pub fn spec(id: &str, kind: BrokerKind, cpu_limit_cores: Option<f64>) -> BrokerS
         kind,
         cpu_limit_cores,
         external_addr: None,
+        mosquitto_plugin: None,
     }
 }
 
