@@ -97,44 +97,59 @@ pub const CS_DISCONNECTING: c_int = 2;
 
 pub type GenericCallback = unsafe extern "C" fn(c_int, *mut c_void, *mut c_void) -> c_int;
 
+// The broker functions' signatures (mosquitto_broker.h; lib/send_mosq.h, src/loop.c,
+// lib/util_mosq.h and include/mosquitto.h of 2.0.11 for the internals).
+pub type CallbackRegisterFn = unsafe extern "C" fn(
+    *mut PluginId,
+    c_int,
+    Option<GenericCallback>,
+    *const c_void,
+    *mut c_void,
+) -> c_int;
+pub type CallbackUnregisterFn =
+    unsafe extern "C" fn(*mut PluginId, c_int, Option<GenericCallback>, *const c_void) -> c_int;
+pub type LogPrintfFn = unsafe extern "C" fn(c_int, *const c_char, ...);
+pub type ClientIdFn = unsafe extern "C" fn(*const Mosquitto) -> *const c_char;
+pub type ClientProtocolVersionFn = unsafe extern "C" fn(*const Mosquitto) -> c_int;
+pub type KickClientByClientidFn = unsafe extern "C" fn(*const c_char, bool) -> c_int;
+pub type BrokerPublishCopyFn = unsafe extern "C" fn(
+    *const c_char,
+    *const c_char,
+    c_int,
+    *const c_void,
+    c_int,
+    bool,
+    *mut Property,
+) -> c_int;
+pub type SendDisconnectFn = unsafe extern "C" fn(*mut Mosquitto, u8, *const Property) -> c_int;
+pub type DoDisconnectFn = unsafe extern "C" fn(*mut Mosquitto, c_int);
+pub type SetStateFn = unsafe extern "C" fn(*mut Mosquitto, c_int) -> c_int;
+pub type PropertyAddStringFn =
+    unsafe extern "C" fn(*mut *mut Property, c_int, *const c_char) -> c_int;
+pub type PropertyFreeAllFn = unsafe extern "C" fn(*mut *mut Property);
+
 /// The public plugin API (mosquitto_broker.h), present in every 2.0 broker.
 #[derive(Clone, Copy)]
 pub struct Public {
-    pub callback_register: unsafe extern "C" fn(
-        *mut PluginId,
-        c_int,
-        Option<GenericCallback>,
-        *const c_void,
-        *mut c_void,
-    ) -> c_int,
-    pub callback_unregister:
-        unsafe extern "C" fn(*mut PluginId, c_int, Option<GenericCallback>, *const c_void) -> c_int,
-    pub log_printf: unsafe extern "C" fn(c_int, *const c_char, ...),
-    pub client_id: unsafe extern "C" fn(*const Mosquitto) -> *const c_char,
-    pub client_protocol_version: unsafe extern "C" fn(*const Mosquitto) -> c_int,
-    pub kick_client_by_clientid: unsafe extern "C" fn(*const c_char, bool) -> c_int,
-    pub broker_publish_copy: unsafe extern "C" fn(
-        *const c_char,
-        *const c_char,
-        c_int,
-        *const c_void,
-        c_int,
-        bool,
-        *mut Property,
-    ) -> c_int,
+    pub callback_register: CallbackRegisterFn,
+    pub callback_unregister: CallbackUnregisterFn,
+    pub log_printf: LogPrintfFn,
+    pub client_id: ClientIdFn,
+    pub client_protocol_version: ClientProtocolVersionFn,
+    pub kick_client_by_clientid: KickClientByClientidFn,
+    pub broker_publish_copy: BrokerPublishCopyFn,
 }
 
-/// Broker internals that send DISCONNECT with properties (lib/send_mosq.h, src/loop.c,
-/// lib/util_mosq.h of 2.0.11) and the property-list builders of libmosquitto compiled into the
-/// broker. Debian's build exports them; upstream's symbol list does not.
+/// Broker internals that send DISCONNECT with properties and the property-list builders of
+/// libmosquitto compiled into the broker. Debian's build exports them; upstream's symbol list
+/// does not.
 #[derive(Clone, Copy)]
 pub struct Internal {
-    pub send_disconnect: unsafe extern "C" fn(*mut Mosquitto, u8, *const Property) -> c_int,
-    pub do_disconnect: unsafe extern "C" fn(*mut Mosquitto, c_int),
-    pub set_state: unsafe extern "C" fn(*mut Mosquitto, c_int) -> c_int,
-    pub property_add_string:
-        unsafe extern "C" fn(*mut *mut Property, c_int, *const c_char) -> c_int,
-    pub property_free_all: unsafe extern "C" fn(*mut *mut Property),
+    pub send_disconnect: SendDisconnectFn,
+    pub do_disconnect: DoDisconnectFn,
+    pub set_state: SetStateFn,
+    pub property_add_string: PropertyAddStringFn,
+    pub property_free_all: PropertyFreeAllFn,
 }
 
 /// The address of `name` in the process (the broker executable exports its API), or null.
@@ -165,14 +180,14 @@ fn defining_object(addr: *mut c_void) -> Option<String> {
 }
 
 macro_rules! resolve {
-    ($name:literal) => {{
+    ($name:literal, $ty:ty) => {{
         let p = lookup($name);
         if p.is_null() {
             None
         } else {
             // SAFETY: the symbol of this name has this signature in Mosquitto 2.0.11 (see the
-            // field's declaration); a function pointer has the size of a data pointer here.
-            Some(unsafe { std::mem::transmute::<*mut c_void, _>(p) })
+            // type alias); a function pointer has the size of a data pointer here.
+            Some(unsafe { std::mem::transmute::<*mut c_void, $ty>(p) })
         }
     }};
 }
@@ -181,17 +196,24 @@ impl Public {
     /// `Err(name)` of the first missing function: the host is not a Mosquitto 2.0 broker.
     pub fn resolve() -> Result<Public, &'static str> {
         Ok(Public {
-            callback_register: resolve!(c"mosquitto_callback_register")
+            callback_register: resolve!(c"mosquitto_callback_register", CallbackRegisterFn)
                 .ok_or("mosquitto_callback_register")?,
-            callback_unregister: resolve!(c"mosquitto_callback_unregister")
+            callback_unregister: resolve!(c"mosquitto_callback_unregister", CallbackUnregisterFn)
                 .ok_or("mosquitto_callback_unregister")?,
-            log_printf: resolve!(c"mosquitto_log_printf").ok_or("mosquitto_log_printf")?,
-            client_id: resolve!(c"mosquitto_client_id").ok_or("mosquitto_client_id")?,
-            client_protocol_version: resolve!(c"mosquitto_client_protocol_version")
-                .ok_or("mosquitto_client_protocol_version")?,
-            kick_client_by_clientid: resolve!(c"mosquitto_kick_client_by_clientid")
-                .ok_or("mosquitto_kick_client_by_clientid")?,
-            broker_publish_copy: resolve!(c"mosquitto_broker_publish_copy")
+            log_printf: resolve!(c"mosquitto_log_printf", LogPrintfFn)
+                .ok_or("mosquitto_log_printf")?,
+            client_id: resolve!(c"mosquitto_client_id", ClientIdFn).ok_or("mosquitto_client_id")?,
+            client_protocol_version: resolve!(
+                c"mosquitto_client_protocol_version",
+                ClientProtocolVersionFn
+            )
+            .ok_or("mosquitto_client_protocol_version")?,
+            kick_client_by_clientid: resolve!(
+                c"mosquitto_kick_client_by_clientid",
+                KickClientByClientidFn
+            )
+            .ok_or("mosquitto_kick_client_by_clientid")?,
+            broker_publish_copy: resolve!(c"mosquitto_broker_publish_copy", BrokerPublishCopyFn)
                 .ok_or("mosquitto_broker_publish_copy")?,
         })
     }
@@ -225,12 +247,14 @@ impl Internal {
             }
         }
         Ok(Internal {
-            send_disconnect: resolve!(c"send__disconnect").ok_or("send__disconnect")?,
-            do_disconnect: resolve!(c"do_disconnect").ok_or("do_disconnect")?,
-            set_state: resolve!(c"mosquitto__set_state").ok_or("mosquitto__set_state")?,
-            property_add_string: resolve!(c"mosquitto_property_add_string")
+            send_disconnect: resolve!(c"send__disconnect", SendDisconnectFn)
+                .ok_or("send__disconnect")?,
+            do_disconnect: resolve!(c"do_disconnect", DoDisconnectFn).ok_or("do_disconnect")?,
+            set_state: resolve!(c"mosquitto__set_state", SetStateFn)
+                .ok_or("mosquitto__set_state")?,
+            property_add_string: resolve!(c"mosquitto_property_add_string", PropertyAddStringFn)
                 .ok_or("mosquitto_property_add_string")?,
-            property_free_all: resolve!(c"mosquitto_property_free_all")
+            property_free_all: resolve!(c"mosquitto_property_free_all", PropertyFreeAllFn)
                 .ok_or("mosquitto_property_free_all")?,
         })
     }

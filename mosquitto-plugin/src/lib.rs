@@ -91,8 +91,12 @@ fn client_id_of(public: &Public, client: *const Mosquitto) -> String {
     unsafe { CStr::from_ptr(id) }.to_string_lossy().into_owned()
 }
 
+/// Called by the broker right after loading the plugin; answers 5 when the broker supports it.
+///
+/// # Safety
+/// `supported_versions` points to `supported_version_count` ints (or is null).
 #[unsafe(no_mangle)]
-pub extern "C" fn mosquitto_plugin_version(
+pub unsafe extern "C" fn mosquitto_plugin_version(
     supported_version_count: c_int,
     supported_versions: *const c_int,
 ) -> c_int {
@@ -142,8 +146,13 @@ fn forced_kick(options: *const Opt, count: c_int) -> Result<bool, String> {
     Ok(kick)
 }
 
+/// Called once by the broker: registers the callbacks and decides the move mechanism.
+///
+/// # Safety
+/// Called by Mosquitto 2.0 with its plugin identifier, a valid userdata slot and `option_count`
+/// options.
 #[unsafe(no_mangle)]
-pub extern "C" fn mosquitto_plugin_init(
+pub unsafe extern "C" fn mosquitto_plugin_init(
     identifier: *mut PluginId,
     userdata: *mut *mut c_void,
     options: *mut Opt,
@@ -231,8 +240,12 @@ pub extern "C" fn mosquitto_plugin_init(
     })
 }
 
+/// Called once by the broker at shutdown: unregisters the callbacks.
+///
+/// # Safety
+/// Called by Mosquitto 2.0 after [`mosquitto_plugin_init`].
 #[unsafe(no_mangle)]
-pub extern "C" fn mosquitto_plugin_cleanup(
+pub unsafe extern "C" fn mosquitto_plugin_cleanup(
     _userdata: *mut c_void,
     _options: *mut Opt,
     _option_count: c_int,
