@@ -115,6 +115,15 @@ pub unsafe extern "C" fn mosquitto_plugin_version(
     })
 }
 
+/// The events the plugin registers for: (event, callback, event data).
+fn registrations() -> [(c_int, ffi::GenericCallback, *const c_void); 3] {
+    [
+        (ffi::EVT_CONTROL, on_control, TOPIC_C.as_ptr().cast()),
+        (ffi::EVT_MESSAGE, on_message, std::ptr::null()),
+        (ffi::EVT_DISCONNECT, on_disconnect, std::ptr::null()),
+    ]
+}
+
 /// `plugin_opt_mechanism kick` forces the public kick (for tests and cautious operators);
 /// `auto` (the default) uses DISCONNECT with a Server Reference when the broker allows it.
 fn forced_kick(options: *const Opt, count: c_int) -> Result<bool, String> {
@@ -187,24 +196,7 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
         } else {
             Mechanism::Kick
         };
-        let registrations = [
-            (
-                ffi::EVT_CONTROL,
-                on_control as ffi::GenericCallback,
-                TOPIC_C.as_ptr().cast(),
-            ),
-            (
-                ffi::EVT_MESSAGE,
-                on_message as ffi::GenericCallback,
-                std::ptr::null(),
-            ),
-            (
-                ffi::EVT_DISCONNECT,
-                on_disconnect as ffi::GenericCallback,
-                std::ptr::null(),
-            ),
-        ];
-        for (event, cb, data) in registrations {
+        for (event, cb, data) in registrations() {
             // SAFETY: a valid identifier from the broker, a callback with the generic signature
             // and, for the control event, a static topic string.
             let rc = unsafe {
@@ -255,23 +247,7 @@ pub unsafe extern "C" fn mosquitto_plugin_cleanup(
             return ffi::ERR_SUCCESS;
         };
         let identifier = p.identifier as *mut PluginId;
-        for (event, cb, data) in [
-            (
-                ffi::EVT_CONTROL,
-                on_control as ffi::GenericCallback,
-                TOPIC_C.as_ptr().cast(),
-            ),
-            (
-                ffi::EVT_MESSAGE,
-                on_message as ffi::GenericCallback,
-                std::ptr::null(),
-            ),
-            (
-                ffi::EVT_DISCONNECT,
-                on_disconnect as ffi::GenericCallback,
-                std::ptr::null(),
-            ),
-        ] {
+        for (event, cb, data) in registrations() {
             // SAFETY: the same identifier, callbacks and event data as registered.
             unsafe { (p.public.callback_unregister)(identifier, event, Some(cb), data) };
         }
