@@ -14,15 +14,18 @@ help:
 	@echo "make bench                                      dispatcher (plain and TLS), load-generator and send-mode benchmarks"
 	@echo "make fuzz                                       fuzz the CONNECT path for 2 minutes (nightly + cargo-fuzz)"
 
+# --workspace: also the Mosquitto plugin (target/release/libmqdispatch_mosquitto_plugin.so).
 build:
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 
+# The plugin's .so must exist before the integration tests load it into Mosquitto.
 test: lint
-	$(CARGO) test --all-targets
+	$(CARGO) build -p mqdispatch-mosquitto-plugin
+	$(CARGO) test --workspace --all-targets
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Each benchmark's output is kept in results/bench/<UTC time>/ (never overwritten), headed by
 # the commit it ran at; `cp` a folder's files to results/published/bench/ to publish them.

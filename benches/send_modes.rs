@@ -318,6 +318,7 @@ fn main() {
             cpu_limit_cores: None,
             external_addr: None,
             tls: None,
+            mosquitto_plugin: None,
         };
         rt.block_on(RunningBroker::start(&spec, workdir.path()))
     };

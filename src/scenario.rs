@@ -62,6 +62,8 @@ pub struct BrokersPlan {
     pub cpu_limit: Option<f64>,
     /// `host:port` of each external broker (kind `external` only).
     pub addresses: Vec<String>,
+    /// Load the mqdispatch Mosquitto plugin (`plugin: true`, kind `mosquitto` only).
+    pub plugin: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -141,6 +143,8 @@ struct RawBrokers {
     cpu_limit: Option<Spanned<f64>>,
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
+    #[serde(default)]
+    plugin: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,11 +382,22 @@ impl Checker<'_> {
         if b.kind == BrokerKind::External && cpu_limit.is_some() {
             return Err(self.at(raw, "cpu_limit cannot be applied to external brokers"));
         }
+        let plugin = match &b.plugin {
+            Some(p) if p.value && b.kind != BrokerKind::Mosquitto => {
+                return Err(self.at(
+                    p,
+                    "plugin: true needs `kind: mosquitto` (it is a Mosquitto plugin)",
+                ));
+            }
+            Some(p) => p.value,
+            None => false,
+        };
         Ok(BrokersPlan {
             kind: b.kind,
             count,
             cpu_limit,
             addresses,
+            plugin,
         })
     }
 
@@ -618,6 +633,14 @@ impl Checker<'_> {
     }
 }
 
+/// With `plugin: true`, the Mosquitto plugin must be built (checked before anything starts).
+pub fn check_plugin(scenario: &Scenario) -> Result<(), crate::broker::BrokerError> {
+    if scenario.brokers.plugin {
+        crate::broker::mosquitto::find_plugin()?;
+    }
+    Ok(())
+}
+
 // ---- `mqdispatch validate` ------------------------------------------------------------------
 
 #[derive(Debug, clap::Args)]
@@ -629,6 +652,7 @@ pub struct ValidateArgs {
 pub fn cli_main(args: ValidateArgs) -> anyhow::Result<()> {
     let scenario = load(&args.scenario)?;
     crate::broker::check_available(scenario.brokers.kind)
+        .and_then(|()| check_plugin(&scenario))
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     let per_trial = scenario.method_length();
     println!(

@@ -54,10 +54,24 @@ pub struct BrokerSpec {
     /// A second, TLS listener with this CA's server certificate ([`BrokerKind::Mosquitto`]
     /// only).
     pub tls: Option<crate::tls::ThrowawayCa>,
+    /// The mqdispatch Mosquitto plugin to load ([`mosquitto::find_plugin`]), Mosquitto only.
+    pub mosquitto_plugin: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    #[error(
+        "the mqdispatch Mosquitto plugin is not built (looked for {looked}): run \
+         `cargo build --release -p mqdispatch-mosquitto-plugin`, or set MQDISPATCH_MOSQUITTO_PLUGIN \
+         to the .so"
+    )]
+    PluginNotBuilt { looked: String },
+    #[error(
+        "the Mosquitto plugin {0} is not readable by user `mosquitto` (Mosquitto started as root \
+         drops to it before loading plugins): make the file readable by others and its directories \
+         searchable, or copy it elsewhere and set MQDISPATCH_MOSQUITTO_PLUGIN"
+    )]
+    PluginUnreadable(PathBuf),
     #[error("{what} is not installed: {how}")]
     NotInstalled {
         what: &'static str,
@@ -137,6 +151,12 @@ impl RunningBroker {
         if spec.kind == BrokerKind::External {
             return start_external(spec).await;
         }
+        if spec.mosquitto_plugin.is_some() && spec.kind != BrokerKind::Mosquitto {
+            return Err(BrokerError::Spec {
+                id: spec.id.clone(),
+                why: "the mqdispatch plugin can only be loaded into a Mosquitto broker".into(),
+            });
+        }
         let mut last_error = None;
         for attempt in 1..=START_ATTEMPTS {
             match start_child(spec, workdir, None, None).await {
@@ -186,6 +206,11 @@ impl RunningBroker {
             // Not by default: a probe each interval is one more connect/close in the broker's log.
             probe: None,
         })
+    }
+
+    /// Whether the mqdispatch Mosquitto plugin is loaded (its control topic is on [`Self::addr`]).
+    pub fn has_plugin(&self) -> bool {
+        self.spec.mosquitto_plugin.is_some()
     }
 
     /// For the manifest: "rumqttd 0.20.0 (embedded)", "mosquitto 2.0.11", "external".
@@ -342,10 +367,15 @@ async fn start_child(
                 }
                 None => None,
             };
-            let config = mosquitto::write_config(workdir, &spec.id, port, tls)?;
+            let plugin = spec.mosquitto_plugin.as_deref();
+            let config = mosquitto::write_config(workdir, &spec.id, port, tls, plugin)?;
             let mut cmd = Command::new(&binary);
             cmd.arg("-c").arg(&config);
-            (cmd, Some(port), mosquitto::version(&binary).await)
+            let mut version = mosquitto::version(&binary).await;
+            if spec.mosquitto_plugin.is_some() {
+                version.push_str(" + mqdispatch plugin");
+            }
+            (cmd, Some(port), version)
         }
         BrokerKind::External => unreachable!("external brokers are not spawned"),
     };

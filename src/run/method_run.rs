@@ -87,6 +87,10 @@ impl MethodRun<'_> {
                 cpu_limit_cores: plan.cpu_limit,
                 external_addr: plan.addresses.get(i).cloned(),
                 tls: self.tls.cloned(),
+                mosquitto_plugin: plan
+                    .plugin
+                    .then(crate::broker::mosquitto::find_plugin)
+                    .transpose()?,
             };
             let broker = RunningBroker::start(&spec, self.workdir)
                 .await

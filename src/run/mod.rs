@@ -79,6 +79,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
             .retain(|plan| args.methods.contains(&plan.name));
     }
     crate::broker::check_available(scenario.brokers.kind)
+        .and_then(|()| crate::scenario::check_plugin(&scenario))
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
 
     let cancel = CancellationToken::new();

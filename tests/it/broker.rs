@@ -29,6 +29,7 @@ pub fn spec(id: &str, kind: BrokerKind, cpu_limit_cores: Option<f64>) -> BrokerS
         cpu_limit_cores,
         external_addr: None,
         tls: None,
+        mosquitto_plugin: None,
     }
 }
 

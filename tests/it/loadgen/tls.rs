@@ -27,6 +27,7 @@ async fn publishers_follow_a_tls_redirect_to_mosquitto_tls_listeners() {
             cpu_limit_cores: None,
             external_addr: None,
             tls: Some(ca.clone()),
+            mosquitto_plugin: None,
         };
         brokers.push(RunningBroker::start(&spec, dir.path()).await.unwrap());
     }
