@@ -474,3 +474,19 @@ fn a_method_that_ran_but_wrote_no_rows_is_an_error() {
     // What was recorded is still summarised and drawn.
     assert!(dir.join("throughput.png").exists());
 }
+
+/// Every generated table in README.md is what `mqdispatch readme` makes from the committed
+/// files under results/published/: a hand-edited figure, or a published file changed without
+/// regenerating README, fails here.
+#[test]
+fn readme_tables_are_generated_from_the_published_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let regenerated =
+        mqdispatch::report::published::regenerate(&readme, &root.join("results/published"))
+            .expect("every README table has its published source");
+    assert!(
+        regenerated == readme,
+        "README.md tables differ from results/published/: run `mqdispatch readme`"
+    );
+}
