@@ -12,6 +12,7 @@ use serde_saphyr::Spanned;
 
 use crate::InputError;
 use crate::broker::BrokerKind;
+use crate::dispatcher::rebalance::{MoverKind, RebalanceConfig};
 use crate::dispatcher::{Metric, Policy};
 use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
 use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
@@ -65,6 +66,10 @@ pub struct BrokersPlan {
 pub struct MethodPlan {
     pub name: String,
     pub assign: Assignment,
+    /// Live rebalancing (dispatcher methods only): the planner's knobs, durations scaled.
+    pub rebalance: Option<RebalanceConfig>,
+    /// How moves are made; `None`: by broker kind (Mosquitto: its plugin; else takeover).
+    pub mover: Option<MoverKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -195,6 +200,26 @@ struct RawMethod {
     policy: Option<Spanned<Policy>>,
     #[serde(default)]
     metric: Option<Metric>,
+    #[serde(default)]
+    rebalance: Option<Spanned<RawRebalance>>,
+}
+
+/// A method's `rebalance:` block; every key optional (defaults in [`RebalanceConfig`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRebalance {
+    #[serde(default)]
+    threshold: Option<f64>,
+    #[serde(default)]
+    hysteresis: Option<u32>,
+    #[serde(default)]
+    cooldown: Option<Spanned<String>>,
+    #[serde(default)]
+    max_moves_per_s: Option<f64>,
+    #[serde(default)]
+    hold: Option<Spanned<String>>,
+    #[serde(default)]
+    mover: Option<MoverKind>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -306,7 +331,7 @@ impl Checker<'_> {
             .map_or_else(CpuSampling::default, |s| s.value.cpu);
         let profiles = self.profiles(&raw.publishers, time_scale)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
-        let methods = self.methods(&raw.methods)?;
+        let methods = self.methods(&raw.methods, time_scale)?;
         let faults = raw
             .faults
             .iter()
@@ -504,9 +529,38 @@ impl Checker<'_> {
         Ok(spec)
     }
 
+    fn rebalance(
+        &self,
+        raw: &Spanned<RawRebalance>,
+        scale: f64,
+    ) -> Result<(RebalanceConfig, Option<MoverKind>), InputError> {
+        let r = &raw.value;
+        let mut cfg = RebalanceConfig::default();
+        cfg.cooldown = cfg.cooldown.mul_f64(scale);
+        cfg.hold = cfg.hold.mul_f64(scale);
+        if let Some(t) = r.threshold {
+            cfg.threshold = t;
+        }
+        if let Some(h) = r.hysteresis {
+            cfg.hysteresis = h;
+        }
+        if let Some(c) = &r.cooldown {
+            cfg.cooldown = self.duration(c, scale)?;
+        }
+        if let Some(m) = r.max_moves_per_s {
+            cfg.max_moves_per_s = m;
+        }
+        if let Some(h) = &r.hold {
+            cfg.hold = self.duration(h, scale)?;
+        }
+        cfg.validate().map_err(|e| self.at(raw, e))?;
+        Ok((cfg, r.mover))
+    }
+
     fn methods(
         &self,
         raw: &Spanned<Vec<Spanned<RawMethod>>>,
+        scale: f64,
     ) -> Result<Vec<MethodPlan>, InputError> {
         if raw.value.is_empty() {
             return Err(self.at(
@@ -544,7 +598,22 @@ impl Checker<'_> {
                     metric: m.metric.unwrap_or(Metric::Cpu),
                 },
             };
-            methods.push(MethodPlan { name, assign });
+            let (rebalance, mover) = match (&m.rebalance, assign) {
+                (None, _) => (None, None),
+                (Some(r), Assignment::DnsRr) => {
+                    return Err(self.at(r, "dns-rr cannot rebalance: use assign: dispatcher"));
+                }
+                (Some(r), Assignment::Dispatcher { .. }) => {
+                    let (cfg, mover) = self.rebalance(r, scale)?;
+                    (Some(cfg), mover)
+                }
+            };
+            methods.push(MethodPlan {
+                name,
+                assign,
+                rebalance,
+                mover,
+            });
         }
         Ok(methods)
     }

@@ -20,7 +20,10 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, placer: &Placer) {
     )
     .await;
     let answer = match hello {
-        Ok(Ok(Hello::V5 { client_id })) => placer.place(&client_id),
+        Ok(Ok(Hello::V5 {
+            client_id,
+            declared_rate,
+        })) => placer.place_declaring(&client_id, declared_rate),
         Ok(Ok(Hello::Legacy { level })) => {
             tracing::debug!(%peer, level, "MQTT 3.x client: refused (no redirection before v5)");
             proto::legacy_refusal().freeze()

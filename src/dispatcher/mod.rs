@@ -7,6 +7,7 @@
 //! - [`load_table`]: window averages, liveness, predicted (pending) load.
 //! - [`policy`]: the placement policies, pure functions of a load-table snapshot.
 //! - [`reports`]: the agents' report port.  [`events`]: `--events` CSV.
+//! - [`rebalance`]: live rebalancing of connected clients (opt-in, `--rebalance`).
 
 pub mod connection;
 pub mod events;
@@ -14,6 +15,7 @@ pub mod listener;
 pub mod load_table;
 pub mod placer;
 pub mod policy;
+pub mod rebalance;
 pub mod reports;
 
 use std::collections::HashSet;
@@ -115,6 +117,10 @@ pub struct DispatcherConfig {
     /// The trial seed: `random` and `two-choices` draw from its dispatcher stream
     /// ([`crate::seeds`]), independent of the arrival order drawn from the same seed.
     pub seed: u64,
+    /// Live rebalancing of connected clients, when set.
+    pub rebalance: Option<rebalance::RebalanceConfig>,
+    /// How the rebalancer moves a client (per broker kind).
+    pub mover: rebalance::MoverKind,
 }
 
 impl DispatcherConfig {
@@ -131,6 +137,8 @@ impl DispatcherConfig {
             max_packet_bytes: proto::DEFAULT_MAX_CONNECT_BYTES,
             token: None,
             seed: 0,
+            rebalance: None,
+            mover: rebalance::MoverKind::Takeover,
         }
     }
 
@@ -151,6 +159,9 @@ impl DispatcherConfig {
             return Err(InputError(
                 "--interval and --window must be above zero".into(),
             ));
+        }
+        if let Some(r) = &self.rebalance {
+            r.validate().map_err(InputError)?;
         }
         Ok(())
     }
@@ -181,6 +192,18 @@ pub async fn run(
     decisions: Option<UnboundedSender<Decision>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with_moves(listener, report_listener, cfg, decisions, None, cancel).await
+}
+
+/// [`run`], with the rebalancer's moves (if `cfg.rebalance` is set) sent to `moves`.
+pub async fn run_with_moves(
+    listener: TcpListener,
+    report_listener: Option<TcpListener>,
+    cfg: DispatcherConfig,
+    decisions: Option<UnboundedSender<Decision>>,
+    moves: Option<UnboundedSender<rebalance::MoveRecord>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     cfg.validate()?;
     if let Some(rl) = &report_listener {
         reports::checked_bind_addr(rl.local_addr()?, cfg.token.as_deref())?;
@@ -194,6 +217,21 @@ pub async fn run(
             idle_timeout: reports::ReportPort::idle_timeout_for(cfg.report_interval),
         };
         tracker.spawn(port.accept_loop(rl, tracker.clone(), cancel.clone()));
+    }
+    if let Some(rcfg) = &cfg.rebalance {
+        let mover = rebalance::Mover::connect(cfg.mover, &cfg.brokers)
+            .await
+            .context("rebalancer: cannot reach the brokers' move mechanism")?;
+        let rebalancer = rebalance::Rebalancer {
+            planner: rebalance::Planner::new(rcfg.clone()),
+            mover,
+            brokers: cfg.brokers.clone(),
+            reason: cfg.reason,
+            interval: cfg.report_interval,
+            moves,
+        };
+        tracing::info!(config = ?rcfg, mover = ?cfg.mover, "rebalancing on");
+        tracker.spawn(rebalancer.run(placer.clone(), cancel.clone()));
     }
     tracing::info!(
         policy = ?cfg.policy, metric = ?cfg.metric, brokers = cfg.brokers.len(), "dispatcher up"
@@ -260,6 +298,14 @@ pub struct Args {
     /// from it, independent of the arrival order `load --seed` draws from the same number).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Move connected clients when the brokers' msg rates stay unequal: `on`, or
+    /// `threshold=1000,hysteresis=3,cooldown=6s,max-moves-per-s=2,hold=60s` (any subset).
+    #[arg(long, value_name = "KEY=VALUE,...", value_parser = rebalance::parse_arg)]
+    pub rebalance: Option<rebalance::RebalanceConfig>,
+    /// How a client is moved: `takeover` (any broker; the client comes back through the
+    /// dispatcher) or `mosquitto-plugin` (DISCONNECT 0x9C + Server Reference).
+    #[arg(long, value_enum, default_value_t = rebalance::MoverKind::Takeover)]
+    pub mover: rebalance::MoverKind,
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
@@ -272,6 +318,8 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     cfg.handshake_timeout = args.handshake_timeout;
     cfg.token = args.token.filter(|t| !t.is_empty());
     cfg.seed = args.seed;
+    cfg.rebalance = args.rebalance;
+    cfg.mover = args.mover;
     cfg.validate()?;
     if let Some(addr) = args.report_listen {
         reports::checked_bind_addr(addr, cfg.token.as_deref())?;

@@ -232,6 +232,7 @@ async fn run_here(
                 client_id: format!("{}{}", cfg.client_id_prefix, planned.name),
                 inflight_limit: cfg.inflight_limit,
                 tcp_nodelay: profile.send == SendMode::PerMessage,
+                declared_rate: Some(profile.rate),
             },
             clock,
         };

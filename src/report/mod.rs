@@ -31,7 +31,9 @@ pub mod window;
 
 pub use optimum::online_optimum_gap;
 pub use plots::draw_all;
-pub use records::{BrokerRow, DecisionRow, FaultRow, Late, OutageRow, PublisherRow, ResultsWriter};
+pub use records::{
+    BrokerRow, DecisionRow, FaultRow, Late, MoveRow, OutageRow, PublisherRow, ResultsWriter,
+};
 pub use status::{RunError, RunStatus, Stage};
 pub use summary::SummaryRow;
 

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::dispatcher::rebalance::MoveRecord;
 use crate::dispatcher::{self, Decision, DispatcherConfig};
 
 pub(super) struct DispatcherSlot {
@@ -16,6 +17,7 @@ pub(super) struct DispatcherSlot {
     reports: SocketAddr,
     cfg: DispatcherConfig,
     decisions: mpsc::UnboundedSender<Decision>,
+    moves: mpsc::UnboundedSender<MoveRecord>,
     stop: CancellationToken,
     running: Option<(CancellationToken, JoinHandle<()>)>,
 }
@@ -25,6 +27,7 @@ impl DispatcherSlot {
     pub(super) fn start(
         cfg: DispatcherConfig,
         decisions: mpsc::UnboundedSender<Decision>,
+        moves: mpsc::UnboundedSender<MoveRecord>,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let listener = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
@@ -34,6 +37,7 @@ impl DispatcherSlot {
             reports: reports.local_addr()?,
             cfg,
             decisions,
+            moves,
             stop,
             running: None,
         };
@@ -53,11 +57,18 @@ impl DispatcherSlot {
         let token = self.stop.child_token();
         let cfg = self.cfg.clone();
         let decisions = self.decisions.clone();
+        let moves = self.moves.clone();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
-            if let Err(e) =
-                dispatcher::run(listener, Some(reports), cfg, Some(decisions), run_token).await
-            {
+            let run = dispatcher::run_with_moves(
+                listener,
+                Some(reports),
+                cfg,
+                Some(decisions),
+                Some(moves),
+                run_token,
+            );
+            if let Err(e) = run.await {
                 warn!(error = %e, "dispatcher stopped with an error");
             }
         });
