@@ -191,7 +191,12 @@ impl ControlClient {
             .map_err(|e| ControlError::Connection(e.to_string()))?;
         match tokio::time::timeout(ANSWER_TIMEOUT, subscribed.recv()).await {
             Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => return Err(ControlError::Connection(e)),
+            Ok(Some(Err(e))) => {
+                return Err(ControlError::Connection(format!(
+                    "{e} (on subscribing to {RESPONSE_TOPIC}: is this a Mosquitto with the \
+                     mqdispatch plugin?)"
+                )));
+            }
             Ok(None) | Err(_) => {
                 return Err(ControlError::Connection(format!(
                     "no SUBACK for {RESPONSE_TOPIC} within {ANSWER_TIMEOUT:?}"
