@@ -48,6 +48,10 @@ fn shipped_scenarios_validate() {
         "burst",
         "policies",
         "broker-failure",
+        "rebalance",
+        "rebalance-random",
+        "rebalance-mosquitto",
+        "rebalance-quick",
     ] {
         let path = repo_file(&format!("scenarios/{name}.yaml"));
         let out = Command::new(bin())
