@@ -310,3 +310,47 @@ fn a_scaled_heavy_last_run_moves_clients_and_closes_the_gap() {
     let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(md.contains("## Moves"), "{md}");
 }
+
+/// Steady, balanced load never triggers a move: 4 equal publishers, round-robin placement
+/// (2 + 2), the rebalancer on with a threshold below one client's rate.
+#[test]
+fn a_balanced_run_makes_no_move() {
+    let out = tempfile::tempdir().unwrap();
+    let scenario = out.path().join("balanced.yaml");
+    std::fs::write(
+        &scenario,
+        "name: balanced
+seed: 1
+trials: 1
+time_scale: 0.25
+brokers: { kind: embedded, count: 2 }
+publishers:
+  - { name: light, count: 4, rate: 200, payload_bytes: 600, duration: 60s, qos: 0 }
+arrival: { order: random, interval: 5s }
+methods:
+  - name: rebalance
+    assign: dispatcher
+    policy: round-robin
+    rebalance: { threshold: 200, hysteresis: 3, cooldown: 6s }
+",
+    )
+    .unwrap();
+    let status = Command::new(bin())
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "mqdispatch run failed: {status}");
+    let moves = std::fs::read_to_string(out.path().join("balanced/latest/moves.csv")).unwrap();
+    assert_eq!(
+        moves.lines().count(),
+        1,
+        "only the header expected, got moves:\n{moves}"
+    );
+    let publishers =
+        std::fs::read_to_string(out.path().join("balanced/latest/publishers.csv")).unwrap();
+    assert_eq!(publishers.lines().count(), 5, "{publishers}");
+}
