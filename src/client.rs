@@ -12,8 +12,7 @@
 //!   just closes (or a DISCONNECT carries no reference), the dispatcher is asked again first. The
 //!   error is still returned, as rumqttc does, so your loop can log it and back off; keep
 //!   polling. The same `AsyncClient` keeps working, and QoS 1 messages not yet acknowledged are
-//!   queued again for the new broker (rumqttc would drop them: the new broker has no session;
-//!   not covered by a test yet).
+//!   sent again to the new broker (rumqttc would drop them: the new broker has no session).
 //!
 //! ```no_run
 //! use rumqttc::v5::mqttbytes::QoS;

@@ -354,3 +354,45 @@ methods:
         std::fs::read_to_string(out.path().join("balanced/latest/publishers.csv")).unwrap();
     assert_eq!(publishers.lines().count(), 5, "{publishers}");
 }
+
+/// QoS 1 publishes the first broker never acknowledged reach the broker the DISCONNECT named,
+/// through the same `AsyncClient` (the fake broker that moves us sends no PUBACK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_qos1_publishes_follow_the_client_to_its_new_broker() {
+    let broker = Broker::spawn();
+    let (mover, _task) =
+        fake_broker_that_moves_us(DisconnectReasonCode::UseAnotherServer, broker.addr()).await;
+    let to = mover.clone();
+    let dispatcher = FakeDispatcher::start(Box::new(move |_, _| {
+        Reply::Redirect(RedirectReason::UseAnotherServer, to.clone())
+    }))
+    .await;
+    let (client, mut events) =
+        connect_following_redirects(&dispatcher.addr, options("device-q1"), 10)
+            .await
+            .unwrap();
+    for k in 0..5u8 {
+        client
+            .publish("q", QoS::AtLeastOnce, false, vec![k])
+            .await
+            .unwrap();
+    }
+    let mut acks = 0;
+    let mut connacks = Vec::new();
+    timeout(BOUND, async {
+        while acks < 5 {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connacks.push(events.broker().to_owned())
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => acks += 1,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the 5 QoS 1 publishes were not acknowledged by the new broker");
+    assert_eq!(connacks, [mover, broker.addr()]);
+    let received = broker.settled_received(5, BOUND).await;
+    assert_eq!(received, 5);
+}
