@@ -257,21 +257,26 @@ async fn the_client_api_follows_a_server_reference_and_a_bare_close() {
     );
 }
 
+/// `mqdispatch run SCENARIO --out OUT`, which must succeed.
+fn run_scenario(scenario: &Path, out: &Path) {
+    let status = Command::new(bin())
+        .arg("run")
+        .arg(scenario)
+        .arg("--out")
+        .arg(out)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "mqdispatch run failed: {status}");
+}
+
 /// The scaled scenario: the heavy publisher arrives last onto the busier broker; the rebalancer
 /// moves light publishers until the rates are within the threshold over the full-load window.
 #[test]
 fn a_scaled_heavy_last_run_moves_clients_and_closes_the_gap() {
     let out = tempfile::tempdir().unwrap();
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/rebalance-quick.yaml");
-    let status = Command::new(bin())
-        .arg("run")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(out.path())
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success(), "mqdispatch run failed: {status}");
+    run_scenario(&scenario, out.path());
     let dir = out.path().join("rebalance-quick/latest");
     let moves = std::fs::read_to_string(dir.join("moves.csv")).unwrap();
     let mut lines = moves.lines();
@@ -335,15 +340,7 @@ methods:
 ",
     )
     .unwrap();
-    let status = Command::new(bin())
-        .arg("run")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(out.path())
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success(), "mqdispatch run failed: {status}");
+    run_scenario(&scenario, out.path());
     let moves = std::fs::read_to_string(out.path().join("balanced/latest/moves.csv")).unwrap();
     assert_eq!(
         moves.lines().count(),
