@@ -18,6 +18,9 @@ use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
 use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
 
 mod length;
+mod rebalance;
+
+use rebalance::RawRebalance;
 
 /// A scenario, checked and with its time scale applied: what the runner executes.
 #[derive(Debug, Clone, Serialize)]
@@ -202,24 +205,6 @@ struct RawMethod {
     metric: Option<Metric>,
     #[serde(default)]
     rebalance: Option<Spanned<RawRebalance>>,
-}
-
-/// A method's `rebalance:` block; every key optional (defaults in [`RebalanceConfig`]).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRebalance {
-    #[serde(default)]
-    threshold: Option<f64>,
-    #[serde(default)]
-    hysteresis: Option<u32>,
-    #[serde(default)]
-    cooldown: Option<Spanned<String>>,
-    #[serde(default)]
-    max_moves_per_s: Option<f64>,
-    #[serde(default)]
-    hold: Option<Spanned<String>>,
-    #[serde(default)]
-    mover: Option<MoverKind>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -527,34 +512,6 @@ impl Checker<'_> {
         // Counts in an explicit order must match the profiles: let the planner say how.
         crate::loadgen::plan_arrivals(profiles, &spec, 0).map_err(|e| self.at(&raw.order, e))?;
         Ok(spec)
-    }
-
-    fn rebalance(
-        &self,
-        raw: &Spanned<RawRebalance>,
-        scale: f64,
-    ) -> Result<(RebalanceConfig, Option<MoverKind>), InputError> {
-        let r = &raw.value;
-        let mut cfg = RebalanceConfig::default();
-        cfg.cooldown = cfg.cooldown.mul_f64(scale);
-        cfg.hold = cfg.hold.mul_f64(scale);
-        if let Some(t) = r.threshold {
-            cfg.threshold = t;
-        }
-        if let Some(h) = r.hysteresis {
-            cfg.hysteresis = h;
-        }
-        if let Some(c) = &r.cooldown {
-            cfg.cooldown = self.duration(c, scale)?;
-        }
-        if let Some(m) = r.max_moves_per_s {
-            cfg.max_moves_per_s = m;
-        }
-        if let Some(h) = &r.hold {
-            cfg.hold = self.duration(h, scale)?;
-        }
-        cfg.validate().map_err(|e| self.at(raw, e))?;
-        Ok((cfg, r.mover))
     }
 
     fn methods(

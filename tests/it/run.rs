@@ -78,6 +78,22 @@ fn a_good_scenario_validates() {
 fn scenario_errors_name_line_column_and_exit_2() {
     let cases: &[(&str, &str, &str)] = &[
         (
+            "rebalance on dns-rr",
+            &GOOD.replace(
+                "{ name: dns-rr, assign: dns-rr }",
+                "{ name: dns-rr, assign: dns-rr, rebalance: {} }",
+            ),
+            "dns-rr cannot rebalance",
+        ),
+        (
+            "rebalance threshold",
+            &GOOD.replace(
+                "policy: least-cpu }",
+                "policy: least-cpu, rebalance: { threshold: -5 } }",
+            ),
+            "rebalance threshold must be above 0",
+        ),
+        (
             "unknown key",
             &GOOD.replace("seed: 1", "seed: 1\nspeed: 3"),
             ":3:1: unknown field `speed`",
