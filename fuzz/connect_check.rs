@@ -84,7 +84,7 @@ pub fn check(data: &[u8]) -> Outcome {
     let limit = proto::DEFAULT_MAX_CONNECT_BYTES;
     let hello = runtime().block_on(proto::read_hello(&mut reader, limit));
     match hello {
-        Ok(Hello::V5 { client_id }) => {
+        Ok(Hello::V5 { client_id, .. }) => {
             assert!(
                 input.len() >= 2 && input[0] == 0x10,
                 "v5 CONNECT from {input:?}"

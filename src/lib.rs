@@ -8,6 +8,8 @@
 //! - [`loadgen`]: fixed-rate publishers that follow redirects.
 //! - [`run`]: one experiment from a [`scenario`] file; [`report`] writes CSVs, summaries, plots.
 //!
+//! [`client`]: redirect-following connect for your own rumqttc v5 devices.
+//!
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
 //! delays), [`shutdown`] (SIGINT/SIGTERM/SIGHUP), [`process`] (child processes that never
@@ -19,6 +21,7 @@ pub mod agent;
 pub mod backoff;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod dispatcher;
 pub mod duration;
 pub mod load_report;

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::Error as CodecError;
 use rumqttc::v5::mqttbytes::v5::{
-    self as v5, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Packet,
+    self as v5, ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,6 +19,11 @@ use tokio::net::TcpStream;
 /// Largest CONNECT the dispatcher accepts. A real CONNECT is a few hundred bytes; anything
 /// claiming more is refused as soon as its fixed header is read, before its body arrives.
 pub const DEFAULT_MAX_CONNECT_BYTES: u32 = 16 * 1024;
+
+/// CONNECT user property in which a client may declare its publish rate (msgs/s, a decimal
+/// number) to the dispatcher; the rebalancer weighs it by this when the broker cannot measure it
+/// (`dispatcher::rebalance::rates`). The project's load generator sends its target rate.
+pub const RATE_PROPERTY: &str = "mqdispatch-rate";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
@@ -45,10 +50,14 @@ pub enum ProtoError {
 }
 
 /// What a client's first packet says about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Hello {
     /// An MQTT v5 CONNECT: it can be redirected.
-    V5 { client_id: String },
+    V5 {
+        client_id: String,
+        /// The [`RATE_PROPERTY`] user property, if present, finite and not negative.
+        declared_rate: Option<f64>,
+    },
     /// MQTT 3.1.1 (level 4) or 3.1 (level 3): no redirection exists in these versions.
     Legacy { level: u8 },
 }
@@ -130,6 +139,7 @@ fn classify(buf: &mut BytesMut, frame_len: usize) -> Result<Hello, ProtoError> {
     match (name.as_deref(), level) {
         (Some(b"MQTT"), Some(5)) => match Packet::read(buf, None) {
             Ok(Packet::Connect(connect, _, _)) => Ok(Hello::V5 {
+                declared_rate: declared_rate(&connect),
                 client_id: connect.client_id,
             }),
             Ok(other) => Err(ProtoError::UnexpectedPacket(format!("{other:?}"))),
@@ -139,6 +149,18 @@ fn classify(buf: &mut BytesMut, frame_len: usize) -> Result<Hello, ProtoError> {
         (Some(b"MQIsdp"), Some(3)) => Ok(Hello::Legacy { level: 3 }),
         _ => Err(ProtoError::UnknownProtocol),
     }
+}
+
+fn declared_rate(connect: &Connect) -> Option<f64> {
+    let props = connect.properties.as_ref()?;
+    let (_, value) = props
+        .user_properties
+        .iter()
+        .find(|(k, _)| k == RATE_PROPERTY)?;
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r >= 0.0)
 }
 
 /// CONNACK with a redirect reason and the Server Reference `host:port`.
@@ -201,11 +223,28 @@ fn empty_connack_properties() -> ConnAckProperties {
 
 /// A v5 CONNECT for `client_id` (clean start, 60 s keep-alive).
 pub fn connect_packet(client_id: &str) -> BytesMut {
+    connect_packet_declaring(client_id, None)
+}
+
+/// A v5 CONNECT for `client_id` that declares its publish rate in the [`RATE_PROPERTY`] user
+/// property (none when `rate` is `None`).
+pub fn connect_packet_declaring(client_id: &str, rate: Option<f64>) -> BytesMut {
+    let properties = rate.map(|r| ConnectProperties {
+        session_expiry_interval: None,
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: vec![(RATE_PROPERTY.to_owned(), r.to_string())],
+        authentication_method: None,
+        authentication_data: None,
+    });
     let connect = Connect {
         keep_alive: 60,
         client_id: client_id.to_owned(),
         clean_start: true,
-        properties: None,
+        properties,
     };
     let mut buf = BytesMut::with_capacity(64);
     Packet::Connect(connect, None, None)
@@ -242,14 +281,25 @@ pub async fn request_redirect_via(
     client_id: &str,
     timeout: Duration,
 ) -> Result<Redirect, ProtoError> {
+    request_redirect_declaring(dispatcher, tls, client_id, None, timeout).await
+}
+
+/// [`request_redirect_via`], declaring the client's publish rate ([`RATE_PROPERTY`]) when known.
+pub async fn request_redirect_declaring(
+    dispatcher: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    client_id: &str,
+    rate: Option<f64>,
+    timeout: Duration,
+) -> Result<Redirect, ProtoError> {
     let exchange = async {
         let mut stream = TcpStream::connect(dispatcher).await?;
         stream.set_nodelay(true)?;
         match tls {
-            None => redirect_exchange(&mut stream, client_id).await,
+            None => redirect_exchange(&mut stream, client_id, rate).await,
             Some(config) => {
                 let mut stream = crate::tls::connect(stream, dispatcher, config).await?;
-                redirect_exchange(&mut stream, client_id).await
+                redirect_exchange(&mut stream, client_id, rate).await
             }
         }
     };
@@ -274,8 +324,11 @@ pub async fn request_redirect_via(
 async fn redirect_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     client_id: &str,
+    rate: Option<f64>,
 ) -> Result<ConnAck, ProtoError> {
-    stream.write_all(&connect_packet(client_id)).await?;
+    stream
+        .write_all(&connect_packet_declaring(client_id, rate))
+        .await?;
     stream.flush().await?;
     read_connack(stream).await
 }
@@ -311,7 +364,18 @@ mod tests {
         assert_eq!(
             hello,
             Hello::V5 {
-                client_id: "pub-7".into()
+                client_id: "pub-7".into(),
+                declared_rate: None,
+            }
+        );
+        let hello = hello_of(&connect_packet_declaring("pub-8", Some(2000.0)))
+            .await
+            .unwrap();
+        assert_eq!(
+            hello,
+            Hello::V5 {
+                client_id: "pub-8".into(),
+                declared_rate: Some(2000.0),
             }
         );
     }

@@ -12,11 +12,15 @@ use serde_saphyr::Spanned;
 
 use crate::InputError;
 use crate::broker::BrokerKind;
+use crate::dispatcher::rebalance::{MoverKind, RebalanceConfig};
 use crate::dispatcher::{Metric, Policy};
 use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
 use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
 
 mod length;
+mod rebalance;
+
+use rebalance::RawRebalance;
 
 /// A scenario, checked and with its time scale applied: what the runner executes.
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +74,10 @@ pub struct BrokersPlan {
 pub struct MethodPlan {
     pub name: String,
     pub assign: Assignment,
+    /// Live rebalancing (dispatcher methods only): the planner's knobs, durations scaled.
+    pub rebalance: Option<RebalanceConfig>,
+    /// How moves are made; `None`: by broker kind (Mosquitto: its plugin; else takeover).
+    pub mover: Option<MoverKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -204,6 +212,8 @@ struct RawMethod {
     policy: Option<Spanned<Policy>>,
     #[serde(default)]
     metric: Option<Metric>,
+    #[serde(default)]
+    rebalance: Option<Spanned<RawRebalance>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -325,7 +335,7 @@ impl Checker<'_> {
             .map_or_else(CpuSampling::default, |s| s.value.cpu);
         let profiles = self.profiles(&raw.publishers, time_scale)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
-        let methods = self.methods(&raw.methods)?;
+        let methods = self.methods(&raw.methods, time_scale)?;
         let faults = raw
             .faults
             .iter()
@@ -538,6 +548,7 @@ impl Checker<'_> {
     fn methods(
         &self,
         raw: &Spanned<Vec<Spanned<RawMethod>>>,
+        scale: f64,
     ) -> Result<Vec<MethodPlan>, InputError> {
         if raw.value.is_empty() {
             return Err(self.at(
@@ -575,7 +586,22 @@ impl Checker<'_> {
                     metric: m.metric.unwrap_or(Metric::Cpu),
                 },
             };
-            methods.push(MethodPlan { name, assign });
+            let (rebalance, mover) = match (&m.rebalance, assign) {
+                (None, _) => (None, None),
+                (Some(r), Assignment::DnsRr) => {
+                    return Err(self.at(r, "dns-rr cannot rebalance: use assign: dispatcher"));
+                }
+                (Some(r), Assignment::Dispatcher { .. }) => {
+                    let (cfg, mover) = self.rebalance(r, scale)?;
+                    (Some(cfg), mover)
+                }
+            };
+            methods.push(MethodPlan {
+                name,
+                assign,
+                rebalance,
+                mover,
+            });
         }
         Ok(methods)
     }

@@ -69,7 +69,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await;
     let answer = match hello {
-        Ok(Ok(Hello::V5 { client_id })) => placer.place_over(&client_id, transport),
+        Ok(Ok(Hello::V5 {
+            client_id,
+            declared_rate,
+        })) => placer.place_over(&client_id, declared_rate, transport),
         Ok(Ok(Hello::Legacy { level })) => {
             tracing::debug!(%peer, level, "MQTT 3.x client: refused (no redirection before v5)");
             proto::legacy_refusal().freeze()

@@ -278,17 +278,28 @@ impl LoadTable {
         }
     }
 
+    /// Reported recently, or never reported at all (assumed up).
+    fn live(&self, b: &BrokerLoad, now: Instant) -> bool {
+        b.last_arrival
+            .is_none_or(|t| now.saturating_duration_since(t) <= self.interval * 3)
+    }
+
+    /// The rebalancer's view, config order: live, and the newest sample's broker-side msgs/s.
+    pub fn latest_rates(&self, now: Instant) -> Vec<(bool, Option<f64>)> {
+        self.brokers
+            .iter()
+            .map(|b| (self.live(b, now), b.samples.back().and_then(|s| s.rate)))
+            .collect()
+    }
+
     /// The policies' view of every broker at `now`, in config order, in the selected metric.
     pub fn views(&self, now: Instant, out: &mut Vec<BrokerView>) {
         out.clear();
-        let down_after = self.interval * 3;
         let raw: Vec<(bool, Components, Components, u64)> = self
             .brokers
             .iter()
             .map(|b| {
-                let live = b
-                    .last_arrival
-                    .is_none_or(|t| now.saturating_duration_since(t) <= down_after);
+                let live = self.live(b, now);
                 (live, b.average(), b.pending(self.lag), b.placed)
             })
             .collect();

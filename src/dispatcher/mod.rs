@@ -8,6 +8,7 @@
 //! - [`policy`]: the placement policies, pure functions of a load-table snapshot.
 //! - [`reports`]: the agents' report port ([`report_slots`]: who may hold its slots).
 //! - [`tls`]: the TLS client port.  [`events`]: `--events` CSV.
+//! - [`rebalance`]: live rebalancing of connected clients (opt-in, `--rebalance`).
 
 pub mod connection;
 pub mod events;
@@ -15,6 +16,7 @@ pub mod listener;
 pub mod load_table;
 pub mod placer;
 pub mod policy;
+pub mod rebalance;
 pub mod report_slots;
 pub mod reports;
 pub mod tls;
@@ -130,6 +132,10 @@ pub struct DispatcherConfig {
     /// The trial seed: `random` and `two-choices` draw from its dispatcher stream
     /// ([`crate::seeds`]), independent of the arrival order drawn from the same seed.
     pub seed: u64,
+    /// Live rebalancing of connected clients, when set.
+    pub rebalance: Option<rebalance::RebalanceConfig>,
+    /// How the rebalancer moves a client (per broker kind).
+    pub mover: rebalance::MoverKind,
 }
 
 impl DispatcherConfig {
@@ -146,6 +152,8 @@ impl DispatcherConfig {
             max_packet_bytes: proto::DEFAULT_MAX_CONNECT_BYTES,
             token: None,
             seed: 0,
+            rebalance: None,
+            mover: rebalance::MoverKind::Takeover,
         }
     }
 
@@ -166,6 +174,9 @@ impl DispatcherConfig {
             return Err(InputError(
                 "--interval and --window must be above zero".into(),
             ));
+        }
+        if let Some(r) = &self.rebalance {
+            r.validate().map_err(InputError)?;
         }
         Ok(())
     }
@@ -196,16 +207,27 @@ pub async fn run(
     decisions: Option<UnboundedSender<Decision>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_with_tls(listener, None, report_listener, cfg, decisions, cancel).await
+    run_with(
+        listener,
+        None,
+        report_listener,
+        cfg,
+        decisions,
+        None,
+        cancel,
+    )
+    .await
 }
 
-/// [`run`], with TLS clients served on `tls` too.
-pub async fn run_with_tls(
+/// [`run`], with TLS clients served on `tls` too and the rebalancer's moves (if
+/// `cfg.rebalance` is set) sent to `moves`.
+pub async fn run_with(
     listener: TcpListener,
     tls: Option<tls::TlsListener>,
     report_listener: Option<TcpListener>,
     cfg: DispatcherConfig,
     decisions: Option<UnboundedSender<Decision>>,
+    moves: Option<UnboundedSender<rebalance::MoveRecord>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
@@ -221,6 +243,21 @@ pub async fn run_with_tls(
         let port =
             reports::ReportPort::new(placer.clone(), cfg.token.as_deref(), cfg.report_interval);
         tracker.spawn(port.accept_loop(rl, tracker.clone(), cancel.clone()));
+    }
+    if let Some(rcfg) = &cfg.rebalance {
+        let mover = rebalance::Mover::connect(cfg.mover, &cfg.brokers)
+            .await
+            .context("rebalancer: cannot reach the brokers' move mechanism")?;
+        let rebalancer = rebalance::Rebalancer {
+            planner: rebalance::Planner::new(rcfg.clone()),
+            mover,
+            brokers: cfg.brokers.clone(),
+            reason: cfg.reason,
+            interval: cfg.report_interval,
+            moves,
+        };
+        tracing::info!(config = ?rcfg, mover = ?cfg.mover, "rebalancing on");
+        tracker.spawn(rebalancer.run(placer.clone(), cancel.clone()));
     }
     tracing::info!(
         policy = ?cfg.policy, metric = ?cfg.metric, brokers = cfg.brokers.len(), "dispatcher up"
@@ -303,6 +340,14 @@ pub struct Args {
     pub seed: u64,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
+    /// Move connected clients when the brokers' msg rates stay unequal: `on`, or
+    /// `threshold=1000,hysteresis=3,cooldown=6s,max-moves-per-s=2,hold=60s` (any subset).
+    #[arg(long, value_name = "KEY=VALUE,...", value_parser = rebalance::parse_arg)]
+    pub rebalance: Option<rebalance::RebalanceConfig>,
+    /// How a client is moved: `takeover` (any broker; the client comes back through the
+    /// dispatcher) or `mosquitto-plugin` (DISCONNECT 0x9C + Server Reference).
+    #[arg(long, value_enum, default_value_t = rebalance::MoverKind::Takeover)]
+    pub mover: rebalance::MoverKind,
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
@@ -315,6 +360,8 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     cfg.handshake_timeout = args.handshake_timeout;
     cfg.token = args.token.filter(|t| !t.is_empty());
     cfg.seed = args.seed;
+    cfg.rebalance = args.rebalance;
+    cfg.mover = args.mover;
     cfg.validate()?;
     if let Some(addr) = args.report_listen {
         reports::checked_bind_addr(addr, cfg.token.as_deref())?;
@@ -352,12 +399,13 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         None => (None, None),
     };
 
-    run_with_tls(
+    run_with(
         listener,
         tls_listener,
         report_listener,
         cfg,
         decisions,
+        None,
         cancel,
     )
     .await?;

@@ -2,6 +2,7 @@
 //! synchronous critical section (never held across an await), and the answers precomputed per
 //! broker so the hot path only clones bytes.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 
 use super::load_table::{LoadTable, TableError};
 use super::policy::{self, BrokerView, PolicyState};
+use super::rebalance::rates::KnownClient;
 use super::{Decision, DispatcherConfig, Policy};
 use crate::load_report::LoadReport;
 use crate::proto;
@@ -21,6 +23,10 @@ struct Inner {
     state: PolicyState,
     /// Reused for every placement: no allocation on the hot path.
     views: Vec<BrokerView>,
+    /// Only with rebalancing: where each client was last sent, and its declared rate.
+    clients: Option<HashMap<String, (usize, Option<f64>)>>,
+    /// Clients the rebalancer moved: their next CONNECT goes to this broker (if live).
+    pins: HashMap<String, usize>,
 }
 
 /// How the client reached the dispatcher: it is sent to the broker's address for the same.
@@ -63,6 +69,8 @@ impl Placer {
                 table: LoadTable::new(ids, cfg.metric, cfg.window, cfg.report_interval),
                 state: PolicyState::new(cfg.seed),
                 views: Vec::with_capacity(cfg.brokers.len()),
+                clients: cfg.rebalance.as_ref().map(|_| HashMap::new()),
+                pins: HashMap::new(),
             }),
             policy: cfg.policy,
             redirects,
@@ -83,19 +91,34 @@ impl Placer {
     /// Chooses a broker for `client_id`, records the placement and returns the CONNACK to send
     /// (a redirect, or 0x88 Server unavailable when no broker is live).
     pub fn place(&self, client_id: &str) -> Bytes {
-        self.place_over(client_id, Transport::Plain)
+        self.place_over(client_id, None, Transport::Plain)
     }
 
-    /// [`Self::place`] for a client that came over `transport`.
-    pub fn place_over(&self, client_id: &str, transport: Transport) -> Bytes {
+    /// [`Self::place`] for a client that came over `transport` and may have declared its
+    /// publish rate in its CONNECT. A client the rebalancer pinned goes to its pinned broker
+    /// (if live) instead of the policy's choice.
+    pub fn place_over(
+        &self,
+        client_id: &str,
+        declared_rate: Option<f64>,
+        transport: Transport,
+    ) -> Bytes {
         let now = Instant::now();
         let (chosen, decision) = {
             let mut guard = self.lock();
             let inner = &mut *guard;
             inner.table.views(now, &mut inner.views);
-            let chosen = policy::choose(self.policy, &inner.views, &mut inner.state);
+            let pinned = inner
+                .pins
+                .remove(client_id)
+                .filter(|&i| inner.views.get(i).is_some_and(|v| v.live));
+            let chosen =
+                pinned.or_else(|| policy::choose(self.policy, &inner.views, &mut inner.state));
             if let Some(i) = chosen {
                 inner.table.place(i, now);
+                if let Some(clients) = &mut inner.clients {
+                    clients.insert(client_id.to_owned(), (i, declared_rate));
+                }
             }
             let decision = self.decisions.as_ref().map(|_| {
                 // What the policy saw: the views from before this client was placed.
@@ -134,6 +157,45 @@ impl Placer {
                 );
                 self.unavailable.clone()
             }
+        }
+    }
+
+    /// The rebalancer's inputs at `now`: per broker (live, newest msgs/s), and every client this
+    /// dispatcher placed with where it is now (empty unless rebalancing is on).
+    pub fn rebalance_inputs(&self, now: Instant) -> (Vec<(bool, Option<f64>)>, Vec<KnownClient>) {
+        let inner = self.lock();
+        let brokers = inner.table.latest_rates(now);
+        let mut clients: Vec<KnownClient> = inner
+            .clients
+            .iter()
+            .flatten()
+            .map(|(id, &(broker, declared))| KnownClient {
+                id: id.clone(),
+                broker,
+                declared,
+            })
+            .collect();
+        // HashMap order is random: the planner's ties must not be.
+        clients.sort_by(|a, b| a.id.cmp(&b.id));
+        (brokers, clients)
+    }
+
+    /// The rebalancer moved `client_id` to broker `to`: its next CONNECT here goes there, and it
+    /// counts there from now on.
+    pub fn pin(&self, client_id: &str, to: usize) {
+        let mut inner = self.lock();
+        inner.pins.insert(client_id.to_owned(), to);
+        if let Some(c) = inner.clients.as_mut().and_then(|c| c.get_mut(client_id)) {
+            c.0 = to;
+        }
+    }
+
+    /// Clients a broker says are not connected (a move answered `not-connected`): forget them.
+    pub fn forget(&self, client_id: &str) {
+        let mut inner = self.lock();
+        inner.pins.remove(client_id);
+        if let Some(c) = inner.clients.as_mut() {
+            c.remove(client_id);
         }
     }
 

@@ -235,6 +235,7 @@ async fn run_here(
                 inflight_limit: cfg.inflight_limit,
                 tcp_nodelay: profile.send == SendMode::PerMessage,
                 tls: cfg.tls.clone(),
+                declared_rate: Some(profile.rate),
             },
             clock,
         };

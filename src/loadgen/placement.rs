@@ -15,7 +15,7 @@ use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use tokio::time::Instant;
 
 use crate::addr::{AddrError, HostPort};
-use crate::proto::{ProtoError, RedirectReason, request_redirect_via};
+use crate::proto::{ProtoError, RedirectReason, request_redirect_declaring};
 
 /// Redirect hops followed when the broker list itself redirects (dns-rr against a dispatcher).
 pub const DEFAULT_MAX_HOPS: u8 = 4;
@@ -159,6 +159,9 @@ pub(crate) struct Connector {
     pub tcp_nodelay: bool,
     /// TLS to dispatchers and brokers alike (the addresses are then TLS ports).
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Sent to dispatchers in the CONNECT's `mqdispatch-rate` user property, so a rebalancing
+    /// dispatcher can weigh this client by its rate (`proto::RATE_PROPERTY`).
+    pub declared_rate: Option<f64>,
 }
 
 /// One placement attempt from `entry`: for a dispatcher list, transient failures move on to the
@@ -257,21 +260,27 @@ async fn follow(
 
 /// One redirect exchange with `addr`, errors classified.
 async fn ask(addr: &str, conn: &Connector) -> Result<crate::proto::Redirect, PlacementError> {
-    request_redirect_via(addr, conn.tls.as_ref(), &conn.client_id, CONNECT_TIMEOUT)
-        .await
-        .map_err(|source| match source {
-            ProtoError::Refused(ConnectReturnCode::Success) => {
-                PlacementError::NotADispatcher(addr.to_owned())
-            }
-            ProtoError::MissingServerReference(reason) => PlacementError::MissingReference {
-                addr: addr.to_owned(),
-                reason,
-            },
-            source => PlacementError::Dispatcher {
-                addr: addr.to_owned(),
-                source,
-            },
-        })
+    request_redirect_declaring(
+        addr,
+        conn.tls.as_ref(),
+        &conn.client_id,
+        conn.declared_rate,
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .map_err(|source| match source {
+        ProtoError::Refused(ConnectReturnCode::Success) => {
+            PlacementError::NotADispatcher(addr.to_owned())
+        }
+        ProtoError::MissingServerReference(reason) => PlacementError::MissingReference {
+            addr: addr.to_owned(),
+            reason,
+        },
+        source => PlacementError::Dispatcher {
+            addr: addr.to_owned(),
+            source,
+        },
+    })
 }
 
 enum Attempt {
@@ -324,20 +333,12 @@ async fn connect_broker(addr: &str, conn: &Connector) -> Result<Attempt, Placeme
 /// what ended it (rumqttc keeps the packet in `state.events`, FACTS.md).
 pub(crate) fn server_moved_us(eventloop: &mut EventLoop) -> Option<(RedirectReason, String)> {
     use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Code;
-    let found = eventloop.state.events.iter().find_map(|event| match event {
-        Event::Incoming(Packet::Disconnect(d)) => {
-            let reason = match d.reason_code {
-                Code::UseAnotherServer => RedirectReason::UseAnotherServer,
-                Code::ServerMoved => RedirectReason::ServerMoved,
-                _ => return None,
-            };
-            let reference = d.properties.as_ref()?.server_reference.clone()?;
-            Some((reason, reference))
-        }
-        _ => None,
-    });
-    eventloop.state.events.clear();
-    found
+    let (code, reference) = crate::client::disconnect_reference(eventloop)?;
+    let reason = match code {
+        Code::ServerMoved => RedirectReason::ServerMoved,
+        _ => RedirectReason::UseAnotherServer,
+    };
+    Some((reason, reference))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub mod faults;
+pub mod moves;
 pub mod optimum;
 pub mod plots;
 pub mod published;
@@ -31,7 +32,9 @@ pub mod window;
 
 pub use optimum::online_optimum_gap;
 pub use plots::draw_all;
-pub use records::{BrokerRow, DecisionRow, FaultRow, Late, OutageRow, PublisherRow, ResultsWriter};
+pub use records::{
+    BrokerRow, DecisionRow, FaultRow, Late, MoveRow, OutageRow, PublisherRow, ResultsWriter,
+};
 pub use status::{RunError, RunStatus, Stage};
 pub use summary::SummaryRow;
 
@@ -86,6 +89,8 @@ pub struct Report {
     pub fault_run: bool,
     /// The fault section (empty without faults or outages).
     pub faults_md: String,
+    /// The live-moves section (empty without moves).
+    pub moves_md: String,
     /// The run's errors (from `manifest.json`) and the ones found here ([`Stage::is_report`]).
     pub errors: Vec<RunError>,
     /// `manifest.json`'s `incomplete_reason` of a run that did not complete.
@@ -178,6 +183,10 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
     let publishers = rows_or_error(records::read_publishers(dir), &mut report.errors);
     let faults = rows_or_error(records::read_faults(dir), &mut report.errors);
     let outages = rows_or_error(records::read_outages(dir), &mut report.errors);
+    let moves = rows_or_error(records::read_moves(dir), &mut report.errors);
+    // Outages that live moves caused are the moves' cost, not faults.
+    let (_, outages) = moves::split_outages(&moves, outages);
+    report.moves_md = moves::render_markdown(&moves);
     report.delivery = faults::delivery(&publishers, &faults, &outages);
     report.fault_run = report.delivery.iter().any(faults::Delivery::faulted);
     report.faults_md = faults::render_markdown(&faults, &outages);

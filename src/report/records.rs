@@ -18,6 +18,7 @@ pub const PUBLISHERS_CSV: &str = "publishers.csv";
 pub const DECISIONS_CSV: &str = "decisions.csv";
 pub const FAULTS_CSV: &str = "faults.csv";
 pub const OUTAGES_CSV: &str = "outages.csv";
+pub const MOVES_CSV: &str = "moves.csv";
 
 /// One broker during one second of one (trial, method).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +114,24 @@ pub struct OutageRow {
     pub not_sent: u64,
 }
 
+/// One live move (`moves.csv`, DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoveRow {
+    pub trial: u32,
+    pub method: String,
+    /// When the move was ordered (seconds since the start of this trial's method).
+    pub t_s: f64,
+    pub client_id: String,
+    pub from: String,
+    pub to: String,
+    /// The client's rate the rebalancer weighed it by.
+    pub rate_msgs_per_s: f64,
+    /// Messages the moved publisher owed while reconnecting and did not send (from its outage);
+    /// empty when no outage of that publisher followed the move (it was not one of ours, or it
+    /// had already finished).
+    pub not_sent: Option<u64>,
+}
+
 /// Per-second contributions (a publisher's count, a CPU sample) that arrived after their
 /// second's row was written: they are in no row. The recorder hands them to the writer with
 /// its rows; the runner takes them after each method run for `manifest.json`.
@@ -140,6 +159,7 @@ pub struct ResultsWriter {
     publishers: csv::Writer<File>,
     decisions: csv::Writer<File>,
     outages: csv::Writer<File>,
+    moves: csv::Writer<File>,
     broker_ids: Vec<String>,
     late: Late,
 }
@@ -155,6 +175,7 @@ impl ResultsWriter {
             publishers: open_append(&dir.join(PUBLISHERS_CSV), &header_of::<PublisherRow>())?,
             decisions: open_append(&dir.join(DECISIONS_CSV), &decision_header)?,
             outages: open_append(&dir.join(OUTAGES_CSV), &header_of::<OutageRow>())?,
+            moves: open_append(&dir.join(MOVES_CSV), &header_of::<MoveRow>())?,
             broker_ids: brokers.to_vec(),
             late: Late::default(),
         })
@@ -176,6 +197,12 @@ impl ResultsWriter {
         self.outages
             .serialize(row)
             .map_err(|e| ReportError::csv(OUTAGES_CSV, e))
+    }
+
+    pub fn move_row(&mut self, row: &MoveRow) -> Result<(), ReportError> {
+        self.moves
+            .serialize(row)
+            .map_err(|e| ReportError::csv(MOVES_CSV, e))
     }
 
     /// Adds contributions that came too late for their row.
@@ -220,6 +247,7 @@ impl ResultsWriter {
             (PUBLISHERS_CSV, &mut self.publishers),
             (DECISIONS_CSV, &mut self.decisions),
             (OUTAGES_CSV, &mut self.outages),
+            (MOVES_CSV, &mut self.moves),
         ] {
             w.flush().map_err(|e| ReportError::io(Path::new(name), e))?;
         }
@@ -302,6 +330,21 @@ impl HeaderSample for OutageRow {
             to_broker: None,
             downtime_s: 0.0,
             not_sent: 0,
+        }
+    }
+}
+
+impl HeaderSample for MoveRow {
+    fn sample() -> Self {
+        MoveRow {
+            trial: 0,
+            method: String::new(),
+            t_s: 0.0,
+            client_id: String::new(),
+            from: String::new(),
+            to: String::new(),
+            rate_msgs_per_s: 0.0,
+            not_sent: None,
         }
     }
 }
@@ -392,6 +435,10 @@ pub fn read_faults(dir: &Path) -> Result<Vec<FaultRow>, ReportError> {
 /// `outages.csv`; absent (older runs) = no outages.
 pub fn read_outages(dir: &Path) -> Result<Vec<OutageRow>, ReportError> {
     optional_rows(&dir.join(OUTAGES_CSV))
+}
+
+pub fn read_moves(dir: &Path) -> Result<Vec<MoveRow>, ReportError> {
+    optional_rows(&dir.join(MOVES_CSV))
 }
 
 fn optional_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, ReportError> {

@@ -112,6 +112,7 @@ pub fn render_markdown(report: &Report) -> String {
     write_per_trial(&mut md, rows);
     md.push('\n');
     md.push_str(&report.faults_md);
+    md.push_str(&report.moves_md);
     write_recording(&mut md, report);
     md
 }

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::dispatcher::rebalance::MoveRecord;
 use crate::dispatcher::tls::TlsListener;
 use crate::dispatcher::{self, Decision, DispatcherConfig};
 
@@ -19,6 +20,7 @@ pub(super) struct DispatcherSlot {
     tls: Option<(SocketAddr, tokio_rustls::TlsAcceptor)>,
     cfg: DispatcherConfig,
     decisions: mpsc::UnboundedSender<Decision>,
+    moves: mpsc::UnboundedSender<MoveRecord>,
     stop: CancellationToken,
     running: Option<(CancellationToken, JoinHandle<()>)>,
 }
@@ -30,6 +32,7 @@ impl DispatcherSlot {
         cfg: DispatcherConfig,
         tls: Option<std::sync::Arc<rustls::ServerConfig>>,
         decisions: mpsc::UnboundedSender<Decision>,
+        moves: mpsc::UnboundedSender<MoveRecord>,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let listener = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
@@ -53,6 +56,7 @@ impl DispatcherSlot {
             },
             cfg,
             decisions,
+            moves,
             stop,
             running: None,
         };
@@ -81,11 +85,18 @@ impl DispatcherSlot {
         let token = self.stop.child_token();
         let cfg = self.cfg.clone();
         let decisions = self.decisions.clone();
+        let moves = self.moves.clone();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
-            let reports = Some(reports);
-            let decisions = Some(decisions);
-            let run = dispatcher::run_with_tls(listener, tls, reports, cfg, decisions, run_token);
+            let run = dispatcher::run_with(
+                listener,
+                tls,
+                Some(reports),
+                cfg,
+                Some(decisions),
+                Some(moves),
+                run_token,
+            );
             if let Err(e) = run.await {
                 warn!(error = %e, "dispatcher stopped with an error");
             }

@@ -18,6 +18,7 @@ use super::faults::{self, FaultLog};
 use super::recorder::Recorder;
 use crate::agent::{self, CpuSampler};
 use crate::broker::{BrokerSpec, RunningBroker};
+use crate::dispatcher::rebalance::MoverKind;
 use crate::dispatcher::{BrokerEntry, DispatcherConfig};
 use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
 use crate::report::ResultsWriter;
@@ -123,6 +124,9 @@ impl MethodRun<'_> {
         let (decision_tx, mut decision_rx) = mpsc::unbounded_channel();
         let (sample_tx, mut sample_rx) = mpsc::unbounded_channel();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<LoadEvent>();
+        let (move_tx, mut move_rx) = mpsc::unbounded_channel();
+        let mut moves = Vec::new();
+        let mut outages = Vec::new();
 
         // Dispatcher (in this process) and where agents report.
         let mut dispatcher_slot: Option<DispatcherSlot> = None;
@@ -147,8 +151,13 @@ impl MethodRun<'_> {
                 cfg.window = scenario.window;
                 cfg.report_interval = scenario.sample_interval;
                 cfg.seed = self.seed;
+                cfg.rebalance = self.method.rebalance.clone();
+                cfg.mover = self.method.mover.unwrap_or(match scenario.brokers.kind {
+                    crate::broker::BrokerKind::Mosquitto => MoverKind::MosquittoPlugin,
+                    _ => MoverKind::Takeover,
+                });
                 let tls = self.tls.map(|ca| ca.server_config()).transpose()?;
-                let slot = DispatcherSlot::start(cfg, tls, decision_tx, stop.clone())?;
+                let slot = DispatcherSlot::start(cfg, tls, decision_tx, move_tx, stop.clone())?;
                 let placement = Placement::Dispatcher {
                     dispatchers: vec![slot.listen_addr()],
                     max_hops: 3,
@@ -208,7 +217,7 @@ impl MethodRun<'_> {
             publishers: self.plan.to_vec(),
             placement,
             inflight_limit: 100,
-            client_id_prefix: format!("t{}-{}-", self.trial, self.method.name),
+            client_id_prefix: client_id_prefix(self.trial, &self.method.name),
             tls: self.tls.map(|ca| ca.client_config()).transpose()?,
         };
         let load = loadgen::run(load_cfg, event_tx, stop.child_token());
@@ -235,9 +244,10 @@ impl MethodRun<'_> {
                 Some(r) = sample_rx.recv() => recorder.sample(&r),
                 Some(e) = event_rx.recv() => {
                     if stop.is_cancelled() { recorder.cut_short(crate::now_ms()); }
-                    record_event(&mut recorder, writer, &e)?;
+                    record_event(&mut recorder, writer, &mut outages, &e)?;
                 }
                 Some(d) = decision_rx.recv() => writer.decision_row(&recorder.decision(&d))?,
+                Some(m) = move_rx.recv() => moves.push(m),
                 _ = flush.tick() => {
                     if let Ok(Some(busy)) = host.sample() {
                         let t_s = crate::now_ms().saturating_sub(t0).saturating_sub(500) / 1000;
@@ -268,7 +278,15 @@ impl MethodRun<'_> {
             recorder.cut_short(crate::now_ms());
         }
         while let Ok(e) = event_rx.try_recv() {
-            record_event(&mut recorder, writer, &e)?;
+            record_event(&mut recorder, writer, &mut outages, &e)?;
+        }
+        while let Ok(m) = move_rx.try_recv() {
+            moves.push(m);
+        }
+        let prefix = client_id_prefix(self.trial, &self.method.name);
+        for row in super::moves::rows(self.trial, &self.method.name, t0, &prefix, &moves, &outages)
+        {
+            writer.move_row(&row)?;
         }
         while let Ok(d) = decision_rx.try_recv() {
             writer.decision_row(&recorder.decision(&d))?;
@@ -321,16 +339,24 @@ impl Measures {
     }
 }
 
-/// A load event into the recorder; a finished publisher's row and outages into the files.
+/// Client id = this prefix + publisher name (moves.csv joins on it).
+fn client_id_prefix(trial: u32, method: &str) -> String {
+    format!("t{trial}-{method}-")
+}
+
+/// A load event into the recorder; a finished publisher's row and outages into the files (and
+/// the outages kept for `moves.csv`).
 fn record_event(
     recorder: &mut Recorder,
     writer: &mut ResultsWriter,
+    outages: &mut Vec<crate::report::OutageRow>,
     event: &LoadEvent,
 ) -> anyhow::Result<()> {
     if let Some(row) = recorder.load_event(event) {
         writer.publisher_row(&row)?;
         for outage in recorder.take_outages() {
             writer.outage_row(&outage)?;
+            outages.push(outage);
         }
     }
     Ok(())

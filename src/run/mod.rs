@@ -12,6 +12,7 @@
 mod dispatcher_slot;
 mod faults;
 mod method_run;
+mod moves;
 mod progress;
 mod recorder;
 pub mod results_dir;

@@ -48,6 +48,10 @@ fn shipped_scenarios_validate() {
         "burst",
         "policies",
         "broker-failure",
+        "rebalance",
+        "rebalance-random",
+        "rebalance-mosquitto",
+        "rebalance-quick",
     ] {
         let path = repo_file(&format!("scenarios/{name}.yaml"));
         let out = Command::new(bin())
@@ -73,6 +77,22 @@ fn a_good_scenario_validates() {
 #[test]
 fn scenario_errors_name_line_column_and_exit_2() {
     let cases: &[(&str, &str, &str)] = &[
+        (
+            "rebalance on dns-rr",
+            &GOOD.replace(
+                "{ name: dns-rr, assign: dns-rr }",
+                "{ name: dns-rr, assign: dns-rr, rebalance: {} }",
+            ),
+            "dns-rr cannot rebalance",
+        ),
+        (
+            "rebalance threshold",
+            &GOOD.replace(
+                "policy: least-cpu }",
+                "policy: least-cpu, rebalance: { threshold: -5 } }",
+            ),
+            "rebalance threshold must be above 0",
+        ),
         (
             "unknown key",
             &GOOD.replace("seed: 1", "seed: 1\nspeed: 3"),

@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::ReportError;
-use super::records::{self, BrokerRow, FaultRow, PublisherRow, first_seen};
+use super::records::{self, BrokerRow, FaultRow, MoveRow, PublisherRow, first_seen};
 use super::summary::SummaryRow;
 
 mod gap;
@@ -94,6 +94,8 @@ pub(crate) struct Run<'a> {
     pub rows: Vec<&'a BrokerRow>,
     pub joins: Vec<&'a PublisherRow>,
     pub faults: Vec<&'a FaultRow>,
+    /// Live moves (moves.csv), marked in the recipient broker's colour.
+    pub moves: Vec<&'a MoveRow>,
     pub window: Option<(u64, u64)>,
 }
 
@@ -111,6 +113,7 @@ pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, Repo
     let rows = records::read_brokers(dir)?;
     let publishers = records::read_publishers(dir)?;
     let faults = records::read_faults(dir)?;
+    let moves = records::read_moves(dir)?;
     let brokers = first_seen(rows.iter().map(|r| r.broker.as_str()));
     let mut out = Vec::new();
 
@@ -137,6 +140,10 @@ pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, Repo
             faults: faults
                 .iter()
                 .filter(|f| f.trial == s.trial && f.method == s.method)
+                .collect(),
+            moves: moves
+                .iter()
+                .filter(|m| m.trial == s.trial && m.method == s.method)
                 .collect(),
             window: Some((s.window_start_s, s.window_end_s)),
         };

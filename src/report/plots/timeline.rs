@@ -1,7 +1,8 @@
 //! Time plots of one (method, trial): `cpu-<method>-t<k>.png` (the paper's Figs. 7–10) and
 //! `rate-<method>-t<k>.png`. Both mark each publisher's join (dotted line in the colour of the
 //! broker it went to, labelled with its profile), the full-load window (shaded) and any fault
-//! from `faults.csv` (red line).
+//! from `faults.csv` (red line), and each live move from `moves.csv` (a thin line in the colour of
+//! the broker the client was moved to, labelled `→ <broker>`).
 
 use std::path::Path;
 
@@ -157,6 +158,30 @@ fn draw(path: &Path, run: &Run, title: &str, y_desc: &str, lines: Vec<Line>) -> 
             width: 3,
         };
         legend.push(("fault injected".into(), mark));
+    }
+    for (k, m) in run.moves.iter().enumerate() {
+        let to = run.brokers.iter().position(|b| *b == m.to).unwrap_or(0);
+        let colour = color(to);
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(m.t_s, 0.0), (m.t_s, y_max * 0.78)],
+            colour.stroke_width(2),
+        )))?;
+        // Moves in one round share a time: stagger their labels.
+        chart.draw_series(std::iter::once(Text::new(
+            format!("→ {}", m.to),
+            (
+                m.t_s + t_max * 0.004,
+                y_max * (0.74 - 0.04 * (k % 4) as f64),
+            ),
+            font(15).color(&colour),
+        )))?;
+    }
+    if !run.moves.is_empty() {
+        let mark = Mark::Marker {
+            colour: GREY,
+            width: 2,
+        };
+        legend.push((format!("client moved ({}) → broker", run.moves.len()), mark));
     }
     for line in lines {
         let style = line.color.stroke_width(3);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqdispatch::dispatcher::tls::TlsListener;
-use mqdispatch::dispatcher::{BrokerEntry, DispatcherConfig, Policy, bind_listener, run_with_tls};
+use mqdispatch::dispatcher::{BrokerEntry, DispatcherConfig, Policy, bind_listener, run_with};
 use mqdispatch::proto::{self, ProtoError};
 use mqdispatch::tls::ThrowawayCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,11 +74,12 @@ async fn start_with(handshake_timeout: Duration, max_connections: usize, client_
             .unwrap(),
         ),
     };
-    tokio::spawn(run_with_tls(
+    tokio::spawn(run_with(
         listener,
         Some(tls),
         None,
         cfg,
+        None,
         None,
         t.cancel.clone(),
     ));

@@ -109,7 +109,7 @@ impl FakeDispatcher {
                 let Ok((mut stream, _)) = listener.accept().await else {
                     return;
                 };
-                let Ok(Ok(Hello::V5 { client_id })) =
+                let Ok(Ok(Hello::V5 { client_id, .. })) =
                     timeout(Duration::from_secs(5), proto::read_hello(&mut stream, 4096)).await
                 else {
                     continue;

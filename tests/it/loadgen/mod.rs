@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::util::bin;
 
-mod fakes;
+pub mod fakes;
 mod tls;
 use fakes::{Broker, FakeDispatcher, Proxy, Reply, fake_broker_that_moves_us};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mqdispatch::broker::{BrokerKind, BrokerSpec, RunningBroker};
 use mqdispatch::dispatcher::tls::TlsListener;
-use mqdispatch::dispatcher::{BrokerEntry, DispatcherConfig, Policy, bind_listener, run_with_tls};
+use mqdispatch::dispatcher::{BrokerEntry, DispatcherConfig, Policy, bind_listener, run_with};
 use mqdispatch::loadgen::Placement;
 use mqdispatch::tls::ThrowawayCa;
 use tokio_util::sync::CancellationToken;
@@ -51,11 +51,12 @@ async fn publishers_follow_a_tls_redirect_to_mosquitto_tls_listeners() {
     let dispatcher = tls.listener.local_addr().unwrap().to_string();
     let cancel = CancellationToken::new();
     let cfg = DispatcherConfig::new(entries, Policy::RoundRobin);
-    let d = tokio::spawn(run_with_tls(
+    let d = tokio::spawn(run_with(
         listener,
         Some(tls),
         None,
         cfg,
+        None,
         None,
         cancel.clone(),
     ));
