@@ -274,10 +274,21 @@ fn run_scenario(scenario: &Path, out: &Path) {
 /// moves light publishers until the rates are within the threshold over the full-load window.
 #[test]
 fn a_scaled_heavy_last_run_moves_clients_and_closes_the_gap() {
+    heavy_last_moves_and_closes_the_gap("rebalance-quick");
+}
+
+/// The same on real Mosquitto brokers with the project's plugin: moves are DISCONNECT 0x9C with
+/// a Server Reference sent by the broker, and the publishers follow them.
+#[test]
+fn a_scaled_heavy_last_run_on_mosquitto_moves_clients_through_the_plugin() {
+    heavy_last_moves_and_closes_the_gap("rebalance-quick-mosquitto");
+}
+
+fn heavy_last_moves_and_closes_the_gap(name: &str) {
     let out = tempfile::tempdir().unwrap();
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/rebalance-quick.yaml");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/{name}.yaml"));
     run_scenario(&scenario, out.path());
-    let dir = out.path().join("rebalance-quick/latest");
+    let dir = out.path().join(format!("{name}/latest"));
     let moves = std::fs::read_to_string(dir.join("moves.csv")).unwrap();
     let mut lines = moves.lines();
     assert_eq!(
