@@ -10,7 +10,7 @@ help:
 	@echo "make quick                                      the short scenario (about a minute)"
 	@echo "make test                                       format check, clippy, all tests"
 	@echo "make lint                                       format check and clippy only"
-	@echo "make bench                                      dispatcher, load-generator and send-mode benchmarks"
+	@echo "make bench                                      dispatcher, load-generator, send-mode and fleet benchmarks"
 	@echo "make fuzz                                       fuzz the CONNECT path for 2 minutes (nightly + cargo-fuzz)"
 
 build:
@@ -27,6 +27,7 @@ bench: build
 	$(CARGO) bench --bench dispatcher
 	$(CARGO) bench --bench loadgen
 	$(CARGO) bench --bench send_modes
+	$(CARGO) bench --bench fleet
 
 experiment: build
 	$(BIN) run $(SCENARIO) --plots-dir plots/$(basename $(notdir $(SCENARIO)))

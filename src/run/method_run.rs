@@ -15,12 +15,14 @@ use tracing::{info, warn};
 
 use super::dispatcher_slot::DispatcherSlot;
 use super::faults::{self, FaultLog};
+use super::harness_meter::HarnessMeter;
 use super::recorder::Recorder;
 use crate::agent::{self, CpuSampler};
 use crate::broker::{BrokerSpec, RunningBroker};
 use crate::dispatcher::{BrokerEntry, DispatcherConfig};
 use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
 use crate::report::ResultsWriter;
+use crate::report::harness::HarnessMeasures;
 use crate::scenario::{Assignment, CpuSampling, MethodPlan, Scenario};
 
 /// What one method run needs to know.
@@ -47,6 +49,7 @@ impl MethodRun<'_> {
         faults_log: &mut FaultLog,
         cancel: &CancellationToken,
     ) -> anyhow::Result<MethodResult> {
+        let began = std::time::Instant::now();
         let mut brokers = Vec::new();
         let started = self.start_brokers(&mut brokers).await;
         let tasks = TaskTracker::new();
@@ -73,7 +76,22 @@ impl MethodRun<'_> {
                 warn!(error = %e, "stopping a broker failed");
             }
         }
-        result.map(|measures| MethodResult { versions, measures })
+        result.map(|mut measures| {
+            measures.harness = measures
+                .meter
+                .take()
+                .map(|meter| meter.finish(began.elapsed(), self.length()));
+            MethodResult { versions, measures }
+        })
+    }
+
+    /// The scenario's own length for this plan: last join + its duration.
+    fn length(&self) -> Duration {
+        self.plan
+            .iter()
+            .map(|p| p.join_at + self.scenario.profiles[p.profile].duration)
+            .max()
+            .unwrap_or_default()
     }
 
     async fn start_brokers(&self, brokers: &mut Vec<RunningBroker>) -> anyhow::Result<()> {
@@ -187,6 +205,7 @@ impl MethodRun<'_> {
         for r in &early {
             recorder.sample(r);
         }
+        let mut meter = HarnessMeter::start(self.plan, t0);
 
         let load_cfg = LoadConfig {
             profiles: scenario.profiles.clone(),
@@ -219,6 +238,7 @@ impl MethodRun<'_> {
                 Some(r) = sample_rx.recv() => recorder.sample(&r),
                 Some(e) = event_rx.recv() => {
                     if stop.is_cancelled() { recorder.cut_short(crate::now_ms()); }
+                    meter.event(&e);
                     record_event(&mut recorder, writer, &e)?;
                 }
                 Some(d) = decision_rx.recv() => writer.decision_row(&recorder.decision(&d))?,
@@ -228,6 +248,7 @@ impl MethodRun<'_> {
                         measures.host_idle.push((t_s, 100.0 - busy));
                     }
                     recorder.write_settled(writer, false)?;
+                    meter.sample_memory();
                     let elapsed = Duration::from_millis(crate::now_ms().saturating_sub(t0));
                     self.progress.update(self.trial, &self.method.name, "publishing", elapsed);
                 }
@@ -252,6 +273,7 @@ impl MethodRun<'_> {
             recorder.cut_short(crate::now_ms());
         }
         while let Ok(e) = event_rx.try_recv() {
+            meter.event(&e);
             record_event(&mut recorder, writer, &e)?;
         }
         while let Ok(d) = decision_rx.try_recv() {
@@ -263,6 +285,7 @@ impl MethodRun<'_> {
         recorder.write_settled(writer, true)?;
         let summary = load_result.context("load generator failed")?;
         measures.lateness = Some(summary.lateness());
+        measures.meter = Some(meter);
         info!(
             trial = self.trial,
             method = %self.method.name,
@@ -287,6 +310,10 @@ pub struct Measures {
     pub host_idle: Vec<(u64, f64)>,
     /// The generator's lateness against its deadlines (`None` if it did not finish).
     pub lateness: Option<loadgen::Lateness>,
+    /// Wave placement and harness cost, while the run is under way ...
+    meter: Option<HarnessMeter>,
+    /// ... and when it is over (`None` if the load did not finish).
+    pub harness: Option<HarnessMeasures>,
 }
 
 impl Measures {

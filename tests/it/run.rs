@@ -5,6 +5,8 @@ use std::process::Command;
 
 use crate::util::bin;
 
+mod fleet;
+
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
@@ -48,6 +50,8 @@ fn shipped_scenarios_validate() {
         "burst",
         "policies",
         "broker-failure",
+        "fleet",
+        "fleet-small",
     ] {
         let path = repo_file(&format!("scenarios/{name}.yaml"));
         let out = Command::new(bin())
