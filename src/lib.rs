@@ -13,8 +13,8 @@
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
 //! delays), [`shutdown`] (SIGINT/SIGTERM/SIGHUP), [`process`] (child processes that never
-//! outlive us), [`seeds`] (one trial seed → independent, value-stable random streams), [`tls`]
-//! (rustls configurations, throwaway CAs).
+//! outlive us), [`fdlimit`] (the open-file limit raised for fleets), [`seeds`] (one trial seed →
+//! independent, value-stable random streams), [`tls`] (rustls configurations, throwaway CAs).
 
 pub mod addr;
 pub mod agent;
@@ -24,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod dispatcher;
 pub mod duration;
+pub mod fdlimit;
 pub mod load_report;
 pub mod loadgen;
 pub mod process;

@@ -282,6 +282,8 @@ pub async fn serve_stats(
 
 /// The subcommand: start, announce the addresses on stdout, serve until SIGINT/SIGTERM/SIGHUP.
 pub async fn cli_main(args: super::Args) -> anyhow::Result<()> {
+    // As many connections as the hard limit allows (a fleet's broker holds thousands).
+    crate::fdlimit::raise(crate::fdlimit::BASE_FDS, "the broker")?;
     let cancel = CancellationToken::new();
     let mut signals = crate::shutdown::Signals::install()?;
     let broker = start(

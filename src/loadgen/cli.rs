@@ -79,6 +79,12 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         burst: args.burst,
     };
     let publishers = plan_arrivals(&profiles, &spec, seed).map_err(InputError)?;
+    let wave = args.burst.unwrap_or(1).min(publishers.len());
+    crate::fdlimit::raise(
+        crate::fdlimit::needed_for((publishers.len() + 2 * wave) as u64),
+        &format!("{} publishers", publishers.len()),
+    )
+    .map_err(|e| InputError(e.to_string()))?;
     let placement = if args.dispatcher.is_empty() {
         Placement::DnsRoundRobin {
             brokers: args.broker,

@@ -232,7 +232,13 @@ async fn run_here(
             entry: cfg.placement.entry_for(planned.index),
             connector: placement::Connector {
                 client_id: format!("{}{}", cfg.client_id_prefix, planned.name),
-                inflight_limit: cfg.inflight_limit,
+                // QoS 0 never takes an in-flight slot, and rumqttc preallocates one `Publish` per
+                // slot: a fleet of QoS 0 clients keeps one each (less memory at rest).
+                inflight_limit: if profile.qos == 0 {
+                    1
+                } else {
+                    cfg.inflight_limit
+                },
                 tcp_nodelay: profile.send == SendMode::PerMessage,
                 tls: cfg.tls.clone(),
                 declared_rate: Some(profile.rate),

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub mod faults;
+pub mod harness;
 pub mod moves;
 pub mod optimum;
 pub mod plots;
@@ -144,7 +145,12 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
             report.late = Some((status.late_contributions, status.late_msgs));
             report.host_lines = details
                 .iter()
-                .flat_map(|d| d.methods.iter().filter_map(|m| m.describe_host(d.trial)))
+                .flat_map(|d| {
+                    d.methods.iter().flat_map(|m| {
+                        let harness = m.harness.as_ref().map(|h| h.describe(d.trial, &m.method));
+                        m.describe_host(d.trial).into_iter().chain(harness)
+                    })
+                })
                 .collect();
             summary::Windows::Plan(details)
         }

@@ -81,6 +81,9 @@ pub struct MethodRunDetail {
     pub lateness_p50_ms: Option<f64>,
     #[serde(default)]
     pub lateness_p99_ms: Option<f64>,
+    /// Harness cost and wave placement of this method run (issue 13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness: Option<super::harness::HarnessMeasures>,
 }
 
 impl MethodRunDetail {
@@ -235,6 +238,7 @@ mod tests {
                     host_idle_min_pct: Some(30.0),
                     lateness_p50_ms: Some(0.06),
                     lateness_p99_ms: Some(0.5),
+                    harness: None,
                 }],
             }]),
             late_contributions: 2,

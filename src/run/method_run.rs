@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::dispatcher_slot::DispatcherSlot;
 use super::faults::{self, FaultLog};
+use super::harness_meter::HarnessMeter;
 use super::recorder::Recorder;
 use crate::agent::{self, CpuSampler};
 use crate::broker::{BrokerSpec, RunningBroker};
@@ -22,6 +23,7 @@ use crate::dispatcher::rebalance::MoverKind;
 use crate::dispatcher::{BrokerEntry, DispatcherConfig};
 use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
 use crate::report::ResultsWriter;
+use crate::report::harness::HarnessMeasures;
 use crate::scenario::{Assignment, CpuSampling, MethodPlan, Scenario};
 
 /// What one method run needs to know.
@@ -50,6 +52,7 @@ impl MethodRun<'_> {
         faults_log: &mut FaultLog,
         cancel: &CancellationToken,
     ) -> anyhow::Result<MethodResult> {
+        let began = std::time::Instant::now();
         let mut brokers = Vec::new();
         let started = self.start_brokers(&mut brokers).await;
         let tasks = TaskTracker::new();
@@ -76,7 +79,22 @@ impl MethodRun<'_> {
                 warn!(error = %e, "stopping a broker failed");
             }
         }
-        result.map(|measures| MethodResult { versions, measures })
+        result.map(|mut measures| {
+            measures.harness = measures
+                .meter
+                .take()
+                .map(|meter| meter.finish(began.elapsed(), self.length()));
+            MethodResult { versions, measures }
+        })
+    }
+
+    /// The scenario's own length for this plan: last join + its duration.
+    fn length(&self) -> Duration {
+        self.plan
+            .iter()
+            .map(|p| p.join_at + self.scenario.profiles[p.profile].duration)
+            .max()
+            .unwrap_or_default()
     }
 
     async fn start_brokers(&self, brokers: &mut Vec<RunningBroker>) -> anyhow::Result<()> {
@@ -211,6 +229,7 @@ impl MethodRun<'_> {
         for r in &early {
             recorder.sample(r);
         }
+        let mut meter = HarnessMeter::start(self.plan, t0);
 
         let load_cfg = LoadConfig {
             profiles: scenario.profiles.clone(),
@@ -244,6 +263,7 @@ impl MethodRun<'_> {
                 Some(r) = sample_rx.recv() => recorder.sample(&r),
                 Some(e) = event_rx.recv() => {
                     if stop.is_cancelled() { recorder.cut_short(crate::now_ms()); }
+                    meter.event(&e);
                     record_event(&mut recorder, writer, &mut outages, &e)?;
                 }
                 Some(d) = decision_rx.recv() => writer.decision_row(&recorder.decision(&d))?,
@@ -254,6 +274,7 @@ impl MethodRun<'_> {
                         measures.host_idle.push((t_s, 100.0 - busy));
                     }
                     recorder.write_settled(writer, false)?;
+                    meter.sample_memory();
                     let elapsed = Duration::from_millis(crate::now_ms().saturating_sub(t0));
                     self.progress.update(self.trial, &self.method.name, "publishing", elapsed);
                 }
@@ -278,6 +299,7 @@ impl MethodRun<'_> {
             recorder.cut_short(crate::now_ms());
         }
         while let Ok(e) = event_rx.try_recv() {
+            meter.event(&e);
             record_event(&mut recorder, writer, &mut outages, &e)?;
         }
         while let Ok(m) = move_rx.try_recv() {
@@ -297,6 +319,7 @@ impl MethodRun<'_> {
         recorder.write_settled(writer, true)?;
         let summary = load_result.context("load generator failed")?;
         measures.lateness = Some(summary.lateness());
+        measures.meter = Some(meter);
         info!(
             trial = self.trial,
             method = %self.method.name,
@@ -321,6 +344,10 @@ pub struct Measures {
     pub host_idle: Vec<(u64, f64)>,
     /// The generator's lateness against its deadlines (`None` if it did not finish).
     pub lateness: Option<loadgen::Lateness>,
+    /// Wave placement and harness cost, while the run is under way ...
+    meter: Option<HarnessMeter>,
+    /// ... and when it is over (`None` if the load did not finish).
+    pub harness: Option<HarnessMeasures>,
 }
 
 impl Measures {

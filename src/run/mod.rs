@@ -11,6 +11,7 @@
 
 mod dispatcher_slot;
 mod faults;
+mod harness_meter;
 mod method_run;
 mod moves;
 mod progress;
@@ -79,6 +80,15 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
             .methods
             .retain(|plan| args.methods.contains(&plan.name));
     }
+    // The loader holds one socket per publisher plus two per CONNECT of a wave in flight
+    // (redirect exchange and broker connection); a broker may get every publisher.
+    let publishers: usize = scenario.profiles.iter().map(|p| p.count).sum();
+    let wave = scenario.arrival.burst.unwrap_or(1).min(publishers);
+    crate::fdlimit::raise(
+        crate::fdlimit::needed_for((publishers + 2 * wave) as u64),
+        &format!("{publishers} publishers in waves of {wave}"),
+    )
+    .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     crate::broker::check_available(scenario.brokers.kind)
         .and_then(|()| crate::scenario::check_plugin(&scenario))
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
@@ -279,6 +289,7 @@ pub async fn run(
                     host_idle_min_pct: idle.map(|(_, min)| min),
                     lateness_p50_ms: quantile_ms(0.5),
                     lateness_p99_ms: quantile_ms(0.99),
+                    harness: measures.and_then(|m| m.harness.clone()),
                 });
             }
             status.total_late();

@@ -159,6 +159,7 @@ fn write_manifest(dir: &Path, methods: &[&str]) -> (u64, u64) {
                             host_idle_min_pct: None,
                             lateness_p50_ms: None,
                             lateness_p99_ms: None,
+                            harness: None,
                         })
                         .collect(),
                 })

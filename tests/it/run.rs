@@ -5,6 +5,8 @@ use std::process::Command;
 
 use crate::util::bin;
 
+mod fleet;
+
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
@@ -52,6 +54,9 @@ fn shipped_scenarios_validate() {
         "rebalance-random",
         "rebalance-mosquitto",
         "rebalance-quick",
+        "rebalance-quick-mosquitto",
+        "fleet",
+        "fleet-small",
     ] {
         let path = repo_file(&format!("scenarios/{name}.yaml"));
         let out = Command::new(bin())

@@ -258,7 +258,8 @@ fn side_legend<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Joins less than half a second after the previous one: a burst of CONNECTs, drawn as one marker.
+/// Joins less than half a second after the previous one and within a second of the first: a
+/// burst of CONNECTs, drawn as one marker (a fleet joining without pause gets one per second).
 struct Cluster<'a> {
     t_s: f64,
     joins: Vec<&'a PublisherRow>,
@@ -271,7 +272,7 @@ fn clusters<'a>(run: &Run<'a>) -> Vec<Cluster<'a>> {
     let mut last = f64::NEG_INFINITY;
     for p in joins {
         match out.last_mut() {
-            Some(c) if p.join_s - last < 0.5 => c.joins.push(p),
+            Some(c) if p.join_s - last < 0.5 && p.join_s - c.t_s < 1.0 => c.joins.push(p),
             _ => out.push(Cluster {
                 t_s: p.join_s,
                 joins: vec![p],
