@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::metrics::Refusal;
 use super::placer::Placer;
 use crate::proto::{self, Hello};
 
@@ -13,6 +14,7 @@ use crate::proto::{self, Hello};
 const LINGER: Duration = Duration::from_millis(500);
 
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, placer: &Placer) {
+    let accepted = std::time::Instant::now();
     // No TCP_NODELAY needed: the CONNACK is the first data sent, which Nagle never holds back.
     let hello = tokio::time::timeout(
         placer.handshake_timeout,
@@ -22,14 +24,17 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, placer: &Placer) {
     let answer = match hello {
         Ok(Ok(Hello::V5 { client_id })) => placer.place(&client_id),
         Ok(Ok(Hello::Legacy { level })) => {
+            placer.metrics.refused(Refusal::LegacyProtocol);
             tracing::debug!(%peer, level, "MQTT 3.x client: refused (no redirection before v5)");
             proto::legacy_refusal().freeze()
         }
         Ok(Err(error)) => {
+            placer.metrics.refused(Refusal::Malformed);
             tracing::debug!(%peer, %error, "bad first packet: closed");
             return;
         }
         Err(_) => {
+            placer.metrics.refused(Refusal::HandshakeTimeout);
             tracing::debug!(%peer, timeout = ?placer.handshake_timeout, "no CONNECT in time: closed");
             return;
         }
@@ -39,6 +44,10 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, placer: &Placer) {
         tracing::debug!(%peer, "client went away before its CONNACK was sent");
         return;
     }
+    placer
+        .metrics
+        .handshake
+        .observe(accepted.elapsed().as_secs_f64());
     // Closing with unread input makes the kernel send RST, which can destroy the CONNACK before
     // the client reads it. The usual client sent nothing more: close at once. A client that
     // pipelined packets after its CONNECT gets a short, bounded wait for its own close.

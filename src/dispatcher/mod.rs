@@ -7,14 +7,19 @@
 //! - [`load_table`]: window averages, liveness, predicted (pending) load.
 //! - [`policy`]: the placement policies, pure functions of a load-table snapshot.
 //! - [`reports`]: the agents' report port.  [`events`]: `--events` CSV.
+//! - [`source`], [`prometheus`]: loads from a Prometheus server's instant query instead.
+//! - [`metrics`]: `/metrics` (`--metrics-listen`).
 
 pub mod connection;
 pub mod events;
 pub mod listener;
 pub mod load_table;
+pub mod metrics;
 pub mod placer;
 pub mod policy;
+pub mod prometheus;
 pub mod reports;
+pub mod source;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -29,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use listener::bind_listener;
+pub use source::{FedBy, LoadSource, PrometheusSource, SourceArg, Stale};
 
 use crate::InputError;
 use crate::proto::{self, RedirectReason};
@@ -115,6 +121,8 @@ pub struct DispatcherConfig {
     /// The trial seed: `random` and `two-choices` draw from its dispatcher stream
     /// ([`crate::seeds`]), independent of the arrival order drawn from the same seed.
     pub seed: u64,
+    /// Agents' reports (default) or a Prometheus query every `report_interval`.
+    pub load_source: LoadSource,
 }
 
 impl DispatcherConfig {
@@ -131,6 +139,7 @@ impl DispatcherConfig {
             max_packet_bytes: proto::DEFAULT_MAX_CONNECT_BYTES,
             token: None,
             seed: 0,
+            load_source: LoadSource::Reports,
         }
     }
 
@@ -152,6 +161,8 @@ impl DispatcherConfig {
                 "--interval and --window must be above zero".into(),
             ));
         }
+        self.load_source
+            .validate(self.metric, self.report_interval)?;
         Ok(())
     }
 }
@@ -170,6 +181,8 @@ pub struct Decision {
     /// unit: clients placed there that its samples cannot show yet. `least-load` and
     /// `two-choices` chose by `loads + predicted`; the other policies ignore it.
     pub predicted: Vec<(String, f64)>,
+    /// What fed `loads`: agents' reports, Prometheus, or Prometheus's last answer held.
+    pub fed_by: FedBy,
 }
 
 /// Serves clients on `listener` (and agents on `report_listener`) until `cancel`; then waits for
@@ -177,6 +190,18 @@ pub struct Decision {
 pub async fn run(
     listener: TcpListener,
     report_listener: Option<TcpListener>,
+    cfg: DispatcherConfig,
+    decisions: Option<UnboundedSender<Decision>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_metrics(listener, report_listener, None, cfg, decisions, cancel).await
+}
+
+/// [`run`], also serving `/metrics` on `metrics_listener`.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    report_listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
     cfg: DispatcherConfig,
     decisions: Option<UnboundedSender<Decision>>,
     cancel: CancellationToken,
@@ -194,6 +219,25 @@ pub async fn run(
             idle_timeout: reports::ReportPort::idle_timeout_for(cfg.report_interval),
         };
         tracker.spawn(port.accept_loop(rl, tracker.clone(), cancel.clone()));
+    }
+    if let LoadSource::Prometheus(source) = &cfg.load_source {
+        let poll = prometheus::poll(
+            source.clone(),
+            placer.clone(),
+            cfg.metric,
+            cfg.report_interval,
+            cancel.clone(),
+        );
+        tracker.spawn(poll);
+    }
+    if let Some(ml) = metrics_listener {
+        let exposition = Arc::new(metrics::PlacerExposition(placer.clone()));
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(error) = crate::metrics::serve(ml, exposition, cancel).await {
+                tracing::warn!(%error, "metrics endpoint stopped");
+            }
+        });
     }
     tracing::info!(
         policy = ?cfg.policy, metric = ?cfg.metric, brokers = cfg.brokers.len(), "dispatcher up"
@@ -260,9 +304,60 @@ pub struct Args {
     /// from it, independent of the arrival order `load --seed` draws from the same number).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Serve `GET /metrics` (Prometheus text format) here, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where broker loads come from: agents' reports, or a Prometheus query every --interval.
+    #[arg(long, value_enum, default_value_t = SourceArg::Reports)]
+    pub load_source: SourceArg,
+    /// Prometheus server for `--load-source prometheus`, e.g. http://127.0.0.1:9090.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// PromQL instant query: one series per broker, the broker id in --broker-label, the value
+    /// in the unit of --metric; e.g. mqdispatch_agent_cpu_percent.
+    #[arg(long, value_name = "PROMQL")]
+    pub query: Option<String>,
+    /// The label of each answer series that names its broker.
+    #[arg(long, value_name = "LABEL", default_value = "broker")]
+    pub broker_label: String,
+    /// A broker missing from the answer for 3 intervals: down (default) or kept at its last
+    /// known load.
+    #[arg(long, value_enum, default_value_t = Stale::Down)]
+    pub stale: Stale,
+}
+
+/// `--load-source` and its flags, checked together.
+fn load_source(args: &Args) -> Result<LoadSource, InputError> {
+    match (args.load_source, &args.prometheus, &args.query) {
+        (SourceArg::Reports, None, None) => Ok(LoadSource::Reports),
+        (SourceArg::Reports, _, _) => Err(InputError(
+            "--prometheus and --query need --load-source prometheus".into(),
+        )),
+        (SourceArg::Prometheus, Some(url), Some(query)) => {
+            if args.report_listen.is_some() {
+                return Err(InputError(
+                    "--report-listen and --load-source prometheus exclude each other: loads \
+                     come from one source"
+                        .into(),
+                ));
+            }
+            Ok(LoadSource::Prometheus(PrometheusSource::new(
+                url,
+                query,
+                &args.broker_label,
+                args.stale,
+            )?))
+        }
+        (SourceArg::Prometheus, _, _) => Err(InputError(
+            "--load-source prometheus needs --prometheus URL and --query PROMQL, e.g. \
+             --prometheus http://127.0.0.1:9090 --query mqdispatch_agent_cpu_percent"
+                .into(),
+        )),
+    }
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
+    let load_source = load_source(&args)?;
     let mut cfg = DispatcherConfig::new(args.brokers, args.policy);
     cfg.metric = args.metric;
     cfg.window = args.window;
@@ -272,6 +367,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     cfg.handshake_timeout = args.handshake_timeout;
     cfg.token = args.token.filter(|t| !t.is_empty());
     cfg.seed = args.seed;
+    cfg.load_source = load_source;
     cfg.validate()?;
     if let Some(addr) = args.report_listen {
         reports::checked_bind_addr(addr, cfg.token.as_deref())?;
@@ -279,6 +375,10 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
 
     let listener =
         bind_listener(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let report_listener = match args.report_listen {
         Some(addr) => Some(
             bind_listener(addr).with_context(|| format!("cannot listen on {addr} for reports"))?,
@@ -295,6 +395,9 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     if let Some(rl) = &report_listener {
         println!("reports on {}", rl.local_addr()?);
     }
+    if let Some(ml) = &metrics_listener {
+        println!("metrics on {}", ml.local_addr()?);
+    }
 
     let ids: Vec<String> = cfg.brokers.iter().map(|b| b.id.clone()).collect();
     let (decisions, writer) = match &args.events {
@@ -305,7 +408,15 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         None => (None, None),
     };
 
-    run(listener, report_listener, cfg, decisions, cancel).await?;
+    run_with_metrics(
+        listener,
+        report_listener,
+        metrics_listener,
+        cfg,
+        decisions,
+        cancel,
+    )
+    .await?;
     if let Some(handle) = writer {
         handle.await.context("events writer")??;
     }

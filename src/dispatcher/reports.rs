@@ -68,7 +68,7 @@ impl ReportPort {
             stream,
             peer,
             permit,
-        }) = accept_capped(&listener, &permits, &cancel, "reports").await
+        }) = accept_capped(&listener, &permits, &cancel, "reports", || {}).await
         {
             let port = self.clone();
             let cancel = cancel.clone();
