@@ -11,7 +11,7 @@
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
 //! delays), [`shutdown`] (SIGINT/SIGTERM/SIGHUP), [`process`] (child processes that never
-//! outlive us), [`metrics`] (`/metrics` for any role), [`seeds`] (one trial seed → independent, value-stable random streams).
+//! outlive us), [`prom_server`] (a real Prometheus for runs and tests), [`metrics`] (`/metrics` for any role), [`seeds`] (one trial seed → independent, value-stable random streams).
 
 pub mod addr;
 pub mod agent;
@@ -24,6 +24,7 @@ pub mod load_report;
 pub mod loadgen;
 pub mod metrics;
 pub mod process;
+pub mod prom_server;
 pub mod proto;
 pub mod report;
 pub mod run;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{Request, StatusCode};
+use hyper::{Request, StatusCode, Uri};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -131,9 +131,23 @@ pub async fn query(source: &PrometheusSource, timeout: Duration) -> Result<Vec<P
 }
 
 async fn query_once(source: &PrometheusSource) -> Result<Vec<Point>, QueryError> {
-    let url = &source.url;
-    let host = url.host().unwrap_or("127.0.0.1");
-    let port = url.port_u16().unwrap_or(80);
+    let prefix = source.url.path().trim_end_matches('/');
+    let path = format!("{prefix}/api/v1/query?query={}", escape(&source.query));
+    let (status, body) = get(&source.url, &path).await?;
+    // A failed query answers 4xx/5xx with the error in the usual JSON.
+    match parse_answer(&body, &source.broker_label) {
+        Err(QueryError::Json(_)) if !status.is_success() => Err(QueryError::Status {
+            status,
+            body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        }),
+        other => other,
+    }
+}
+
+/// One HTTP/1.1 `GET path` to the server of `base` (`http://HOST:PORT`): status and body.
+pub async fn get(base: &Uri, path: &str) -> Result<(StatusCode, Bytes), QueryError> {
+    let host = base.host().unwrap_or("127.0.0.1");
+    let port = base.port_u16().unwrap_or(80);
     let addr = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
@@ -151,8 +165,6 @@ async fn query_once(source: &PrometheusSource) -> Result<Vec<Point>, QueryError>
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(http)?;
-    let prefix = url.path().trim_end_matches('/');
-    let path = format!("{prefix}/api/v1/query?query={}", escape(&source.query));
     let request = Request::get(path)
         .header(hyper::header::HOST, addr.as_str())
         .header(hyper::header::CONNECTION, "close")
@@ -170,20 +182,12 @@ async fn query_once(source: &PrometheusSource) -> Result<Vec<Point>, QueryError>
     };
     // The connection future drives the exchange; it ends when the exchange is done.
     tokio::pin!(conn);
-    let (status, body) = tokio::select! {
-        r = exchange => r?,
+    tokio::select! {
+        r = exchange => r,
         r = &mut conn => {
             r.map_err(http)?;
-            return Err(QueryError::Http("connection closed before the answer".into()));
+            Err(QueryError::Http("connection closed before the answer".into()))
         }
-    };
-    // A failed query answers 4xx/5xx with the error in the usual JSON.
-    match parse_answer(&body, &source.broker_label) {
-        Err(QueryError::Json(_)) if !status.is_success() => Err(QueryError::Status {
-            status,
-            body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-        }),
-        other => other,
     }
 }
 
