@@ -88,7 +88,7 @@ mod tests {
             broker: Some("b2".into()),
             loads: loads.clone(),
             predicted: predicted.clone(),
-            fed_by: super::FedBy::Reports,
+            fed_by: crate::dispatcher::FedBy::Reports,
         })
         .unwrap();
         tx.send(Decision {
@@ -97,7 +97,7 @@ mod tests {
             broker: None,
             loads,
             predicted,
-            fed_by: super::FedBy::PrometheusLastKnown,
+            fed_by: crate::dispatcher::FedBy::PrometheusLastKnown,
         })
         .unwrap();
         drop(tx);

@@ -180,13 +180,15 @@ pub async fn get(base: &Uri, path: &str) -> Result<(StatusCode, Bytes), QueryErr
             .to_bytes();
         Ok::<_, QueryError>((status, body))
     };
-    // The connection future drives the exchange; it ends when the exchange is done.
+    // The connection future drives the exchange. It may finish first (the server closes after
+    // the answer): what it read is then already buffered for the exchange.
     tokio::pin!(conn);
+    tokio::pin!(exchange);
     tokio::select! {
-        r = exchange => r,
+        r = &mut exchange => r,
         r = &mut conn => {
             r.map_err(http)?;
-            Err(QueryError::Http("connection closed before the answer".into()))
+            exchange.await
         }
     }
 }
@@ -358,5 +360,33 @@ mod tests {
         assert_eq!(sample("b", 7.0, Metric::Cpu).cpu_pct, 7.0);
         assert_eq!(sample("b", 7.0, Metric::MsgRate).msgs_in_per_s, Some(7.0));
         assert_eq!(sample("b", 6.6, Metric::Connections).connections, Some(7));
+    }
+}
+
+#[cfg(test)]
+mod get_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn get_reads_a_local_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let m = std::sync::Arc::new(crate::agent::metrics::AgentMetrics::default());
+        m.observe(&sample("b1", 12.5, Metric::Cpu));
+        let server = tokio::spawn(crate::metrics::serve(listener, m, cancel.clone()));
+        let base: Uri = format!("http://{addr}").parse().unwrap();
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), get(&base, "/metrics"))
+            .await
+            .expect("in time")
+            .unwrap();
+        assert!(status.is_success());
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("mqdispatch_agent_cpu_percent{broker=\"b1\"} 12.5"),
+            "{text}"
+        );
+        cancel.cancel();
+        server.await.unwrap().unwrap();
     }
 }

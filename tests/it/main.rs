@@ -6,6 +6,7 @@ mod cli;
 mod dispatcher;
 mod faults;
 mod loadgen;
+mod prometheus;
 mod report;
 mod run;
 mod util;
