@@ -30,7 +30,7 @@ pub enum Command {
     /// Regenerate README.md's tables from results/published/.
     Readme(crate::report::published::ReadmeArgs),
     /// Redirect every MQTT v5 CONNECT to the least loaded broker.
-    Dispatcher(crate::dispatcher::Args),
+    Dispatcher(Box<crate::dispatcher::Args>),
     /// Sample a broker's CPU every interval and report it to a dispatcher.
     Agent(crate::agent::Args),
     /// Run the embedded broker (rumqttd) in this process.
@@ -46,7 +46,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Plot(args) => crate::report::cli_main(args).await,
         Command::Publish(args) => crate::report::published::publish_main(args),
         Command::Readme(args) => crate::report::published::readme_main(args),
-        Command::Dispatcher(args) => crate::dispatcher::cli_main(args).await,
+        Command::Dispatcher(args) => crate::dispatcher::cli_main(*args).await,
         Command::Agent(args) => crate::agent::cli_main(args).await,
         Command::Broker(args) => crate::broker::cli_main(args).await,
         Command::Load(args) => crate::loadgen::cli_main(args).await,

@@ -13,8 +13,10 @@
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
 //! delays), [`shutdown`] (SIGINT/SIGTERM/SIGHUP), [`process`] (child processes that never
-//! outlive us), [`fdlimit`] (the open-file limit raised for fleets), [`seeds`] (one trial seed →
-//! independent, value-stable random streams), [`tls`] (rustls configurations, throwaway CAs).
+//! outlive us), [`fdlimit`] (the open-file limit raised for fleets), [`prom_server`] (a real
+//! Prometheus for runs and tests), [`metrics`] (`/metrics` for any role), [`seeds`] (one trial
+//! seed → independent, value-stable random streams), [`tls`] (rustls configurations, throwaway
+//! CAs).
 
 pub mod addr;
 pub mod agent;
@@ -27,7 +29,9 @@ pub mod duration;
 pub mod fdlimit;
 pub mod load_report;
 pub mod loadgen;
+pub mod metrics;
 pub mod process;
+pub mod prom_server;
 pub mod proto;
 pub mod report;
 pub mod run;

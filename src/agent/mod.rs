@@ -8,10 +8,12 @@
 
 pub mod counters;
 pub mod cpu;
+pub mod metrics;
 pub mod proc_stat;
 pub mod sender;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -41,6 +43,8 @@ pub struct AgentConfig {
     /// it accepts connections and send dispatchers nothing while it does not: a dead broker on
     /// a live host then goes quiet like a dead host, and the dispatcher takes it out of service.
     pub probe: Option<String>,
+    /// Where each sample is also exposed for `/metrics` (`--metrics-listen`).
+    pub metrics: Option<Arc<metrics::AgentMetrics>>,
 }
 
 /// Whether `addr` completes a TCP handshake within half an interval (the connection is closed
@@ -126,6 +130,13 @@ pub async fn run(
                 }
             }
         }
+        if let Some(m) = &cfg.metrics {
+            if reachable {
+                m.observe(&report);
+            } else {
+                m.withdraw();
+            }
+        }
         if reachable {
             let line = report.to_line();
             for sender in &mut senders {
@@ -177,6 +188,9 @@ pub struct Args {
     /// goes to the dispatchers, so they stop sending clients there after 3 intervals.
     #[arg(long, value_name = "HOST:PORT")]
     pub probe: Option<String>,
+    /// Serve `GET /metrics` (Prometheus text format) here, e.g. 127.0.0.1:9465.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
@@ -193,6 +207,13 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         (None, Some(path)) => CpuSource::Cgroup { path },
         (None, None) => CpuSource::Host,
     };
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    let metrics = metrics_listener
+        .as_ref()
+        .map(|_| Arc::new(metrics::AgentMetrics::default()));
     let cfg = AgentConfig {
         broker_id: args.broker_id,
         cpu,
@@ -202,6 +223,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         dispatchers: args.dispatcher,
         token: args.token,
         probe: args.probe,
+        metrics: metrics.clone(),
     };
     info!(broker = %cfg.broker_id, source = ?cfg.cpu, "agent started");
     let cancel = CancellationToken::new();
@@ -212,6 +234,17 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         }
     });
     let mut signals = crate::shutdown::Signals::install()?;
+    let server = match (metrics_listener, metrics) {
+        (Some(listener), Some(metrics)) => {
+            println!("metrics on {}", listener.local_addr()?);
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics,
+                cancel.clone(),
+            )))
+        }
+        _ => None,
+    };
     let mut agent = tokio::spawn(run(cfg, Some(tx), cancel.clone()));
     let result = tokio::select! {
         signal = signals.recv() => {
@@ -221,7 +254,11 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         }
         r = &mut agent => r?,
     };
+    cancel.cancel();
     let _ = printer.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     if let Err(e) = &result {
         warn!(error = %e, "agent stopped");
     }

@@ -205,6 +205,7 @@ impl RunningBroker {
             token: None,
             // Not by default: a probe each interval is one more connect/close in the broker's log.
             probe: None,
+            metrics: None,
         })
     }
 

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::metrics::Refusal;
 use super::placer::{Placer, Transport};
 use crate::proto::{self, Hello};
 
@@ -17,11 +18,16 @@ use crate::proto::{self, Hello};
 const LINGER: Duration = Duration::from_millis(500);
 
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, placer: &Placer) {
+    let accepted = std::time::Instant::now();
     // No TCP_NODELAY needed: the CONNACK is the first data sent, which Nagle never holds back.
     let deadline = Instant::now() + placer.handshake_timeout;
     if !exchange(&mut stream, peer, placer, deadline, Transport::Plain).await {
         return;
     }
+    placer
+        .metrics
+        .handshake
+        .observe(accepted.elapsed().as_secs_f64());
     // Closing with unread input makes the kernel send RST, which can destroy the CONNACK before
     // the client reads it. The usual client sent nothing more: close at once. A client that
     // pipelined packets after its CONNECT gets a short, bounded wait for its own close.
@@ -74,14 +80,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             declared_rate,
         })) => placer.place_over(&client_id, declared_rate, transport),
         Ok(Ok(Hello::Legacy { level })) => {
+            placer.metrics.refused(Refusal::LegacyProtocol);
             tracing::debug!(%peer, level, "MQTT 3.x client: refused (no redirection before v5)");
             proto::legacy_refusal().freeze()
         }
         Ok(Err(error)) => {
+            placer.metrics.refused(Refusal::Malformed);
             tracing::debug!(%peer, %error, "bad first packet: closed");
             return false;
         }
         Err(_) => {
+            placer.metrics.refused(Refusal::HandshakeTimeout);
             tracing::debug!(%peer, timeout = ?placer.handshake_timeout, "no CONNECT in time: closed");
             return false;
         }

@@ -1,6 +1,8 @@
 //! `--events FILE.csv`: one row per placement, columns in this order:
-//! `t_s,client_id,broker,load_<id>...,pred_<id>...` (DESIGN.md `decisions.csv` without the
-//! runner's `trial,method`), one `load_` and then one `pred_` column per broker in config order.
+//! `t_s,client_id,broker,load_<id>...,pred_<id>...,source` (DESIGN.md `decisions.csv` without
+//! the runner's `trial,method`), one `load_` and then one `pred_` column per broker in config
+//! order; `source` says what fed the loads: `reports`, `prometheus`, or `prometheus-last-known`
+//! (Prometheus not answering: its last answer held).
 //! `load_` is the metric's window average, `pred_` the predicted load of clients placed there
 //! that its samples cannot show yet, both as the policy saw them before this client.
 //! `broker` is empty when the client was refused with 0x88; `t_s` is seconds since the
@@ -24,6 +26,7 @@ pub fn header(ids: &[String]) -> Vec<String> {
     ];
     row.extend(ids.iter().map(|id| format!("load_{id}")));
     row.extend(ids.iter().map(|id| format!("pred_{id}")));
+    row.push("source".to_owned());
     row
 }
 
@@ -37,6 +40,7 @@ pub fn record(d: &Decision, start_ms: u64) -> Vec<String> {
     ];
     row.extend(d.loads.iter().map(|(_, load)| format!("{load}")));
     row.extend(d.predicted.iter().map(|(_, pred)| format!("{pred}")));
+    row.push(d.fed_by.as_str().to_owned());
     row
 }
 
@@ -84,6 +88,7 @@ mod tests {
             broker: Some("b2".into()),
             loads: loads.clone(),
             predicted: predicted.clone(),
+            fed_by: crate::dispatcher::FedBy::Reports,
         })
         .unwrap();
         tx.send(Decision {
@@ -92,6 +97,7 @@ mod tests {
             broker: None,
             loads,
             predicted,
+            fed_by: crate::dispatcher::FedBy::PrometheusLastKnown,
         })
         .unwrap();
         drop(tx);
@@ -99,9 +105,9 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
-            "t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2\n\
-             2.500,p1,b2,12.5,0,0.25,1.5\n\
-             3.000,p2,,12.5,0,0.25,1.5\n"
+            "t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2,source\n\
+             2.500,p1,b2,12.5,0,0.25,1.5,reports\n\
+             3.000,p2,,12.5,0,0.25,1.5,prometheus-last-known\n"
         );
     }
 }

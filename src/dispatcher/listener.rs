@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection;
+use super::metrics::Refusal;
 use super::placer::Placer;
 
 /// tokio's `TcpListener::bind` uses a backlog of 128, which overflowed under 200 concurrent
@@ -62,12 +63,14 @@ pub async fn accept_next(
 
 /// The next connection that fits under `permits`; `None` once `cancel` fires. Over the cap a
 /// connection is closed at once: queuing would let a flood of idle sockets grow memory without
-/// bound and delay every honest client behind them.
+/// bound and delay every honest client behind them. `what` names the port in log lines;
+/// `over_cap` is called for each connection closed over the cap.
 pub async fn accept_capped(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
     cancel: &CancellationToken,
     what: &'static str,
+    over_cap: impl Fn(),
 ) -> Option<Admitted> {
     loop {
         let (stream, peer) = accept_next(listener, cancel, what).await?;
@@ -79,7 +82,10 @@ pub async fn accept_capped(
                     permit,
                 });
             }
-            Err(_) => tracing::warn!(port = what, %peer, "connection cap reached: closed"),
+            Err(_) => {
+                over_cap();
+                tracing::warn!(port = what, %peer, "connection cap reached: closed");
+            }
         }
     }
 }
@@ -104,12 +110,16 @@ pub async fn accept_loop(
         stream,
         peer,
         permit,
-    }) = accept_capped(&listener, &permits, &cancel, what).await
+    }) = accept_capped(&listener, &permits, &cancel, what, || {
+        placer.metrics.refused(Refusal::OverCap)
+    })
+    .await
     {
         let placer = placer.clone();
         let cancel = cancel.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
+            placer.metrics.open_connections.inc();
             match &tls {
                 None => {
                     cancel
@@ -122,6 +132,7 @@ pub async fn accept_loop(
                         .await
                 }
             };
+            placer.metrics.open_connections.dec();
             drop(permit);
         });
     }

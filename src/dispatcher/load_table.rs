@@ -292,6 +292,13 @@ impl LoadTable {
             .collect()
     }
 
+    /// Time since broker `i`'s last sample arrived; `None` before its first.
+    pub fn sample_age(&self, i: usize, now: Instant) -> Option<Duration> {
+        self.brokers[i]
+            .last_arrival
+            .map(|t| now.saturating_duration_since(t))
+    }
+
     /// The policies' view of every broker at `now`, in config order, in the selected metric.
     pub fn views(&self, now: Instant, out: &mut Vec<BrokerView>) {
         out.clear();

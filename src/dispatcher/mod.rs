@@ -7,18 +7,23 @@
 //! - [`load_table`]: window averages, liveness, predicted (pending) load.
 //! - [`policy`]: the placement policies, pure functions of a load-table snapshot.
 //! - [`reports`]: the agents' report port ([`report_slots`]: who may hold its slots).
-//! - [`tls`]: the TLS client port.  [`events`]: `--events` CSV.
+//! - [`source`], [`prometheus`]: loads from a Prometheus server's instant query instead.
+//! - [`metrics`]: `/metrics` (`--metrics-listen`).  [`events`]: `--events` CSV.
+//! - [`tls`]: the TLS client port.
 //! - [`rebalance`]: live rebalancing of connected clients (opt-in, `--rebalance`).
 
 pub mod connection;
 pub mod events;
 pub mod listener;
 pub mod load_table;
+pub mod metrics;
 pub mod placer;
 pub mod policy;
+pub mod prometheus;
 pub mod rebalance;
 pub mod report_slots;
 pub mod reports;
+pub mod source;
 pub mod tls;
 
 use std::collections::HashSet;
@@ -34,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use listener::bind_listener;
+pub use source::{FedBy, LoadSource, PrometheusSource, SourceArg, Stale};
 
 use crate::InputError;
 use crate::proto::{self, RedirectReason};
@@ -136,6 +142,8 @@ pub struct DispatcherConfig {
     pub rebalance: Option<rebalance::RebalanceConfig>,
     /// How the rebalancer moves a client (per broker kind).
     pub mover: rebalance::MoverKind,
+    /// Agents' reports (default) or a Prometheus query every `report_interval`.
+    pub load_source: LoadSource,
 }
 
 impl DispatcherConfig {
@@ -154,6 +162,7 @@ impl DispatcherConfig {
             seed: 0,
             rebalance: None,
             mover: rebalance::MoverKind::Takeover,
+            load_source: LoadSource::Reports,
         }
     }
 
@@ -178,6 +187,8 @@ impl DispatcherConfig {
         if let Some(r) = &self.rebalance {
             r.validate().map_err(InputError)?;
         }
+        self.load_source
+            .validate(self.metric, self.report_interval)?;
         Ok(())
     }
 }
@@ -196,6 +207,8 @@ pub struct Decision {
     /// unit: clients placed there that its samples cannot show yet. `least-load` and
     /// `two-choices` chose by `loads + predicted`; the other policies ignore it.
     pub predicted: Vec<(String, f64)>,
+    /// What fed `loads`: agents' reports, Prometheus, or Prometheus's last answer held.
+    pub fed_by: FedBy,
 }
 
 /// Serves clients on `listener` (and agents on `report_listener`) until `cancel`; then waits for
@@ -209,29 +222,37 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     run_with(
         listener,
-        None,
         report_listener,
         cfg,
         decisions,
-        None,
+        Extras::default(),
         cancel,
     )
     .await
 }
 
-/// [`run`], with TLS clients served on `tls` too and the rebalancer's moves (if
-/// `cfg.rebalance` is set) sent to `moves`.
+/// What a dispatcher may serve or report beyond its client and report ports.
+#[derive(Default)]
+pub struct Extras {
+    /// TLS clients, served beside the plain ones.
+    pub tls: Option<tls::TlsListener>,
+    /// `GET /metrics`.
+    pub metrics: Option<TcpListener>,
+    /// Where the rebalancer's moves go (if `cfg.rebalance` is set).
+    pub moves: Option<UnboundedSender<rebalance::MoveRecord>>,
+}
+
+/// [`run`], with TLS clients, `/metrics` and the rebalancer's moves as `extras` says.
 pub async fn run_with(
     listener: TcpListener,
-    tls: Option<tls::TlsListener>,
     report_listener: Option<TcpListener>,
     cfg: DispatcherConfig,
     decisions: Option<UnboundedSender<Decision>>,
-    moves: Option<UnboundedSender<rebalance::MoveRecord>>,
+    extras: Extras,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
-    if tls.is_some() {
+    if extras.tls.is_some() {
         tls::check_brokers(&cfg.brokers)?;
     }
     if let Some(rl) = &report_listener {
@@ -254,15 +275,34 @@ pub async fn run_with(
             brokers: cfg.brokers.clone(),
             reason: cfg.reason,
             interval: cfg.report_interval,
-            moves,
+            moves: extras.moves,
         };
         tracing::info!(config = ?rcfg, mover = ?cfg.mover, "rebalancing on");
         tracker.spawn(rebalancer.run(placer.clone(), cancel.clone()));
     }
+    if let LoadSource::Prometheus(source) = &cfg.load_source {
+        let poll = prometheus::poll(
+            source.clone(),
+            placer.clone(),
+            cfg.metric,
+            cfg.report_interval,
+            cancel.clone(),
+        );
+        tracker.spawn(poll);
+    }
+    if let Some(ml) = extras.metrics {
+        let exposition = Arc::new(metrics::PlacerExposition(placer.clone()));
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(error) = crate::metrics::serve(ml, exposition, cancel).await {
+                tracing::warn!(%error, "metrics endpoint stopped");
+            }
+        });
+    }
     tracing::info!(
         policy = ?cfg.policy, metric = ?cfg.metric, brokers = cfg.brokers.len(), "dispatcher up"
     );
-    if let Some(t) = tls {
+    if let Some(t) = extras.tls {
         let (placer, tracker_, cancel) = (placer.clone(), tracker.clone(), cancel.clone());
         let cap = cfg.max_connections;
         tracker.spawn(async move {
@@ -348,9 +388,60 @@ pub struct Args {
     /// dispatcher) or `mosquitto-plugin` (DISCONNECT 0x9C + Server Reference).
     #[arg(long, value_enum, default_value_t = rebalance::MoverKind::Takeover)]
     pub mover: rebalance::MoverKind,
+    /// Serve `GET /metrics` (Prometheus text format) here, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where broker loads come from: agents' reports, or a Prometheus query every --interval.
+    #[arg(long, value_enum, default_value_t = SourceArg::Reports)]
+    pub load_source: SourceArg,
+    /// Prometheus server for `--load-source prometheus`, e.g. http://127.0.0.1:9090.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// PromQL instant query: one series per broker, the broker id in --broker-label, the value
+    /// in the unit of --metric; e.g. mqdispatch_agent_cpu_percent.
+    #[arg(long, value_name = "PROMQL")]
+    pub query: Option<String>,
+    /// The label of each answer series that names its broker.
+    #[arg(long, value_name = "LABEL", default_value = "broker")]
+    pub broker_label: String,
+    /// A broker missing from the answer for 3 intervals: down (default) or kept at its last
+    /// known load.
+    #[arg(long, value_enum, default_value_t = Stale::Down)]
+    pub stale: Stale,
+}
+
+/// `--load-source` and its flags, checked together.
+fn load_source(args: &Args) -> Result<LoadSource, InputError> {
+    match (args.load_source, &args.prometheus, &args.query) {
+        (SourceArg::Reports, None, None) => Ok(LoadSource::Reports),
+        (SourceArg::Reports, _, _) => Err(InputError(
+            "--prometheus and --query need --load-source prometheus".into(),
+        )),
+        (SourceArg::Prometheus, Some(url), Some(query)) => {
+            if args.report_listen.is_some() {
+                return Err(InputError(
+                    "--report-listen and --load-source prometheus exclude each other: loads \
+                     come from one source"
+                        .into(),
+                ));
+            }
+            Ok(LoadSource::Prometheus(PrometheusSource::new(
+                url,
+                query,
+                &args.broker_label,
+                args.stale,
+            )?))
+        }
+        (SourceArg::Prometheus, _, _) => Err(InputError(
+            "--load-source prometheus needs --prometheus URL and --query PROMQL, e.g. \
+             --prometheus http://127.0.0.1:9090 --query mqdispatch_agent_cpu_percent"
+                .into(),
+        )),
+    }
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
+    let load_source = load_source(&args)?;
     let mut cfg = DispatcherConfig::new(args.brokers, args.policy);
     cfg.metric = args.metric;
     cfg.window = args.window;
@@ -362,6 +453,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     cfg.seed = args.seed;
     cfg.rebalance = args.rebalance;
     cfg.mover = args.mover;
+    cfg.load_source = load_source;
     cfg.validate()?;
     if let Some(addr) = args.report_listen {
         reports::checked_bind_addr(addr, cfg.token.as_deref())?;
@@ -369,6 +461,10 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
 
     let listener =
         bind_listener(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let report_listener = match args.report_listen {
         Some(addr) => Some(
             bind_listener(addr).with_context(|| format!("cannot listen on {addr} for reports"))?,
@@ -389,6 +485,9 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     if let Some(t) = &tls_listener {
         println!("tls on {}", t.listener.local_addr()?);
     }
+    if let Some(ml) = &metrics_listener {
+        println!("metrics on {}", ml.local_addr()?);
+    }
 
     let ids: Vec<String> = cfg.brokers.iter().map(|b| b.id.clone()).collect();
     let (decisions, writer) = match &args.events {
@@ -401,11 +500,14 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
 
     run_with(
         listener,
-        tls_listener,
         report_listener,
         cfg,
         decisions,
-        None,
+        Extras {
+            tls: tls_listener,
+            metrics: metrics_listener,
+            moves: None,
+        },
         cancel,
     )
     .await?;

@@ -3,6 +3,7 @@
 //! broker so the hot path only clones bytes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,9 +13,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use super::load_table::{LoadTable, TableError};
+use super::metrics::{BrokerLabel, DispatcherMetrics, Refusal};
 use super::policy::{self, BrokerView, PolicyState};
 use super::rebalance::rates::KnownClient;
-use super::{Decision, DispatcherConfig, Policy};
+use super::{Decision, DispatcherConfig, FedBy, Policy};
 use crate::load_report::LoadReport;
 use crate::proto;
 
@@ -46,13 +48,18 @@ pub struct Placer {
     tls_redirects: Vec<Bytes>,
     unavailable: Bytes,
     decisions: Option<UnboundedSender<Decision>>,
+    /// [`FedBy`] of the loads the policy sees now (changes when Prometheus stops answering).
+    fed_by: AtomicU8,
+    pub metrics: DispatcherMetrics,
     pub handshake_timeout: Duration,
     pub max_packet_bytes: u32,
 }
 
 impl Placer {
     pub fn new(cfg: &DispatcherConfig, decisions: Option<UnboundedSender<Decision>>) -> Self {
-        let ids = cfg.brokers.iter().map(|b| b.id.clone()).collect();
+        let ids: Vec<String> = cfg.brokers.iter().map(|b| b.id.clone()).collect();
+        let fed_by = cfg.load_source.fed_by();
+        let metrics = DispatcherMetrics::new(&ids, cfg.reason, fed_by.source_name());
         let redirects = cfg
             .brokers
             .iter()
@@ -77,6 +84,8 @@ impl Placer {
             tls_redirects,
             unavailable: proto::refusal_connack(ConnectReturnCode::ServerUnavailable).freeze(),
             decisions,
+            fed_by: AtomicU8::new(fed_by as u8),
+            metrics,
             handshake_timeout: cfg.handshake_timeout,
             max_packet_bytes: cfg.max_packet_bytes,
         }
@@ -134,6 +143,7 @@ impl Placer {
                     broker: chosen.map(|i| inner.table.ids()[i].clone()),
                     loads: per_broker(|v| v.load),
                     predicted: per_broker(|v| v.pending),
+                    fed_by: self.fed_by(),
                 }
             });
             (chosen, decision)
@@ -144,6 +154,7 @@ impl Placer {
         }
         match chosen {
             Some(i) => {
+                self.metrics.redirected(i);
                 tracing::debug!(client_id, broker = i, "redirected");
                 match transport {
                     Transport::Plain => self.redirects[i].clone(),
@@ -151,6 +162,7 @@ impl Placer {
                 }
             }
             None => {
+                self.metrics.refused(Refusal::ServerUnavailable);
                 tracing::warn!(
                     client_id,
                     "no live broker: answered 0x88 server unavailable"
@@ -199,12 +211,47 @@ impl Placer {
         }
     }
 
+    pub fn broker_ids(&self) -> Vec<String> {
+        self.lock().table.ids().to_vec()
+    }
+
     pub fn knows(&self, broker: &str) -> bool {
         self.lock().table.knows(broker)
     }
 
     pub fn record(&self, report: &LoadReport) -> Result<(), TableError> {
         self.lock().table.record(report, Instant::now())
+    }
+
+    pub fn fed_by(&self) -> FedBy {
+        FedBy::from_u8(self.fed_by.load(Ordering::Relaxed))
+    }
+
+    pub fn set_fed_by(&self, fed_by: FedBy) {
+        self.fed_by.store(fed_by as u8, Ordering::Relaxed);
+    }
+
+    /// Brings the per-broker gauges of `/metrics` up to date with the load table.
+    pub fn refresh_metrics(&self) {
+        let now = Instant::now();
+        let mut views = Vec::new();
+        let guard = self.lock();
+        guard.table.views(now, &mut views);
+        let m = &self.metrics;
+        for (i, (id, v)) in guard.table.ids().iter().zip(&views).enumerate() {
+            let label = BrokerLabel { broker: id.clone() };
+            m.broker_load.get_or_create(&label).set(v.load);
+            m.broker_predicted.get_or_create(&label).set(v.pending);
+            m.broker_up.get_or_create(&label).set(i64::from(v.live));
+            match guard.table.sample_age(i, now) {
+                Some(age) => {
+                    m.broker_age.get_or_create(&label).set(age.as_secs_f64());
+                }
+                None => {
+                    m.broker_age.remove(&label);
+                }
+            }
+        }
     }
 }
 

@@ -88,13 +88,17 @@ impl DispatcherSlot {
         let moves = self.moves.clone();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
+            let extras = dispatcher::Extras {
+                tls,
+                metrics: None,
+                moves: Some(moves),
+            };
             let run = dispatcher::run_with(
                 listener,
-                tls,
                 Some(reports),
                 cfg,
                 Some(decisions),
-                Some(moves),
+                extras,
                 run_token,
             );
             if let Err(e) = run.await {

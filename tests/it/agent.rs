@@ -37,6 +37,7 @@ fn config(cpu: CpuSource, capacity: Option<f64>, interval_ms: u64) -> AgentConfi
         dispatchers: Vec::new(),
         token: None,
         probe: None,
+        metrics: None,
     }
 }
 

@@ -7,6 +7,7 @@ mod dispatcher;
 mod faults;
 mod loadgen;
 mod mosquitto_plugin;
+mod prometheus;
 mod rebalance;
 mod report;
 mod run;

@@ -64,3 +64,41 @@ pub fn cpu_report(broker: &str, cpu: f64) -> mqdispatch::load_report::LoadReport
         token: None,
     }
 }
+
+/// A child started by [`spawn_first_line`]: its first stdout line, killed and reaped on drop.
+pub struct FirstLine {
+    pub child: Child,
+    pub line: String,
+}
+
+impl FirstLine {
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FirstLine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `mqdispatch ARGS...` and returns its first stdout line (the rest is drained).
+pub fn spawn_first_line(args: &[&str]) -> FirstLine {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mqdispatch");
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read first stdout line");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    FirstLine {
+        child,
+        line: line.trim().to_owned(),
+    }
+}

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqdispatch::dispatcher::tls::TlsListener;
-use mqdispatch::dispatcher::{BrokerEntry, DispatcherConfig, Policy, bind_listener, run_with};
+use mqdispatch::dispatcher::{
+    BrokerEntry, DispatcherConfig, Extras, Policy, bind_listener, run_with,
+};
 use mqdispatch::proto::{self, ProtoError};
 use mqdispatch::tls::ThrowawayCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,11 +78,13 @@ async fn start_with(handshake_timeout: Duration, max_connections: usize, client_
     };
     tokio::spawn(run_with(
         listener,
-        Some(tls),
         None,
         cfg,
         None,
-        None,
+        Extras {
+            tls: Some(tls),
+            ..Extras::default()
+        },
         t.cancel.clone(),
     ));
     t

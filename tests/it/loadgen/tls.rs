@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use mqdispatch::broker::{BrokerKind, BrokerSpec, RunningBroker};
 use mqdispatch::dispatcher::tls::TlsListener;
-use mqdispatch::dispatcher::{BrokerEntry, DispatcherConfig, Policy, bind_listener, run_with};
+use mqdispatch::dispatcher::{
+    BrokerEntry, DispatcherConfig, Extras, Policy, bind_listener, run_with,
+};
 use mqdispatch::loadgen::Placement;
 use mqdispatch::tls::ThrowawayCa;
 use tokio_util::sync::CancellationToken;
@@ -53,11 +55,13 @@ async fn publishers_follow_a_tls_redirect_to_mosquitto_tls_listeners() {
     let cfg = DispatcherConfig::new(entries, Policy::RoundRobin);
     let d = tokio::spawn(run_with(
         listener,
-        Some(tls),
         None,
         cfg,
         None,
-        None,
+        Extras {
+            tls: Some(tls),
+            ..Extras::default()
+        },
         cancel.clone(),
     ));
 
