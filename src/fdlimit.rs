@@ -35,9 +35,7 @@ pub fn current() -> Result<(u64, u64), FdLimitError> {
             std::io::Error::last_os_error().to_string(),
         ));
     }
-    // rlim_t is u64 on 64-bit Linux but not everywhere.
-    #[allow(clippy::unnecessary_cast)]
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft limit to the hard limit and checks that it covers `needed` descriptors for
@@ -47,8 +45,8 @@ pub fn raise(needed: u64, what: &str) -> Result<u64, FdLimitError> {
     check(needed, hard, what)?;
     if soft < hard {
         let lim = libc::rlimit {
-            rlim_cur: hard as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
+            rlim_cur: hard,
+            rlim_max: hard,
         };
         // SAFETY: setrlimit only reads the struct we hand it.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {

@@ -291,6 +291,21 @@ impl MethodRun<'_> {
                 }
             }
         };
+        // Broker-side counters lag the publishers by up to a meter tick and a sample: take two
+        // more intervals of samples, so the last seconds' broker-received counts are recorded.
+        let tail = tokio::time::sleep(scenario.sample_interval * 2);
+        tokio::pin!(tail);
+        loop {
+            tokio::select! {
+                _ = &mut tail => break,
+                _ = stop.cancelled() => break,
+                Some(r) = sample_rx.recv() => recorder.sample(&r),
+                Some(e) = event_rx.recv() => {
+                    meter.event(&e);
+                    record_event(&mut recorder, writer, &e)?;
+                }
+            }
+        }
         if let Some(slot) = dispatcher_slot.as_mut() {
             slot.stop().await;
         }
