@@ -302,7 +302,7 @@ impl MethodRun<'_> {
                 Some(r) = sample_rx.recv() => recorder.sample(&r),
                 Some(e) = event_rx.recv() => {
                     meter.event(&e);
-                    record_event(&mut recorder, writer, &e)?;
+                    record_event(&mut recorder, writer, &mut outages, &e)?;
                 }
             }
         }
