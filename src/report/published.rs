@@ -165,6 +165,7 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
             est(&cpu, 2),
         );
     }
+    md.push_str(&harness_table(&manifest));
     let _ = writeln!(
         md,
         "\nMean ± 95 % CI over trials (Student t). Source: `{}/` (run started {}, commit {}, \
@@ -178,6 +179,47 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
         manifest["scenario"]["cpu"].as_str().unwrap_or("process"),
     );
     Ok(md)
+}
+
+/// Per trial and method, what the harness measured of waves, redirects, joins and itself
+/// (`trials_detail[].methods[].harness`, fleets); empty when no method run carries it.
+fn harness_table(manifest: &serde_json::Value) -> String {
+    let mut rows = String::new();
+    let fmt = |v: &serde_json::Value, scale: f64, decimals: usize| {
+        v.as_f64()
+            .map_or_else(|| "–".to_owned(), |x| format!("{:.*}", decimals, x * scale))
+    };
+    for trial in manifest["trials_detail"].as_array().into_iter().flatten() {
+        for run in trial["methods"].as_array().into_iter().flatten() {
+            let h = &run["harness"];
+            if !h.is_object() {
+                continue;
+            }
+            let _ = writeln!(
+                rows,
+                "| {} | {} | {} | {} % | {} / {} ms | {} / {} ms | {} KiB | {} % | {} s |",
+                trial["trial"],
+                run["method"].as_str().unwrap_or("?"),
+                h["publishers_joined"],
+                fmt(&h["largest_wave_share"], 100.0, 0),
+                fmt(&h["redirect_p50_ms"], 1.0, 1),
+                fmt(&h["redirect_p99_ms"], 1.0, 1),
+                fmt(&h["connect_p50_ms"], 1.0, 0),
+                fmt(&h["connect_p99_ms"], 1.0, 0),
+                fmt(&h["loader_rss_kib_per_publisher"], 1.0, 1),
+                fmt(&h["loader_cpu_pct"], 1.0, 0),
+                fmt(&h["overhead_s"], 1.0, 1),
+            );
+        }
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "\n| trial | method | publishers | largest wave share on one broker | redirect p50 / p99 \
+         | join → CONNACK p50 / p99 | harness RSS per publisher | harness CPU (% of a core) \
+         | overhead beyond the scenario |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n{rows}"
+    )
 }
 
 /// Per method: mean of the per-run mean host idle, and the lowest second, over all trials.
@@ -210,8 +252,10 @@ fn bench_section(file: &Path, section: &str) -> anyhow::Result<String> {
     if lines.next().is_none() {
         bail!("{}: no `{heading}` line", file.display());
     }
+    // A sentence may stand between the heading and its table; the next heading ends the search.
     let table: String = lines
-        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.starts_with("## "))
+        .skip_while(|l| !l.starts_with('|'))
         .take_while(|l| l.starts_with('|'))
         .map(|l| format!("{l}\n"))
         .collect();
@@ -319,7 +363,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("bench")).unwrap();
         std::fs::write(
             dir.path().join("bench/out.txt"),
-            "command: x\n## first\n| a |\n|---|\n| 1 |\nafter\n## second\n\n| b |\n| 2 |\n",
+            "command: x\n## first\n| a |\n|---|\n| 1 |\nafter\n## second\n\nA sentence.\n\n| b |\n| 2 |\n## third\nno table\n",
         )
         .unwrap();
         let readme = "<!-- table: bench/out.txt#second -->\nold\n<!-- /table -->";

@@ -481,11 +481,18 @@ fn a_method_that_ran_but_wrote_no_rows_is_an_error() {
 /// regenerating README, fails here.
 #[test]
 fn readme_tables_are_generated_from_the_published_files() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
-    let regenerated =
-        mqdispatch::report::published::regenerate(&readme, &root.join("results/published"))
-            .expect("every README table has its published source");
+    // Relative, as `mqdispatch readme` is run from the repository root: each table names its
+    // source folder. cargo runs integration tests in the package root.
+    assert_eq!(
+        std::env::current_dir().unwrap(),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    );
+    let readme = std::fs::read_to_string("README.md").expect("README.md");
+    let regenerated = mqdispatch::report::published::regenerate(
+        &readme,
+        std::path::Path::new("results/published"),
+    )
+    .expect("every README table has its published source");
     assert!(
         regenerated == readme,
         "README.md tables differ from results/published/: run `mqdispatch readme`"
