@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mqdispatch::loadgen::Lateness;
+use mqdispatch::loadgen::schedule::Schedule;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish;
 
@@ -69,13 +70,13 @@ fn send_all(
 ) -> std::io::Result<FloorRun> {
     let cpu0 = thread_cpu();
     let start = Instant::now() + Duration::from_millis(1);
-    let total: Vec<u64> = publishers
+    // The generator's own deadlines (`start + round(i × 1e9 / rate)` ns) and totals.
+    let schedules: Vec<Schedule> = publishers
         .iter()
-        .map(|(_, rate)| (rate * secs as f64).round() as u64)
+        .map(|(_, rate)| Schedule::new(*rate, Duration::from_secs(secs)))
         .collect();
-    let deadline = |k: usize, i: u64| {
-        start + Duration::from_nanos((i as f64 * 1e9 / publishers[k].1).round() as u64)
-    };
+    let total: Vec<u64> = schedules.iter().map(Schedule::total).collect();
+    let deadline = |k: usize, i: u64| start + schedules[k].deadline(i);
     let mut next = vec![0u64; publishers.len()];
     let mut lateness = Lateness::default();
     let mut sent = 0;

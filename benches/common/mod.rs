@@ -9,16 +9,7 @@ use std::time::Duration;
 use mqdispatch::loadgen::{self, ArrivalOrder, ArrivalSpec, LoadConfig, Placement, Profile};
 
 /// User + system CPU time of this whole process.
-pub fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct we hand it.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
+pub use mqdispatch::agent::cpu::own_process_cpu as cpu_time;
 
 /// Every publisher of `profiles` at once (no arrival spacing), straight to `broker`.
 pub fn config(profiles: Vec<Profile>, broker: &str, prefix: &str) -> LoadConfig {

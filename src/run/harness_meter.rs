@@ -50,7 +50,7 @@ impl HarnessMeter {
             connect_ms: Vec::new(),
             rss0_kib: rss0,
             rss_max_kib: rss0,
-            cpu0: process_cpu(),
+            cpu0: crate::agent::cpu::own_process_cpu(),
             began: std::time::Instant::now(),
         }
     }
@@ -87,7 +87,7 @@ impl HarnessMeter {
         self.sample_memory();
         let joined = self.connect_ms.len() as u64;
         let publishing = self.began.elapsed().as_secs_f64();
-        let cpu = (process_cpu().saturating_sub(self.cpu0)).as_secs_f64();
+        let cpu = (crate::agent::cpu::own_process_cpu().saturating_sub(self.cpu0)).as_secs_f64();
         let largest_wave_share = self
             .joins
             .iter()
@@ -130,18 +130,6 @@ fn rss_kib() -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// User + system CPU time of this whole process (every thread).
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct we hand it.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 #[cfg(test)]
