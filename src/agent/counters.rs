@@ -119,6 +119,26 @@ pub fn spawn_reader(
     (rx, task)
 }
 
+/// The broker's cumulative count once it has been updated at or after `after_ms` (epoch ms), so
+/// that it includes everything the broker had received by then; `None` if no such update came
+/// within `within` (an unreachable stats port or `$SYS` tree).
+pub async fn total_after(
+    source: &CounterSource,
+    after_ms: u64,
+    within: Duration,
+) -> Option<CounterReading> {
+    let cancel = CancellationToken::new();
+    let (mut rx, task) = spawn_reader(source.clone(), cancel.clone());
+    let settled = rx.wait_for(|r| r.is_some_and(|r| r.t_ms >= after_ms));
+    let reading = tokio::time::timeout(within, settled)
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|r| *r));
+    cancel.cancel();
+    let _ = task.await;
+    reading
+}
+
 async fn read_once(
     source: &CounterSource,
     tx: &watch::Sender<Option<CounterReading>>,

@@ -135,6 +135,8 @@ pub struct RunningBroker {
     pub kind: BrokerKind,
     version: String,
     counters: Option<CounterSource>,
+    /// Times a fault brought it back: each restart begins its counters again from 0.
+    restarts: u32,
     /// What started it, so a fault can bring it back on the same port.
     spec: BrokerSpec,
     workdir: std::path::PathBuf,
@@ -170,6 +172,16 @@ impl RunningBroker {
             }
         }
         Err(last_error.expect("invariant: at least one attempt"))
+    }
+
+    /// Where the broker's cumulative counters are read, when it exposes them.
+    pub fn counters(&self) -> Option<&CounterSource> {
+        self.counters.as_ref()
+    }
+
+    /// How many times a fault restarted it (its counters began again each time).
+    pub fn restarts(&self) -> u32 {
+        self.restarts
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -262,7 +274,9 @@ impl RunningBroker {
             .and_then(|a| a.parse::<crate::addr::HostPort>().ok())
             .map(|a| a.port());
         let fresh = start_child(&self.spec, &self.workdir, Some(port), tls_port).await?;
+        let restarts = self.restarts + 1;
         *self = fresh;
+        self.restarts = restarts;
         Ok(())
     }
 
@@ -306,6 +320,7 @@ async fn start_external(spec: &BrokerSpec) -> Result<RunningBroker, BrokerError>
         kind: BrokerKind::External,
         version: "external".to_owned(),
         counters: None,
+        restarts: 0,
         spec: spec.clone(),
         workdir: std::path::PathBuf::new(),
         child: None,
@@ -435,6 +450,7 @@ async fn start_child(
         kind: spec.kind,
         version,
         counters,
+        restarts: 0,
         spec: spec.clone(),
         workdir: workdir.to_owned(),
         child: Some(child),

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub mod delivery;
 pub mod faults;
 pub mod harness;
 pub mod moves;
@@ -148,7 +149,11 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
                 .flat_map(|d| {
                     d.methods.iter().flat_map(|m| {
                         let harness = m.harness.as_ref().map(|h| h.describe(d.trial, &m.method));
-                        m.describe_host(d.trial).into_iter().chain(harness)
+                        let delivery = m.delivery.as_ref().map(|x| x.describe(d.trial, &m.method));
+                        m.describe_host(d.trial)
+                            .into_iter()
+                            .chain(harness)
+                            .chain(delivery)
                     })
                 })
                 .collect();

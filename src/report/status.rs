@@ -84,6 +84,9 @@ pub struct MethodRunDetail {
     /// Harness cost and wave placement of this method run (issue 13).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub harness: Option<super::harness::HarnessMeasures>,
+    /// Messages sent against the brokers' own count of messages received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<super::delivery::Delivery>,
 }
 
 impl MethodRunDetail {
@@ -239,6 +242,12 @@ mod tests {
                     lateness_p50_ms: Some(0.06),
                     lateness_p99_ms: Some(0.5),
                     harness: None,
+                    delivery: Some(crate::report::delivery::Delivery {
+                        sent: 100,
+                        received: Some(99),
+                        received_by_broker: [("b1".into(), 99)].into(),
+                        uncounted: None,
+                    }),
                 }],
             }]),
             late_contributions: 2,
@@ -252,6 +261,10 @@ mod tests {
         assert_eq!(
             json["trials_detail"][0]["methods"][0]["host_idle_pct"],
             41.5
+        );
+        assert_eq!(
+            json["trials_detail"][0]["methods"][0]["delivery"]["received_by_broker"]["b1"],
+            99
         );
         let line = status.trials_detail.as_ref().unwrap()[0].methods[0]
             .describe_host(1)

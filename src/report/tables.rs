@@ -146,7 +146,7 @@ fn write_errors(md: &mut String, report: &Report) {
 
 fn write_recording(md: &mut String, report: &Report) {
     if !report.host_lines.is_empty() {
-        let _ = writeln!(md, "## Host and generator\n");
+        let _ = writeln!(md, "## Host, generator and delivery\n");
         for line in &report.host_lines {
             let _ = writeln!(md, "- {line}");
         }

@@ -291,6 +291,7 @@ impl MethodRun<'_> {
                 }
             }
         };
+        let load_end_ms = crate::now_ms();
         // Broker-side counters lag the publishers by up to a meter tick and a sample: take two
         // more intervals of samples, so the last seconds' broker-received counts are recorded.
         let tail = tokio::time::sleep(scenario.sample_interval * 2);
@@ -306,6 +307,14 @@ impl MethodRun<'_> {
                 }
             }
         }
+        // The brokers' whole-run count, once their counters include the last publisher's
+        // messages (a counter updates every interval, so three of them is ample).
+        let counted = if stop.is_cancelled() {
+            Err("the run was interrupted".to_owned())
+        } else {
+            super::delivery::count_received(brokers, load_end_ms, scenario.sample_interval * 3)
+                .await
+        };
         if let Some(slot) = dispatcher_slot.as_mut() {
             slot.stop().await;
         }
@@ -334,6 +343,7 @@ impl MethodRun<'_> {
         recorder.write_settled(writer, true)?;
         let summary = load_result.context("load generator failed")?;
         measures.lateness = Some(summary.lateness());
+        measures.delivery = Some(super::delivery::delivery(summary.sent_total(), counted));
         measures.meter = Some(meter);
         info!(
             trial = self.trial,
@@ -363,6 +373,8 @@ pub struct Measures {
     meter: Option<HarnessMeter>,
     /// ... and when it is over (`None` if the load did not finish).
     pub harness: Option<HarnessMeasures>,
+    /// Messages sent against the brokers' own count (`None` if the load did not finish).
+    pub delivery: Option<crate::report::delivery::Delivery>,
 }
 
 impl Measures {

@@ -9,6 +9,7 @@
 //! wrote no row, a failed summary or plot each appear under Errors in `summary.md`, make the
 //! manifest say `completed: false` with the reason, and make `mqdispatch run` exit non-zero.
 
+mod delivery;
 mod dispatcher_slot;
 mod faults;
 mod harness_meter;
@@ -290,6 +291,7 @@ pub async fn run(
                     lateness_p50_ms: quantile_ms(0.5),
                     lateness_p99_ms: quantile_ms(0.99),
                     harness: measures.and_then(|m| m.harness.clone()),
+                    delivery: measures.and_then(|m| m.delivery.clone()),
                 });
             }
             status.total_late();

@@ -160,6 +160,7 @@ fn write_manifest(dir: &Path, methods: &[&str]) -> (u64, u64) {
                             lateness_p50_ms: None,
                             lateness_p99_ms: None,
                             harness: None,
+                            delivery: None,
                         })
                         .collect(),
                 })
