@@ -14,8 +14,12 @@ pub struct HarnessMeasures {
     /// Growth of the harness process's resident memory (loader, in-process dispatcher,
     /// recorder) from before the first join to its highest, per joined publisher.
     pub loader_rss_kib_per_publisher: Option<f64>,
-    /// CPU of the harness process while publishing, in % of one core.
+    /// CPU of the harness process while publishing, in % of one core (the in-process
+    /// dispatcher's thread included).
     pub loader_cpu_pct: Option<f64>,
+    /// CPU of the in-process dispatcher's own thread over the same span, in % of one core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatcher_cpu_pct: Option<f64>,
     /// Redirect exchanges (dispatcher TCP connect → CONNACK 0x9C parsed) of first placements.
     pub redirect_p50_ms: Option<f64>,
     pub redirect_p99_ms: Option<f64>,
@@ -61,6 +65,9 @@ impl HarnessMeasures {
         if let Some(cpu) = self.loader_cpu_pct {
             line.push_str(&format!(", harness CPU {cpu:.0} % of one core"));
         }
+        if let Some(cpu) = self.dispatcher_cpu_pct {
+            line.push_str(&format!(" (dispatcher thread {cpu:.1} %)"));
+        }
         line
     }
 }
@@ -96,6 +103,7 @@ mod tests {
             publishers_joined: 1000,
             loader_rss_kib_per_publisher: Some(41.0),
             loader_cpu_pct: Some(12.0),
+            dispatcher_cpu_pct: Some(2.5),
             redirect_p50_ms: Some(1.0),
             redirect_p99_ms: Some(9.5),
             connect_p50_ms: Some(3.0),
@@ -108,7 +116,7 @@ mod tests {
             "trial 1, least-load: wall 23.4 s, 3.4 s beyond the scenario's length; 1000 publishers \
              joined; largest share of one wave on one broker 26 % (4 waves); redirect p50 1.0 ms, \
              p99 9.5 ms; join → CONNACK p50 3.0 ms, p99 40.0 ms; harness RSS 41.0 KiB per \
-             publisher, harness CPU 12 % of one core"
+             publisher, harness CPU 12 % of one core (dispatcher thread 2.5 %)"
         );
     }
 }

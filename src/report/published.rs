@@ -195,9 +195,16 @@ fn harness_table(manifest: &serde_json::Value) -> String {
             if !h.is_object() {
                 continue;
             }
+            let delivered = match (
+                run["delivery"]["received"].as_u64(),
+                run["delivery"]["sent"].as_u64(),
+            ) {
+                (Some(received), Some(sent)) => format!("{received} / {sent}"),
+                _ => "–".to_owned(),
+            };
             let _ = writeln!(
                 rows,
-                "| {} | {} | {} | {} % | {} / {} ms | {} / {} ms | {} KiB | {} % | {} s |",
+                "| {} | {} | {} | {} % | {} / {} ms | {} / {} ms | {} KiB | {} % | {} % | {} s | {} |",
                 trial["trial"],
                 run["method"].as_str().unwrap_or("?"),
                 h["publishers_joined"],
@@ -208,7 +215,9 @@ fn harness_table(manifest: &serde_json::Value) -> String {
                 fmt(&h["connect_p99_ms"], 1.0, 0),
                 fmt(&h["loader_rss_kib_per_publisher"], 1.0, 1),
                 fmt(&h["loader_cpu_pct"], 1.0, 0),
+                fmt(&h["dispatcher_cpu_pct"], 1.0, 1),
                 fmt(&h["overhead_s"], 1.0, 1),
+                delivered,
             );
         }
     }
@@ -218,7 +227,8 @@ fn harness_table(manifest: &serde_json::Value) -> String {
     format!(
         "\n| trial | method | publishers | largest wave share on one broker | redirect p50 / p99 \
          | join → CONNACK p50 / p99 | harness RSS per publisher | harness CPU (% of a core) \
-         | overhead beyond the scenario |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n{rows}"
+         | of which the dispatcher thread | overhead beyond the scenario \
+         | brokers received / sent |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}"
     )
 }
 

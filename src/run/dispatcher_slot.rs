@@ -1,11 +1,14 @@
 //! The in-process dispatcher of a method run, stoppable and restartable on the same ports so a
 //! scenario can take it down (`kind: restart-dispatcher`) while publishers keep their brokers.
+//!
+//! It runs on a thread of its own with its own single-threaded runtime, as a dispatcher process
+//! would: its handshakes are not queued behind the load generator's tasks (ten thousand of them
+//! in a fleet), and its CPU time is its thread's, measured apart from the harness's.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -22,7 +25,10 @@ pub(super) struct DispatcherSlot {
     decisions: mpsc::UnboundedSender<Decision>,
     moves: mpsc::UnboundedSender<MoveRecord>,
     stop: CancellationToken,
-    running: Option<(CancellationToken, JoinHandle<()>)>,
+    /// The running dispatcher's stop token, and its thread's CPU time once it has ended.
+    running: Option<(CancellationToken, oneshot::Receiver<Duration>)>,
+    /// CPU time of the dispatcher threads that have ended (a restart starts another).
+    cpu: Duration,
 }
 
 impl DispatcherSlot {
@@ -59,8 +65,9 @@ impl DispatcherSlot {
             moves,
             stop,
             running: None,
+            cpu: Duration::ZERO,
         };
-        slot.spawn(listener, tls, reports);
+        slot.spawn(listener, tls, reports)?;
         Ok(slot)
     }
 
@@ -81,42 +88,75 @@ impl DispatcherSlot {
         listener: tokio::net::TcpListener,
         tls: Option<TlsListener>,
         reports: tokio::net::TcpListener,
-    ) {
+    ) -> std::io::Result<()> {
+        // A listener belongs to the runtime that registered it: hand plain sockets over.
+        let listener = listener.into_std()?;
+        let reports = reports.into_std()?;
+        let tls = match tls {
+            Some(t) => Some((t.listener.into_std()?, t.acceptor)),
+            None => None,
+        };
         let token = self.stop.child_token();
         let cfg = self.cfg.clone();
         let decisions = self.decisions.clone();
         let moves = self.moves.clone();
         let run_token = token.clone();
-        let handle = tokio::spawn(async move {
-            let extras = dispatcher::Extras {
-                tls,
-                metrics: None,
-                moves: Some(moves),
-            };
-            let run = dispatcher::run_with(
-                listener,
-                Some(reports),
-                cfg,
-                Some(decisions),
-                extras,
-                run_token,
-            );
-            if let Err(e) = run.await {
-                warn!(error = %e, "dispatcher stopped with an error");
-            }
-        });
-        self.running = Some((token, handle));
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("dispatcher".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        let reports = tokio::net::TcpListener::from_std(reports)?;
+                        let tls = match tls {
+                            Some((l, acceptor)) => Some(TlsListener {
+                                listener: tokio::net::TcpListener::from_std(l)?,
+                                acceptor,
+                            }),
+                            None => None,
+                        };
+                        let extras = dispatcher::Extras {
+                            tls,
+                            metrics: None,
+                            moves: Some(moves),
+                        };
+                        dispatcher::run_with(
+                            listener,
+                            Some(reports),
+                            cfg,
+                            Some(decisions),
+                            extras,
+                            run_token,
+                        )
+                        .await
+                    })
+                });
+                if let Err(e) = result {
+                    warn!(error = %e, "dispatcher stopped with an error");
+                }
+                let _ = done_tx.send(crate::agent::cpu::own_thread_cpu());
+            })?;
+        self.running = Some((token, done_rx));
+        Ok(())
+    }
+
+    /// CPU time the dispatcher's threads used so far (each counted once it has stopped).
+    pub(super) fn cpu_time(&self) -> Duration {
+        self.cpu
     }
 
     /// Stops the dispatcher and waits until its ports are closed.
     pub(super) async fn stop(&mut self) {
-        if let Some((token, handle)) = self.running.take() {
+        if let Some((token, done)) = self.running.take() {
             token.cancel();
-            if tokio::time::timeout(Duration::from_secs(5), handle)
-                .await
-                .is_err()
-            {
-                warn!("the dispatcher did not stop within 5 s");
+            match tokio::time::timeout(Duration::from_secs(5), done).await {
+                Ok(Ok(cpu)) => self.cpu += cpu,
+                Ok(Err(_)) => warn!("the dispatcher thread ended without a word"),
+                Err(_) => warn!("the dispatcher did not stop within 5 s"),
             }
         }
     }
@@ -134,7 +174,6 @@ impl DispatcherSlot {
             }),
             None => None,
         };
-        self.spawn(listener, tls, reports);
-        Ok(())
+        self.spawn(listener, tls, reports)
     }
 }

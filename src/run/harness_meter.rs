@@ -82,8 +82,14 @@ impl HarnessMeter {
         }
     }
 
-    /// The figures, with `wall` the whole method run's wall time and `length` the scenario's.
-    pub fn finish(mut self, wall: Duration, length: Duration) -> HarnessMeasures {
+    /// The figures, with `wall` the whole method run's wall time, `length` the scenario's and
+    /// `dispatcher_cpu` the CPU time of the in-process dispatcher's thread, if there was one.
+    pub fn finish(
+        mut self,
+        wall: Duration,
+        length: Duration,
+        dispatcher_cpu: Option<Duration>,
+    ) -> HarnessMeasures {
         self.sample_memory();
         let joined = self.connect_ms.len() as u64;
         let publishing = self.began.elapsed().as_secs_f64();
@@ -109,6 +115,9 @@ impl HarnessMeter {
                 _ => None,
             },
             loader_cpu_pct: (publishing > 0.0).then(|| 100.0 * cpu / publishing),
+            dispatcher_cpu_pct: dispatcher_cpu
+                .filter(|_| publishing > 0.0)
+                .map(|d| 100.0 * d.as_secs_f64() / publishing),
             redirect_p50_ms: quantile(&mut self.redirect_ms, 0.5),
             redirect_p99_ms: quantile(&mut self.redirect_ms, 0.99),
             connect_p50_ms: quantile(&mut self.connect_ms, 0.5),
@@ -177,7 +186,7 @@ mod tests {
         ] {
             m.event(&joined(p, b, t, 1.5));
         }
-        let h = m.finish(Duration::from_secs(25), Duration::from_secs(22));
+        let h = m.finish(Duration::from_secs(25), Duration::from_secs(22), None);
         assert_eq!(h.waves, 2, "the lone arrival is no wave");
         assert_eq!(h.largest_wave_share, Some(0.75));
         assert_eq!(h.publishers_joined, 7);

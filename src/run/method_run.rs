@@ -83,7 +83,7 @@ impl MethodRun<'_> {
             measures.harness = measures
                 .meter
                 .take()
-                .map(|meter| meter.finish(began.elapsed(), self.length()));
+                .map(|meter| meter.finish(began.elapsed(), self.length(), measures.dispatcher_cpu));
             MethodResult { versions, measures }
         })
     }
@@ -317,6 +317,7 @@ impl MethodRun<'_> {
         };
         if let Some(slot) = dispatcher_slot.as_mut() {
             slot.stop().await;
+            measures.dispatcher_cpu = Some(slot.cpu_time());
         }
         // Drain what arrived after the last publisher finished.
         if stop.is_cancelled() {
@@ -373,6 +374,8 @@ pub struct Measures {
     meter: Option<HarnessMeter>,
     /// ... and when it is over (`None` if the load did not finish).
     pub harness: Option<HarnessMeasures>,
+    /// CPU time of the in-process dispatcher's thread (`None` without a dispatcher).
+    dispatcher_cpu: Option<Duration>,
     /// Messages sent against the brokers' own count (`None` if the load did not finish).
     pub delivery: Option<crate::report::delivery::Delivery>,
 }
