@@ -1,5 +1,6 @@
 //! TLS, one home: rustls configurations from PEM files (ring provider, no OpenSSL), and a
-//! throwaway CA with one server certificate for a run or a test ([`ThrowawayCa`]).
+//! throwaway CA with one server and one device certificate for a run or a test
+//! ([`ThrowawayCa`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +70,19 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A certificate chain and its private key, from two PEM files.
+fn identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = load_certs(cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+        path: key.to_owned(),
+        source,
+    })?;
+    Ok((chain, key_der))
+}
+
 /// A server configuration: certificate chain `cert`, its key `key`, and, with `client_ca`, a
 /// client certificate signed by that CA required from every client.
 pub fn server_config(
@@ -76,11 +90,7 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = load_certs(cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
-        path: key.to_owned(),
-        source,
-    })?;
+    let (chain, key_der) = identity(cert, key)?;
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
@@ -110,10 +120,30 @@ pub fn server_config(
 
 /// A client configuration trusting only the CA certificates in `ca`.
 pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-    let config = ClientConfig::builder_with_provider(provider())
+    client_config_with_identity(ca, None)
+}
+
+/// [`client_config`] that also presents a device certificate `(cert, key)` to servers that
+/// ask for one (a dispatcher with `--tls-client-ca`, a broker with `require_certificate`).
+pub fn client_config_with_identity(
+    ca: &Path,
+    device: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(ca)?)
-        .with_no_client_auth();
+        .with_root_certificates(roots(ca)?);
+    let config = match device {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, key_der) = identity(cert, key)?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|source| TlsError::Rustls {
+                    path: key.to_owned(),
+                    source,
+                })?
+        }
+    };
     Ok(Arc::new(config))
 }
 
@@ -138,17 +168,21 @@ pub async fn connect(
         .await
 }
 
-/// A CA made for one run or test, and one server certificate it signed for `localhost`,
-/// `127.0.0.1` and `::1`, written as PEM files into a directory.
+/// A CA made for one run or test, one server certificate it signed for `localhost`,
+/// `127.0.0.1` and `::1`, and one device (client) certificate, written as PEM files into a
+/// directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThrowawayCa {
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    pub device_cert: PathBuf,
+    pub device_key: PathBuf,
 }
 
 impl ThrowawayCa {
-    /// Writes `ca.pem`, `server.pem` and `server-key.pem` into `dir` (which must exist). The
+    /// Writes `ca.pem`, `server.pem`, `server-key.pem`, `device.pem` and `device-key.pem`
+    /// into `dir` (which must exist). The
     /// files are world-readable, since a broker may drop privileges before reading them; the
     /// key protects nothing beyond the run.
     pub fn create(dir: &Path) -> Result<Self, TlsError> {
@@ -172,15 +206,27 @@ impl ThrowawayCa {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
 
+        let mut device_params = CertificateParams::new(Vec::<String>::new())?;
+        device_params
+            .distinguished_name
+            .push(DnType::CommonName, "mqdispatch test device");
+        device_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let device_key = KeyPair::generate()?;
+        let device_cert = device_params.signed_by(&device_key, &issuer)?;
+
         let out = Self {
             ca_cert: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server-key.pem"),
+            device_cert: dir.join("device.pem"),
+            device_key: dir.join("device-key.pem"),
         };
         for (path, text) in [
             (&out.ca_cert, ca_cert.pem()),
             (&out.server_cert, cert.pem()),
             (&out.server_key, key.serialize_pem()),
+            (&out.device_cert, device_cert.pem()),
+            (&out.device_key, device_key.serialize_pem()),
         ] {
             std::fs::write(path, text).map_err(|source| TlsError::Io {
                 path: path.clone(),
@@ -197,6 +243,11 @@ impl ThrowawayCa {
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         client_config(&self.ca_cert)
     }
+
+    /// A client configuration that also presents this CA's device certificate.
+    pub fn device_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        client_config_with_identity(&self.ca_cert, Some((&self.device_cert, &self.device_key)))
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +260,7 @@ mod tests {
         let ca = ThrowawayCa::create(dir.path()).unwrap();
         ca.server_config().unwrap();
         ca.client_config().unwrap();
+        ca.device_config().unwrap();
         server_config(&ca.server_cert, &ca.server_key, Some(&ca.ca_cert)).unwrap();
         let err = client_config(&ca.server_key).unwrap_err().to_string();
         assert!(

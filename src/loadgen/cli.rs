@@ -64,6 +64,12 @@ pub struct Args {
     /// (the addresses given are then TLS ports).
     #[arg(long, value_name = "PEM")]
     tls_ca: Option<PathBuf>,
+    /// With `--tls-ca`: present this device certificate (PEM chain) to servers that require
+    /// one (a dispatcher with `--tls-client-ca`); `--tls-key` is its private key.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
@@ -104,7 +110,13 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
             .client_id_prefix
             .unwrap_or_else(|| format!("mqd{}-", std::process::id())),
         tls: match &args.tls_ca {
-            Some(ca) => Some(crate::tls::client_config(ca).context("--tls-ca")?),
+            Some(ca) => {
+                let device = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+                Some(
+                    crate::tls::client_config_with_identity(ca, device)
+                        .context("--tls-ca / --tls-cert / --tls-key")?,
+                )
+            }
             None => None,
         },
     };

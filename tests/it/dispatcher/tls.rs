@@ -121,10 +121,29 @@ async fn tls_and_plain_clients_side_by_side_each_get_their_own_reference() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_client_ca_a_client_without_a_certificate_gets_no_connack() {
+async fn with_a_client_ca_only_devices_with_its_certificates_are_redirected() {
     let t = start_with(Duration::from_secs(3), 64, true).await;
     let config = t.ca.client_config().unwrap();
     let err = proto::request_redirect_via(&t.tls, Some(&config), "no-cert", GUARD)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProtoError::Io(_)), "{err:?}");
+    // A device certificate signed by the client CA: served.
+    let device = t.ca.device_config().unwrap();
+    let r = proto::request_redirect_via(&t.tls, Some(&device), "device-1", GUARD)
+        .await
+        .unwrap();
+    assert_eq!(r.server_reference, TLS_REF);
+    // A device certificate from another CA (the dispatcher's server certificate still trusted):
+    // refused.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = ThrowawayCa::create(other.path()).unwrap();
+    let forged = mqdispatch::tls::client_config_with_identity(
+        &t.ca.ca_cert,
+        Some((&stranger.device_cert, &stranger.device_key)),
+    )
+    .unwrap();
+    let err = proto::request_redirect_via(&t.tls, Some(&forged), "forged", GUARD)
         .await
         .unwrap_err();
     assert!(matches!(err, ProtoError::Io(_)), "{err:?}");
@@ -214,7 +233,8 @@ async fn a_client_stalling_mid_handshake_is_closed_at_the_timeout_while_others_a
 /// Paho (Python) over TLS with the test CA: CONNACK 0x9C with the TLS Server Reference. Under
 /// CI (`CI` set, as `.ci/run` does) a missing Paho fails the test instead of skipping it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paho_python_over_tls_gets_0x9c_and_the_tls_reference() {
+async fn paho_python_over_tls_gets_0x9c_and_the_tls_reference_with_and_without_a_device_certificate()
+ {
     let has_paho = Command::new("python3")
         .args(["-c", "import paho.mqtt.client"])
         .stderr(Stdio::null())
@@ -228,38 +248,54 @@ async fn paho_python_over_tls_gets_0x9c_and_the_tls_reference() {
         eprintln!("SKIPPED paho_python_over_tls: python3 -c 'import paho.mqtt.client' failed");
         return;
     }
-    let t = start(Duration::from_secs(3), 64).await;
-    let (host, port) = t.tls.rsplit_once(':').unwrap();
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.args([
-        "-c",
-        PAHO_SCRIPT,
-        host,
-        port,
-        t.ca.ca_cert.to_str().unwrap(),
-    ])
-    .kill_on_drop(true);
-    let out = timeout(GUARD, cmd.output())
-        .await
-        .expect("paho script finished")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert_eq!(stdout.trim(), format!("CONNACK 156 {TLS_REF}"), "{stderr}");
+    // Server authentication only; then a dispatcher requiring device certificates, which Paho
+    // presents from the test CA's device files.
+    for require_device_cert in [false, true] {
+        let t = start_with(Duration::from_secs(3), 64, require_device_cert).await;
+        let (host, port) = t.tls.rsplit_once(':').unwrap();
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.args([
+            "-c",
+            PAHO_SCRIPT,
+            host,
+            port,
+            t.ca.ca_cert.to_str().unwrap(),
+        ]);
+        if require_device_cert {
+            cmd.args([
+                t.ca.device_cert.to_str().unwrap(),
+                t.ca.device_key.to_str().unwrap(),
+            ]);
+        }
+        cmd.kill_on_drop(true);
+        let out = timeout(GUARD, cmd.output())
+            .await
+            .expect("paho script finished")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert_eq!(
+            stdout.trim(),
+            format!("CONNACK 156 {TLS_REF}"),
+            "device certificate required: {require_device_cert}; {stderr}"
+        );
+    }
 }
 
-/// Connects with MQTT v5 over TLS (CA file given), prints `CONNACK <code> <server reference>`.
-/// Works with paho-mqtt 1.6 (Debian 12's python3-paho-mqtt) and 2.x.
+/// Connects with MQTT v5 over TLS (CA file given, and optionally a device certificate and its
+/// key), prints `CONNACK <code> <server reference>`. Works with paho-mqtt 1.6 (Debian 12's
+/// python3-paho-mqtt) and 2.x.
 const PAHO_SCRIPT: &str = r#"
 import sys
 import paho.mqtt.client as mqtt
 host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+certfile, keyfile = (sys.argv[4], sys.argv[5]) if len(sys.argv) > 5 else (None, None)
 args = dict(client_id="paho-tls", protocol=mqtt.MQTTv5)
 if hasattr(mqtt, "CallbackAPIVersion"):
     args["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
 client = mqtt.Client(**args)
-client.tls_set(ca_certs=ca)
+client.tls_set(ca_certs=ca, certfile=certfile, keyfile=keyfile)
 seen = []
 def on_connect(client, userdata, flags, reason_code, properties=None, *rest):
     code = reason_code.value if hasattr(reason_code, "value") else int(reason_code)
