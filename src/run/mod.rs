@@ -92,6 +92,8 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     crate::broker::check_available(scenario.brokers.kind)
         .and_then(|()| crate::scenario::check_plugin(&scenario))
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
+    crate::scenario::check_prometheus(&scenario)
+        .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
 
     let cancel = CancellationToken::new();
     let _signals = crate::shutdown::cancel_on_signal(&cancel, |signal| {
@@ -193,6 +195,8 @@ pub async fn run(
     out: &Path,
     cancel: CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
+    // Before any folder or broker: a Prometheus-fed method needs the binary.
+    crate::scenario::check_prometheus(scenario)?;
     let trials = plan_trials(scenario)?;
     let dir = results_dir::create(out, &scenario.name)
         .with_context(|| format!("creating a results folder under {}", out.display()))?;
