@@ -15,6 +15,7 @@ mod harness_meter;
 mod method_run;
 mod moves;
 mod progress;
+mod prom_feed;
 mod recorder;
 pub mod results_dir;
 
