@@ -22,6 +22,7 @@ use super::recorder::Recorder;
 use crate::agent::{self, CpuSampler};
 use crate::broker::{BrokerSpec, RunningBroker};
 use crate::dispatcher::rebalance::MoverKind;
+use crate::dispatcher::source::LoadSource;
 use crate::dispatcher::{BrokerEntry, DispatcherConfig};
 use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
 use crate::report::ResultsWriter;
@@ -160,6 +161,7 @@ impl MethodRun<'_> {
             _ => None,
         };
 
+        let mut prom_source = None;
         // Dispatcher (in this process) and where agents report.
         let mut dispatcher_slot: Option<DispatcherSlot> = None;
         let (placement, report_addr) = match self.method.assign {
@@ -195,7 +197,8 @@ impl MethodRun<'_> {
                     let (server, source) =
                         prom_feed::start(&dir, ports, scenario.scrape_interval, metric).await?;
                     *prom = Some(server);
-                    cfg.load_source = source;
+                    cfg.load_source = LoadSource::Prometheus(source.clone());
+                    prom_source = Some(source);
                     // Queried every scrape; 3 without a broker's series take it out.
                     cfg.report_interval = scenario.scrape_interval;
                 }
@@ -236,6 +239,16 @@ impl MethodRun<'_> {
                 Some(r) = sample_rx.recv() => { reported.insert(r.broker.clone()); early.push(r); }
                 _ = &mut warmup => { warn!("not every agent reported during warm-up"); break; }
                 _ = stop.cancelled() => return Ok(measures),
+            }
+        }
+        // Through Prometheus: its scrapes must reach the dispatcher before publishers come.
+        if let Some(source) = &prom_source {
+            let ids: Vec<String> = brokers.iter().map(|b| b.id.clone()).collect();
+            let within = Duration::from_secs(30);
+            if !prom_feed::await_series(source, &ids, &mut sample_rx, &mut early, within, stop)
+                .await
+            {
+                return Ok(measures);
             }
         }
 

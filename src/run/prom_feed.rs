@@ -11,11 +11,14 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::InputError;
-use crate::dispatcher::Metric;
-use crate::dispatcher::source::{LoadSource, PrometheusSource, Stale};
+use crate::dispatcher::source::{PrometheusSource, Stale};
+use crate::dispatcher::{Metric, prometheus};
+use crate::load_report::LoadReport;
 use crate::prom_server::PromServer;
 
 /// The agents' `/metrics` ports, by broker id.
@@ -82,18 +85,60 @@ pub(super) fn query_for(metric: Metric) -> Result<&'static str, InputError> {
     }
 }
 
-/// Starts the run's Prometheus (storage under `dir`) scraping `ports`, and the load source
-/// that queries it for `metric`.
+/// Starts the run's Prometheus (storage under `dir`) scraping `ports`, and the source that
+/// queries it for `metric`.
 pub(super) async fn start(
     dir: &Path,
     ports: &AgentPorts,
     scrape_interval: Duration,
     metric: Metric,
-) -> anyhow::Result<(PromServer, LoadSource)> {
+) -> anyhow::Result<(PromServer, PrometheusSource)> {
     let query = query_for(metric)?;
     let server = PromServer::start(dir, ports.targets(), scrape_interval).await?;
     let source = PrometheusSource::new(&server.url, query, "broker", Stale::Down)?;
-    Ok((server, LoadSource::Prometheus(source)))
+    Ok((server, source))
+}
+
+/// Waits until the server answers the query with a series for each of `brokers` (its scrape
+/// manager applies new targets only every few seconds), meanwhile keeping the agents' latest
+/// sample per broker in `early`; `false` when stopped or after `within`.
+pub(super) async fn await_series(
+    source: &PrometheusSource,
+    brokers: &[String],
+    samples: &mut mpsc::UnboundedReceiver<LoadReport>,
+    early: &mut Vec<LoadReport>,
+    within: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let ready = async {
+        loop {
+            if let Ok(points) = prometheus::query(source, Duration::from_secs(2)).await
+                && brokers
+                    .iter()
+                    .all(|b| points.iter().any(|p| &p.broker == b))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::pin!(ready);
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut ready => return true,
+            Some(r) = samples.recv() => {
+                early.retain(|e| e.broker != r.broker);
+                early.push(r);
+            }
+            () = &mut deadline => {
+                warn!(?within, "Prometheus has not answered for every broker yet: starting anyway");
+                return true;
+            }
+            () = stop.cancelled() => return false,
+        }
+    }
 }
 
 /// Stops the server if one runs (teardown of every exit path).
