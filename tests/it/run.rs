@@ -6,6 +6,7 @@ use std::process::Command;
 use crate::util::bin;
 
 mod fleet;
+mod prometheus;
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
