@@ -67,7 +67,7 @@ pub fn read_decisions(dir: &Path) -> Result<(Vec<String>, Vec<DecisionRow>), Rep
         .collect();
     let n = brokers.len();
     let with_predictions = headers.iter().any(|h| h.starts_with("pred_"));
-    let with_source = headers.iter().last() == Some("source");
+    let with_source = headers.iter().next_back() == Some("source");
     let numbers_end = if with_predictions { 5 + 2 * n } else { 5 + n };
     let fields = numbers_end + usize::from(with_source);
     let mut rows = Vec::new();
