@@ -96,3 +96,19 @@ fn prometheus_quick_feeds_the_dispatcher_through_a_real_prometheus() {
     assert_eq!(used, ["b1", "b2"]);
     assert!(Path::new(&dir).join("summary.md").exists());
 }
+
+/// The shipped comparison scenarios parse (without needing Prometheus installed) and compare
+/// the two sources in one scenario.
+#[test]
+fn prometheus_scenarios_compare_both_sources() {
+    use mqdispatch::scenario::LoadSourceKind::{Agent, Prometheus};
+    for name in ["prometheus", "prometheus-quick"] {
+        let s = mqdispatch::scenario::load(&repo_file(&format!("scenarios/{name}.yaml")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let sources: Vec<_> = s.methods.iter().map(|m| m.source).collect();
+        assert!(
+            sources.contains(&Agent) && sources.contains(&Prometheus),
+            "{name}"
+        );
+    }
+}
