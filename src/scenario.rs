@@ -17,10 +17,16 @@ use crate::dispatcher::{Metric, Policy};
 use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
 use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
 
+mod faults;
 mod length;
 mod rebalance;
+mod sampler;
 
+use faults::RawFault;
+pub use faults::{FaultKind, FaultPlan};
 use rebalance::RawRebalance;
+use sampler::RawSampler;
+pub use sampler::{CpuSampling, LoadSourceKind, check_prometheus};
 
 /// A scenario, checked and with its time scale applied: what the runner executes.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +41,10 @@ pub struct Scenario {
     pub window: Duration,
     /// What an agent's `cpu_pct` measures (`sampler.cpu`).
     pub cpu: CpuSampling,
+    /// How often the run's Prometheus scrapes the agents, and the dispatcher queries it
+    /// (`sampler.scrape_interval`; default: the sampler interval).
+    #[serde(with = "duration_serde")]
+    pub scrape_interval: Duration,
     pub profiles: Vec<Profile>,
     pub arrival: ArrivalSpec,
     pub methods: Vec<MethodPlan>,
@@ -47,16 +57,6 @@ pub struct Scenario {
 
 mod duration_serde {
     pub use crate::duration::serialize;
-}
-
-/// `sampler.cpu`: the broker's own process (default), or the whole host from `/proc/stat`
-/// as the paper measured it (meaningful when each broker has a host of its own).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CpuSampling {
-    #[default]
-    Process,
-    Host,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +78,9 @@ pub struct MethodPlan {
     pub rebalance: Option<RebalanceConfig>,
     /// How moves are made; `None`: by broker kind (Mosquitto: its plugin; else takeover).
     pub mover: Option<MoverKind>,
+    /// How the dispatcher learns the loads (`source:`, default `sampler.source`); always
+    /// `agent` for `dns-rr`, which has no dispatcher.
+    pub source: LoadSourceKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -87,32 +90,6 @@ pub enum Assignment {
     DnsRr,
     /// Through the dispatcher with this policy and metric.
     Dispatcher { policy: Policy, metric: Metric },
-}
-
-/// Something broken on purpose during a run (issue 6).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FaultPlan {
-    #[serde(with = "duration_serde")]
-    pub at: Duration,
-    pub kind: FaultKind,
-    /// Index of the broker (0-based) the fault targets (0 for `restart-dispatcher`).
-    pub broker: usize,
-    /// For `kill` and `stop`: bring the broker back after this long.
-    pub restore_after: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultKind {
-    /// SIGKILL the broker (restart with `restore_after`).
-    Kill,
-    /// SIGSTOP the broker: alive but silent (SIGCONT with `restore_after`).
-    Stop,
-    /// Kill the broker's agent: its reports stop while the broker keeps serving.
-    KillAgent,
-    /// Stop the dispatcher; start a fresh one on the same ports after `restore_after`
-    /// (default: at once). Connected publishers keep publishing meanwhile.
-    RestartDispatcher,
 }
 
 // ---- the file as written ------------------------------------------------------------------
@@ -153,17 +130,6 @@ struct RawBrokers {
     addresses: Vec<Spanned<String>>,
     #[serde(default)]
     plugin: Option<Spanned<bool>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSampler {
-    #[serde(default)]
-    interval: Option<Spanned<String>>,
-    #[serde(default)]
-    window: Option<Spanned<String>>,
-    #[serde(default)]
-    cpu: CpuSampling,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +180,8 @@ struct RawMethod {
     metric: Option<Metric>,
     #[serde(default)]
     rebalance: Option<Spanned<RawRebalance>>,
+    #[serde(default)]
+    source: Option<Spanned<LoadSourceKind>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -221,17 +189,6 @@ struct RawMethod {
 enum RawAssign {
     DnsRr,
     Dispatcher,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFault {
-    at: Spanned<String>,
-    kind: FaultKind,
-    #[serde(default)]
-    broker: Option<Spanned<usize>>,
-    #[serde(default)]
-    restore_after: Option<Spanned<String>>,
 }
 
 // ---- loading and checking -----------------------------------------------------------------
@@ -328,14 +285,10 @@ impl Checker<'_> {
             }
             t => t.as_ref().is_some_and(|t| t.value),
         };
-        let (sample_interval, window) = self.sampler(raw.sampler.as_ref(), time_scale)?;
-        let cpu = raw
-            .sampler
-            .as_ref()
-            .map_or_else(CpuSampling::default, |s| s.value.cpu);
+        let sampler = self.sampler(raw.sampler.as_ref(), time_scale)?;
         let profiles = self.profiles(&raw.publishers, time_scale)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
-        let methods = self.methods(&raw.methods, time_scale)?;
+        let methods = self.methods(&raw.methods, sampler.source, time_scale)?;
         let faults = raw
             .faults
             .iter()
@@ -346,9 +299,10 @@ impl Checker<'_> {
             seed: raw.seed,
             trials,
             brokers,
-            sample_interval,
-            window,
-            cpu,
+            sample_interval: sampler.interval,
+            window: sampler.window,
+            cpu: sampler.cpu,
+            scrape_interval: sampler.scrape_interval,
             profiles,
             arrival,
             methods,
@@ -409,32 +363,6 @@ impl Checker<'_> {
             addresses,
             plugin,
         })
-    }
-
-    fn sampler(
-        &self,
-        raw: Option<&Spanned<RawSampler>>,
-        scale: f64,
-    ) -> Result<(Duration, Duration), InputError> {
-        let mut interval = Duration::from_secs(1).mul_f64(scale);
-        let mut window = Duration::from_secs(5).mul_f64(scale);
-        if let Some(s) = raw {
-            if let Some(i) = &s.value.interval {
-                interval = self.duration(i, scale)?;
-                if interval < Duration::from_millis(50) {
-                    return Err(
-                        self.at(i, "sampler interval must be at least 50ms after time_scale")
-                    );
-                }
-            }
-            if let Some(w) = &s.value.window {
-                window = self.duration(w, scale)?;
-                if window < interval {
-                    return Err(self.at(w, "window must be at least one sampler interval"));
-                }
-            }
-        }
-        Ok((interval, window))
     }
 
     fn profiles(
@@ -548,6 +476,7 @@ impl Checker<'_> {
     fn methods(
         &self,
         raw: &Spanned<Vec<Spanned<RawMethod>>>,
+        default_source: LoadSourceKind,
         scale: f64,
     ) -> Result<Vec<MethodPlan>, InputError> {
         if raw.value.is_empty() {
@@ -596,66 +525,16 @@ impl Checker<'_> {
                     (Some(cfg), mover)
                 }
             };
+            let source = self.method_source(m.source.as_ref(), assign, default_source)?;
             methods.push(MethodPlan {
                 name,
                 assign,
                 rebalance,
                 mover,
+                source,
             });
         }
         Ok(methods)
-    }
-
-    fn fault(
-        &self,
-        raw: &Spanned<RawFault>,
-        brokers: &BrokersPlan,
-        scale: f64,
-    ) -> Result<FaultPlan, InputError> {
-        let f = &raw.value;
-        let broker = match (&f.broker, f.kind) {
-            (None, FaultKind::RestartDispatcher) => 0,
-            (Some(b), FaultKind::RestartDispatcher) => {
-                return Err(self.at(b, "restart-dispatcher takes no broker"));
-            }
-            (None, _) => return Err(self.at(raw, "this fault needs `broker: N` (0-based)")),
-            (Some(b), _) if b.value >= brokers.count => {
-                return Err(self.at(
-                    b,
-                    format!(
-                        "broker {} does not exist (brokers are 0..{})",
-                        b.value,
-                        brokers.count - 1
-                    ),
-                ));
-            }
-            (Some(b), _) => b.value,
-        };
-        if brokers.kind == BrokerKind::External
-            && matches!(f.kind, FaultKind::Kill | FaultKind::Stop)
-        {
-            return Err(self.at(
-                raw,
-                "external brokers cannot be killed or stopped by the harness",
-            ));
-        }
-        let restore_after = match &f.restore_after {
-            Some(r) if f.kind == FaultKind::KillAgent => {
-                return Err(self.at(
-                    r,
-                    "restore_after applies to kill, stop and restart-dispatcher only",
-                ));
-            }
-            Some(r) => Some(self.duration(r, scale)?),
-            None if f.kind == FaultKind::RestartDispatcher => Some(Duration::ZERO),
-            None => None,
-        };
-        Ok(FaultPlan {
-            at: self.duration(&f.at, scale)?,
-            kind: f.kind,
-            broker,
-            restore_after,
-        })
     }
 }
 
@@ -679,6 +558,8 @@ pub fn cli_main(args: ValidateArgs) -> anyhow::Result<()> {
     let scenario = load(&args.scenario)?;
     crate::broker::check_available(scenario.brokers.kind)
         .and_then(|()| check_plugin(&scenario))
+        .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
+    check_prometheus(&scenario)
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     let per_trial = scenario.method_length();
     println!(

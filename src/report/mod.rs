@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub mod decisions;
 pub mod delivery;
 pub mod faults;
 pub mod harness;

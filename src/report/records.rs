@@ -2,7 +2,7 @@
 //!
 //! Writing and reading live side by side so the column names exist once: the serde field names of
 //! the row structs *are* the CSV headers. `decisions.csv` has one `load_<broker>` column per
-//! broker, so it is written and read by hand.
+//! broker, so it is written and read by hand ([`super::decisions`]).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -12,6 +12,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ReportError;
+pub use super::decisions::{DecisionRow, read_decisions};
+use super::decisions::{decision_fields, decision_header};
 
 pub const BROKERS_CSV: &str = "brokers.csv";
 pub const PUBLISHERS_CSV: &str = "publishers.csv";
@@ -63,23 +65,6 @@ pub struct PublisherRow {
     /// not. Files without the column read as 0 (unknown).
     #[serde(default)]
     pub target_total: u64,
-}
-
-/// One placement decision by the dispatcher.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecisionRow {
-    pub trial: u32,
-    pub method: String,
-    pub t_s: f64,
-    pub client_id: String,
-    /// The broker chosen; empty = refused (no broker alive).
-    pub broker: String,
-    /// The load of every broker when chosen, in the writer's broker order.
-    pub loads: Vec<f64>,
-    /// The predicted load of clients placed but not yet visible in the reports (least-load,
-    /// two-choices), per broker in the same order, before this client was added; empty in
-    /// files written before the `pred_` columns existed.
-    pub predicted: Vec<f64>,
 }
 
 /// An injected fault (`faults.csv`, written by fault runs): drawn as a red marker on time plots.
@@ -226,17 +211,8 @@ impl ResultsWriter {
                 row.predicted.len(),
             )));
         }
-        let mut fields = vec![
-            row.trial.to_string(),
-            row.method.clone(),
-            row.t_s.to_string(),
-            row.client_id.clone(),
-            row.broker.clone(),
-        ];
-        fields.extend(row.loads.iter().map(f64::to_string));
-        fields.extend(row.predicted.iter().map(f64::to_string));
         self.decisions
-            .write_record(&fields)
+            .write_record(decision_fields(row))
             .map_err(|e| ReportError::csv(DECISIONS_CSV, e))
     }
 
@@ -253,16 +229,6 @@ impl ResultsWriter {
         }
         Ok(())
     }
-}
-
-fn decision_header(brokers: &[String]) -> Vec<String> {
-    let mut h: Vec<String> = ["trial", "method", "t_s", "client_id", "broker"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    h.extend(brokers.iter().map(|b| format!("load_{b}")));
-    h.extend(brokers.iter().map(|b| format!("pred_{b}")));
-    h
 }
 
 /// The CSV header of a row type: its serde field names, in order.
@@ -449,49 +415,6 @@ fn optional_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Re
     }
 }
 
-/// `decisions.csv`: the broker order (from the `load_<broker>` columns) and the rows; files
-/// without the `pred_<broker>` columns read with empty predictions.
-pub fn read_decisions(dir: &Path) -> Result<(Vec<String>, Vec<DecisionRow>), ReportError> {
-    let path = dir.join(DECISIONS_CSV);
-    let file = File::open(&path).map_err(|e| ReportError::io(&path, e))?;
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
-    let headers = reader.headers().map_err(|e| ReportError::csv(&path, e))?;
-    let brokers: Vec<String> = headers
-        .iter()
-        .skip(5)
-        .filter_map(|h| h.strip_prefix("load_").map(str::to_owned))
-        .collect();
-    let n = brokers.len();
-    let with_predictions = headers.iter().any(|h| h.starts_with("pred_"));
-    let fields = if with_predictions { 5 + 2 * n } else { 5 + n };
-    let mut rows = Vec::new();
-    for rec in reader.records() {
-        let rec = rec.map_err(|e| ReportError::csv(&path, e))?;
-        let bad = || ReportError::Invalid(format!("{}: malformed row {:?}", path.display(), rec));
-        if rec.len() != fields {
-            tracing::warn!(file = %path.display(), "dropping a row with the wrong field count");
-            continue;
-        }
-        let numbers = rec
-            .iter()
-            .skip(5)
-            .map(|v| v.parse::<f64>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad())?;
-        let (loads, predicted) = numbers.split_at(n);
-        rows.push(DecisionRow {
-            trial: rec[0].parse().map_err(|_| bad())?,
-            method: rec[1].to_owned(),
-            t_s: rec[2].parse().map_err(|_| bad())?,
-            client_id: rec[3].to_owned(),
-            broker: rec[4].to_owned(),
-            loads: loads.to_vec(),
-            predicted: predicted.to_vec(),
-        });
-    }
-    Ok((brokers, rows))
-}
-
 /// Distinct values in order of first appearance (methods and brokers keep the file's order).
 pub(crate) fn first_seen<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut seen = HashMap::new();
@@ -536,10 +459,6 @@ mod tests {
             header_of::<OutageRow>().join(","),
             "trial,method,publisher,broker,down_s,up_s,to_broker,downtime_s,not_sent"
         );
-        assert_eq!(
-            decision_header(&["b1".into(), "b2".into()]).join(","),
-            "trial,method,t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2"
-        );
     }
 
     #[test]
@@ -559,6 +478,7 @@ mod tests {
             broker: String::new(),
             loads: vec![1.5, 2.0],
             predicted: vec![0.0, 0.5],
+            source: "prometheus".into(),
         };
         w.decision_row(&d).expect("decision");
         assert!(

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,15 +17,17 @@ use tracing::{info, warn};
 use super::dispatcher_slot::DispatcherSlot;
 use super::faults::{self, FaultLog};
 use super::harness_meter::HarnessMeter;
+use super::prom_feed;
 use super::recorder::Recorder;
 use crate::agent::{self, CpuSampler};
 use crate::broker::{BrokerSpec, RunningBroker};
 use crate::dispatcher::rebalance::MoverKind;
+use crate::dispatcher::source::LoadSource;
 use crate::dispatcher::{BrokerEntry, DispatcherConfig};
 use crate::loadgen::{self, LoadConfig, LoadEvent, Placement, PlannedPublisher};
 use crate::report::ResultsWriter;
 use crate::report::harness::HarnessMeasures;
-use crate::scenario::{Assignment, CpuSampling, MethodPlan, Scenario};
+use crate::scenario::{Assignment, CpuSampling, LoadSourceKind, MethodPlan, Scenario};
 
 /// What one method run needs to know.
 pub struct MethodRun<'a> {
@@ -54,12 +57,13 @@ impl MethodRun<'_> {
     ) -> anyhow::Result<MethodResult> {
         let began = std::time::Instant::now();
         let mut brokers = Vec::new();
+        let mut prom = None;
         let started = self.start_brokers(&mut brokers).await;
         let tasks = TaskTracker::new();
         let stop = cancel.child_token();
         let result = match started {
             Ok(()) => {
-                self.drive(&mut brokers, writer, faults_log, &tasks, &stop)
+                self.drive(&mut brokers, &mut prom, writer, faults_log, &tasks, &stop)
                     .await
             }
             Err(e) => Err(e),
@@ -73,6 +77,7 @@ impl MethodRun<'_> {
         {
             warn!("some agent or dispatcher tasks did not stop within 5 s");
         }
+        prom_feed::stop(&mut prom).await;
         let versions = brokers.iter().map(RunningBroker::version).collect();
         for broker in brokers {
             if let Err(e) = broker.stop().await {
@@ -122,6 +127,7 @@ impl MethodRun<'_> {
     async fn drive(
         &self,
         brokers: &mut [RunningBroker],
+        prom: &mut Option<crate::prom_server::PromServer>,
         writer: &mut ResultsWriter,
         faults_log: &mut FaultLog,
         tasks: &TaskTracker,
@@ -146,6 +152,16 @@ impl MethodRun<'_> {
         let mut moves = Vec::new();
         let mut outages = Vec::new();
 
+        // Fed through Prometheus: agents' /metrics ports and the server, before the dispatcher.
+        let agent_ports = match (self.method.source, self.method.assign) {
+            (LoadSourceKind::Prometheus, Assignment::Dispatcher { .. }) => {
+                let ids: Vec<String> = brokers.iter().map(|b| b.id.clone()).collect();
+                Some(prom_feed::AgentPorts::bind(&ids)?)
+            }
+            _ => None,
+        };
+
+        let mut prom_source = None;
         // Dispatcher (in this process) and where agents report.
         let mut dispatcher_slot: Option<DispatcherSlot> = None;
         let (placement, report_addr) = match self.method.assign {
@@ -174,21 +190,35 @@ impl MethodRun<'_> {
                     crate::broker::BrokerKind::Mosquitto => MoverKind::MosquittoPlugin,
                     _ => MoverKind::Takeover,
                 });
+                if let Some(ports) = &agent_ports {
+                    let dir = self
+                        .workdir
+                        .join(format!("prometheus-t{}-{}", self.trial, self.method.name));
+                    let (server, source) =
+                        prom_feed::start(&dir, ports, scenario.scrape_interval, metric).await?;
+                    *prom = Some(server);
+                    cfg.load_source = LoadSource::Prometheus(source.clone());
+                    prom_source = Some(source);
+                    // Queried every scrape; 3 without a broker's series take it out.
+                    cfg.report_interval = scenario.scrape_interval;
+                }
                 let tls = self.tls.map(|ca| ca.server_config()).transpose()?;
                 let slot = DispatcherSlot::start(cfg, tls, decision_tx, move_tx, stop.clone())?;
                 let placement = Placement::Dispatcher {
                     dispatchers: vec![slot.listen_addr()],
                     max_hops: 3,
                 };
-                let report_addr = slot.report_addr();
+                // Prometheus-fed: agents only expose their samples, they report to no one.
+                let report_addr = agent_ports.is_none().then(|| slot.report_addr());
                 dispatcher_slot = Some(slot);
-                (placement, Some(report_addr))
+                (placement, report_addr)
             }
         };
 
         // One agent per broker; each feeds the dispatcher (if any) and the recorder.
         let agents = AgentSet {
             report_addr: report_addr.clone(),
+            metrics_ports: agent_ports,
             cpu: scenario.cpu,
             interval: scenario.sample_interval,
             samples: sample_tx.clone(),
@@ -209,6 +239,16 @@ impl MethodRun<'_> {
                 Some(r) = sample_rx.recv() => { reported.insert(r.broker.clone()); early.push(r); }
                 _ = &mut warmup => { warn!("not every agent reported during warm-up"); break; }
                 _ = stop.cancelled() => return Ok(measures),
+            }
+        }
+        // Through Prometheus: its scrapes must reach the dispatcher before publishers come.
+        if let Some(source) = &prom_source {
+            let ids: Vec<String> = brokers.iter().map(|b| b.id.clone()).collect();
+            let within = Duration::from_secs(30);
+            if !prom_feed::await_series(source, &ids, &mut sample_rx, &mut early, within, stop)
+                .await
+            {
+                return Ok(measures);
             }
         }
 
@@ -422,6 +462,8 @@ fn record_event(
 /// Starts agents for brokers, at the start and again when a fault brings a broker back.
 pub(super) struct AgentSet {
     report_addr: Option<String>,
+    /// Prometheus-fed: each agent serves `/metrics` on its broker's port.
+    metrics_ports: Option<prom_feed::AgentPorts>,
     cpu: CpuSampling,
     interval: Duration,
     samples: mpsc::UnboundedSender<crate::load_report::LoadReport>,
@@ -442,12 +484,32 @@ impl AgentSet {
             cfg.cpu = agent::CpuSource::Host;
             cfg.capacity_cores = None;
         }
+        let exposed = self
+            .metrics_ports
+            .as_ref()
+            .and_then(|ports| ports.listener(&broker.id))
+            .map(|listener| (listener, Arc::new(agent::metrics::AgentMetrics::default())));
+        cfg.metrics = exposed.as_ref().map(|(_, m)| m.clone());
         let token = self.stop.child_token();
         let tx = self.samples.clone();
         let id = broker.id.clone();
         let agent_token = token.clone();
         self.tasks.spawn(async move {
-            if let Err(e) = agent::run(cfg, Some(tx), agent_token).await {
+            // The port closes with its agent: Prometheus then sees the target down, as the
+            // dispatcher would see its reports stop.
+            let serve_token = agent_token.child_token();
+            let serving = async {
+                if let Some((listener, metrics)) = exposed {
+                    let _ = crate::metrics::serve(listener, metrics, serve_token.clone()).await;
+                }
+            };
+            let sampling = async {
+                let result = agent::run(cfg, Some(tx), agent_token).await;
+                serve_token.cancel();
+                result
+            };
+            let (result, ()) = tokio::join!(sampling, serving);
+            if let Err(e) = result {
                 warn!(broker = %id, error = %e, "agent stopped");
             }
         });

@@ -16,6 +16,7 @@ mod harness_meter;
 mod method_run;
 mod moves;
 mod progress;
+mod prom_feed;
 mod recorder;
 pub mod results_dir;
 
@@ -92,6 +93,8 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     crate::broker::check_available(scenario.brokers.kind)
         .and_then(|()| crate::scenario::check_plugin(&scenario))
+        .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
+    crate::scenario::check_prometheus(&scenario)
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
 
     let cancel = CancellationToken::new();
@@ -194,6 +197,8 @@ pub async fn run(
     out: &Path,
     cancel: CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
+    // Before any folder or broker: a Prometheus-fed method needs the binary.
+    crate::scenario::check_prometheus(scenario)?;
     let trials = plan_trials(scenario)?;
     let dir = results_dir::create(out, &scenario.name)
         .with_context(|| format!("creating a results folder under {}", out.display()))?;

@@ -165,6 +165,7 @@ impl Recorder {
             broker: d.broker.clone().unwrap_or_default(),
             loads: d.loads.iter().map(|(_, load)| *load).collect(),
             predicted: d.predicted.iter().map(|(_, p)| *p).collect(),
+            source: d.fed_by.as_str().to_owned(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::process::Command;
 use crate::util::bin;
 
 mod fleet;
+mod prometheus;
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -291,8 +292,12 @@ fn quick_scenario_end_to_end() {
 
     // decisions.csv: one per publisher placed by the dispatcher, none for dns-rr.
     let (header, rows) = read_csv(&dir.join("decisions.csv"));
-    assert_eq!(header[5..], ["load_b1", "load_b2", "pred_b1", "pred_b2"]);
+    assert_eq!(
+        header[5..],
+        ["load_b1", "load_b2", "pred_b1", "pred_b2", "source"]
+    );
     assert_eq!(rows.iter().filter(|r| r[1] == "proposed").count(), 10);
+    assert!(rows.iter().all(|r| r[9] == "reports"), "{rows:?}");
     assert_eq!(rows.iter().filter(|r| r[1] == "dns-rr").count(), 0);
 
     // summary.csv: the DNS-RR gap is 8000 msg/s by construction (18000 vs 10000), ± 5 %.

@@ -1,0 +1,114 @@
+//! `source: prometheus` end to end (issue 12): the quick scenario with the least-CPU dispatcher
+//! fed by agent reports and through a real Prometheus server the runner starts and stops.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::{column, read_csv, repo_file};
+use crate::util::bin;
+
+/// Skips (with a message) where Prometheus is not installed, except in CI, which installs it.
+fn prometheus_missing() -> bool {
+    if mqdispatch::prom_server::find("prometheus").is_some() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install Prometheus (apt-get install -y prometheus)"
+    );
+    eprintln!("SKIPPED: `prometheus` is not installed (apt-get install -y prometheus)");
+    true
+}
+
+/// Command lines of live processes that mention `needle` (a Prometheus left behind names its
+/// config and storage, which are under the run's folder).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains("prometheus") && cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+#[test]
+fn prometheus_quick_feeds_the_dispatcher_through_a_real_prometheus() {
+    if prometheus_missing() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(bin())
+        .arg("run")
+        .arg(repo_file("scenarios/prometheus-quick.yaml"))
+        .arg("--out")
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "mqdispatch run failed: {status}");
+    // The runner stopped and reaped its Prometheus servers (they lived under `out`).
+    let left = processes_mentioning(&out.path().display().to_string());
+    assert!(left.is_empty(), "Prometheus left running: {left:?}");
+
+    let dir = out.path().join("prometheus-quick/latest");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["completed"], true);
+
+    // Every decision names what fed it: reports for the agent method, Prometheus for the other.
+    let (header, rows) = read_csv(&dir.join("decisions.csv"));
+    assert_eq!(header.last().map(String::as_str), Some("source"));
+    let (method_c, source_c) = (column(&header, "method"), column(&header, "source"));
+    let sources = |method: &str| -> Vec<&str> {
+        rows.iter()
+            .filter(|r| r[method_c] == method)
+            .map(|r| r[source_c].as_str())
+            .collect()
+    };
+    assert_eq!(sources("proposed"), ["reports"; 4]);
+    assert_eq!(sources("proposed-prometheus"), ["prometheus"; 4]);
+
+    // Fed through Prometheus, the least-CPU dispatcher still spreads clients over both brokers
+    // (a dispatcher that saw no loads would keep choosing the first).
+    let (header, rows) = read_csv(&dir.join("publishers.csv"));
+    let (method_c, broker_c) = (column(&header, "method"), column(&header, "broker"));
+    let mut used: Vec<&str> = rows
+        .iter()
+        .filter(|r| r[method_c] == "proposed-prometheus")
+        .map(|r| r[broker_c].as_str())
+        .collect();
+    assert_eq!(used.len(), 4, "{rows:?}");
+    used.sort_unstable();
+    used.dedup();
+    assert_eq!(used, ["b1", "b2"]);
+    assert!(Path::new(&dir).join("summary.md").exists());
+}
+
+/// The shipped comparison scenarios parse (without needing Prometheus installed) and compare
+/// the two sources in one scenario.
+#[test]
+fn prometheus_scenarios_compare_both_sources() {
+    use mqdispatch::scenario::LoadSourceKind::{Agent, Prometheus};
+    for name in ["prometheus", "prometheus-quick"] {
+        let s = mqdispatch::scenario::load(&repo_file(&format!("scenarios/{name}.yaml")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let sources: Vec<_> = s.methods.iter().map(|m| m.source).collect();
+        assert!(
+            sources.contains(&Agent) && sources.contains(&Prometheus),
+            "{name}"
+        );
+    }
+}
