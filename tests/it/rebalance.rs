@@ -3,7 +3,6 @@
 //! scaled scenario end to end.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,7 +23,7 @@ use tokio::time::timeout;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::loadgen::fakes::{Broker, FakeDispatcher, Proxy, Reply, fake_broker_that_moves_us};
-use crate::util::bin;
+use crate::util::run_scenario;
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -257,19 +256,6 @@ async fn the_client_api_follows_a_server_reference_and_a_bare_close() {
     );
 }
 
-/// `mqdispatch run SCENARIO --out OUT`, which must succeed.
-fn run_scenario(scenario: &Path, out: &Path) {
-    let status = Command::new(bin())
-        .arg("run")
-        .arg(scenario)
-        .arg("--out")
-        .arg(out)
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success(), "mqdispatch run failed: {status}");
-}
-
 /// The scaled scenario: the heavy publisher arrives last onto the busier broker; the rebalancer
 /// moves light publishers until the rates are within the threshold over the full-load window.
 #[test]
@@ -287,7 +273,7 @@ fn a_scaled_heavy_last_run_on_mosquitto_moves_clients_through_the_plugin() {
 fn heavy_last_moves_and_closes_the_gap(name: &str) {
     let out = tempfile::tempdir().unwrap();
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/{name}.yaml"));
-    run_scenario(&scenario, out.path());
+    run_scenario(&scenario, out.path(), &[]);
     let dir = out.path().join(format!("{name}/latest"));
     let moves = std::fs::read_to_string(dir.join("moves.csv")).unwrap();
     let mut lines = moves.lines();
@@ -351,7 +337,7 @@ methods:
 ",
     )
     .unwrap();
-    run_scenario(&scenario, out.path());
+    run_scenario(&scenario, out.path(), &[]);
     let moves = std::fs::read_to_string(out.path().join("balanced/latest/moves.csv")).unwrap();
     assert_eq!(
         moves.lines().count(),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::bin;
+use crate::util::{bin, run_scenario};
 
 mod fleet;
 mod prometheus;
@@ -208,15 +208,7 @@ fn column(header: &[String], name: &str) -> usize {
 #[test]
 fn quick_scenario_end_to_end() {
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(bin())
-        .arg("run")
-        .arg(repo_file("scenarios/quick.yaml"))
-        .arg("--out")
-        .arg(out.path())
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success(), "mqdispatch run failed: {status}");
+    run_scenario(&repo_file("scenarios/quick.yaml"), out.path(), &[]);
     let runs: Vec<_> = std::fs::read_dir(out.path().join("quick"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -102,3 +102,17 @@ pub fn spawn_first_line(args: &[&str]) -> FirstLine {
         line: line.trim().to_owned(),
     }
 }
+
+/// `mqdispatch run SCENARIO --out OUT [EXTRA...]`, which must succeed.
+pub fn run_scenario(scenario: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
+    let status = Command::new(bin())
+        .arg("run")
+        .arg(scenario)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "mqdispatch run failed: {status}");
+}

@@ -2,10 +2,9 @@
 //! end, with every publisher accounted for.
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use super::{column, read_csv, repo_file};
-use crate::util::bin;
+use crate::util::run_scenario;
 
 /// Methods run in `make test` (all four would take over a minute on a loaded 2-core machine):
 /// the static baseline and the burst-safe dispatcher policy.
@@ -14,18 +13,12 @@ const METHODS: [&str; 2] = ["dns-rr", "least-load"];
 #[test]
 fn fleet_small_accounts_for_every_publisher() {
     let out = tempfile::tempdir().unwrap();
-    let mut command = Command::new(bin());
-    command
-        .arg("run")
-        .arg(repo_file("scenarios/fleet-small.yaml"))
-        .arg("--out")
-        .arg(out.path())
-        .env("RUST_LOG", "warn");
-    for m in METHODS {
-        command.args(["--method", m]);
-    }
-    let status = command.status().unwrap();
-    assert!(status.success(), "mqdispatch run failed: {status}");
+    let methods = METHODS.map(|m| ["--method", m]).concat();
+    run_scenario(
+        &repo_file("scenarios/fleet-small.yaml"),
+        out.path(),
+        &methods,
+    );
     let dir = std::fs::read_dir(out.path().join("fleet-small"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -2,10 +2,9 @@
 //! fed by agent reports and through a real Prometheus server the runner starts and stops.
 
 use std::path::Path;
-use std::process::Command;
 
 use super::{column, read_csv, repo_file};
-use crate::util::bin;
+use crate::util::run_scenario;
 
 /// Skips (with a message) where Prometheus is not installed, except in CI, which installs it.
 fn prometheus_missing() -> bool {
@@ -50,15 +49,11 @@ fn prometheus_quick_feeds_the_dispatcher_through_a_real_prometheus() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(bin())
-        .arg("run")
-        .arg(repo_file("scenarios/prometheus-quick.yaml"))
-        .arg("--out")
-        .arg(out.path())
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success(), "mqdispatch run failed: {status}");
+    run_scenario(
+        &repo_file("scenarios/prometheus-quick.yaml"),
+        out.path(),
+        &[],
+    );
     // The runner stopped and reaped its Prometheus servers (they lived under `out`).
     let left = processes_mentioning(&out.path().display().to_string());
     assert!(left.is_empty(), "Prometheus left running: {left:?}");
