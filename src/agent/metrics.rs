@@ -5,7 +5,10 @@
 //! - `mqdispatch_agent_cpu_percent{broker}`: CPU over the last interval (as `cpu_pct`);
 //! - `mqdispatch_agent_msgs_in_per_second{broker}`: broker-side received msg/s, when known;
 //! - `mqdispatch_agent_connections{broker}`: clients connected to the broker, when known;
-//! - `mqdispatch_agent_samples_total{broker}`: samples taken.
+//! - `mqdispatch_agent_samples_total{broker}`: samples taken;
+//! - `mqdispatch_agent_sample_timestamp_seconds{broker}`: when the exposed sample was measured
+//!   (Unix seconds, the report's `t_ms`), so a dispatcher fed through Prometheus can tell how old
+//!   its inputs are (`--prometheus-time-query`).
 //!
 //! While the broker refuses connections (`--probe`) the gauges are removed, as its reports
 //! stop: the series goes stale in Prometheus and a dispatcher fed by it takes the broker out.
@@ -34,6 +37,7 @@ pub struct AgentMetrics {
     rate: Family<BrokerLabel, FloatGauge>,
     connections: Family<BrokerLabel, Gauge>,
     samples: Family<BrokerLabel, Counter>,
+    sampled_at: Family<BrokerLabel, FloatGauge>,
 }
 
 impl Default for AgentMetrics {
@@ -59,12 +63,19 @@ impl Default for AgentMetrics {
         );
         let samples = Family::default();
         registry.register("samples", "Samples taken", samples.clone());
+        let sampled_at = Family::default();
+        registry.register(
+            "sample_timestamp_seconds",
+            "When the exposed sample was measured, Unix seconds",
+            sampled_at.clone(),
+        );
         Self {
             registry,
             cpu,
             rate,
             connections,
             samples,
+            sampled_at,
         }
     }
 }
@@ -95,6 +106,9 @@ impl AgentMetrics {
             }
         }
         self.samples.get_or_create(&label).inc();
+        self.sampled_at
+            .get_or_create(&label)
+            .set(report.t_ms as f64 / 1000.0);
     }
 
     /// Removes the load gauges (the broker refuses connections: no load to show).
@@ -102,6 +116,7 @@ impl AgentMetrics {
         self.cpu.clear();
         self.rate.clear();
         self.connections.clear();
+        self.sampled_at.clear();
     }
 }
 
@@ -121,7 +136,7 @@ mod tests {
         let m = AgentMetrics::default();
         m.observe(&LoadReport {
             broker: "b1".into(),
-            t_ms: 1,
+            t_ms: 1_700_000_000_250,
             cpu_pct: 37.5,
             msgs_in_per_s: Some(14012.0),
             connections: Some(5),
@@ -133,10 +148,13 @@ mod tests {
             "mqdispatch_agent_msgs_in_per_second{broker=\"b1\"} 14012.0",
             "mqdispatch_agent_connections{broker=\"b1\"} 5",
             "mqdispatch_agent_samples_total{broker=\"b1\"} 1",
+            "mqdispatch_agent_sample_timestamp_seconds{broker=\"b1\"} 1700000000.25",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
         m.withdraw();
-        assert!(!m.render().contains("cpu_percent{"));
+        let text = m.render();
+        assert!(!text.contains("cpu_percent{"), "{text}");
+        assert!(!text.contains("sample_timestamp_seconds{"), "{text}");
     }
 }

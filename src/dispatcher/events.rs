@@ -1,10 +1,11 @@
 //! `--events FILE.csv`: one row per placement, columns in this order:
-//! `t_s,client_id,broker,load_<id>...,pred_<id>...,source` (DESIGN.md `decisions.csv` without
-//! the runner's `trial,method`), one `load_` and then one `pred_` column per broker in config
-//! order; `source` says what fed the loads: `reports`, `prometheus`, or `prometheus-last-known`
+//! `t_s,client_id,broker,load_<id>...,pred_<id>...,age_<id>...,source` (DESIGN.md
+//! `decisions.csv` without the runner's `trial,method`), one `load_`, one `pred_` and one `age_`
+//! column per broker in config order; `source` says what fed the loads: `reports`, `prometheus`, or `prometheus-last-known`
 //! (Prometheus not answering: its last answer held).
 //! `load_` is the metric's window average, `pred_` the predicted load of clients placed there
-//! that its samples cannot show yet, both as the policy saw them before this client.
+//! that its samples cannot show yet, both as the policy saw them before this client; `age_` the
+//! age in ms of the broker's newest sample (empty before its first): the inputs' decision lag.
 //! `broker` is empty when the client was refused with 0x88; `t_s` is seconds since the
 //! dispatcher started.
 
@@ -26,6 +27,7 @@ pub fn header(ids: &[String]) -> Vec<String> {
     ];
     row.extend(ids.iter().map(|id| format!("load_{id}")));
     row.extend(ids.iter().map(|id| format!("pred_{id}")));
+    row.extend(ids.iter().map(|id| format!("age_{id}")));
     row.push("source".to_owned());
     row
 }
@@ -40,6 +42,11 @@ pub fn record(d: &Decision, start_ms: u64) -> Vec<String> {
     ];
     row.extend(d.loads.iter().map(|(_, load)| format!("{load}")));
     row.extend(d.predicted.iter().map(|(_, pred)| format!("{pred}")));
+    row.extend(
+        d.sample_ages_ms
+            .iter()
+            .map(|(_, age)| age.map(|ms| ms.to_string()).unwrap_or_default()),
+    );
     row.push(d.fed_by.as_str().to_owned());
     row
 }
@@ -88,6 +95,7 @@ mod tests {
             broker: Some("b2".into()),
             loads: loads.clone(),
             predicted: predicted.clone(),
+            sample_ages_ms: vec![("b1".to_owned(), Some(250)), ("b2".to_owned(), None)],
             fed_by: crate::dispatcher::FedBy::Reports,
         })
         .unwrap();
@@ -97,6 +105,7 @@ mod tests {
             broker: None,
             loads,
             predicted,
+            sample_ages_ms: vec![("b1".to_owned(), Some(4_000)), ("b2".to_owned(), Some(3))],
             fed_by: crate::dispatcher::FedBy::PrometheusLastKnown,
         })
         .unwrap();
@@ -105,9 +114,9 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
-            "t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2,source\n\
-             2.500,p1,b2,12.5,0,0.25,1.5,reports\n\
-             3.000,p2,,12.5,0,0.25,1.5,prometheus-last-known\n"
+            "t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2,age_b1,age_b2,source\n\
+             2.500,p1,b2,12.5,0,0.25,1.5,250,,reports\n\
+             3.000,p2,,12.5,0,0.25,1.5,4000,3,prometheus-last-known\n"
         );
     }
 }

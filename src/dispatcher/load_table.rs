@@ -118,6 +118,8 @@ struct BrokerLoad {
     samples: VecDeque<Sample>,
     received: u64,
     last_arrival: Option<Instant>,
+    /// `t_ms` of the newest sample: when the agent (or Prometheus) says it measured it.
+    last_sample_ms: Option<u64>,
     placed: u64,
     buckets: VecDeque<Bucket>,
 }
@@ -220,6 +222,7 @@ impl LoadTable {
         let b = &mut self.brokers[i];
         b.received += 1;
         b.last_arrival = Some(now);
+        b.last_sample_ms = Some(report.t_ms);
         let sample = Sample {
             arrived: now,
             cpu: report.cpu_pct,
@@ -297,6 +300,22 @@ impl LoadTable {
         self.brokers[i]
             .last_arrival
             .map(|t| now.saturating_duration_since(t))
+    }
+
+    /// Whether every broker has sent at least one sample.
+    pub fn every_broker_sampled(&self) -> bool {
+        self.brokers.iter().all(|b| b.last_sample_ms.is_some())
+    }
+
+    /// Age at `now_ms` ([`crate::now_ms`] clock) of each broker's newest sample by the time it
+    /// was measured (its `t_ms`), config order; `None` before its first. This is the decision
+    /// lag of the inputs: report delay, or scrape plus query delay through Prometheus. It trusts
+    /// the sampler's clock, so it means something only when both share one host's clock.
+    pub fn sample_ages_ms(&self, now_ms: u64) -> Vec<Option<u64>> {
+        self.brokers
+            .iter()
+            .map(|b| b.last_sample_ms.map(|t| now_ms.saturating_sub(t)))
+            .collect()
     }
 
     /// The policies' view of every broker at `now`, in config order, in the selected metric.

@@ -144,6 +144,9 @@ pub struct DispatcherConfig {
     pub mover: rebalance::MoverKind,
     /// Agents' reports (default) or a Prometheus query every `report_interval`.
     pub load_source: LoadSource,
+    /// Set to `true` once every broker has a sample: an embedding harness waits for it so that
+    /// no client is placed on a broker the dispatcher knows nothing about.
+    pub fed: Option<Arc<tokio::sync::watch::Sender<bool>>>,
 }
 
 impl DispatcherConfig {
@@ -163,6 +166,7 @@ impl DispatcherConfig {
             rebalance: None,
             mover: rebalance::MoverKind::Takeover,
             load_source: LoadSource::Reports,
+            fed: None,
         }
     }
 
@@ -207,6 +211,9 @@ pub struct Decision {
     /// unit: clients placed there that its samples cannot show yet. `least-load` and
     /// `two-choices` chose by `loads + predicted`; the other policies ignore it.
     pub predicted: Vec<(String, f64)>,
+    /// Age of every broker's newest sample when chosen (ms, config order; `None` before its
+    /// first): how old the information behind `loads` was ([`load_table::LoadTable::sample_ages_ms`]).
+    pub sample_ages_ms: Vec<(String, Option<u64>)>,
     /// What fed `loads`: agents' reports, Prometheus, or Prometheus's last answer held.
     pub fed_by: FedBy,
 }
@@ -404,6 +411,11 @@ pub struct Args {
     /// The label of each answer series that names its broker.
     #[arg(long, value_name = "LABEL", default_value = "broker")]
     pub broker_label: String,
+    /// PromQL whose series give, per broker (same label), when its value was measured, in Unix
+    /// seconds: decisions then log the true age of their inputs (scrape delay included); e.g.
+    /// mqdispatch_agent_sample_timestamp_seconds. Without it a value dates from the query.
+    #[arg(long, value_name = "PROMQL")]
+    pub prometheus_time_query: Option<String>,
     /// A broker missing from the answer for 3 intervals: down (default) or kept at its last
     /// known load.
     #[arg(long, value_enum, default_value_t = Stale::Down)]
@@ -413,9 +425,12 @@ pub struct Args {
 /// `--load-source` and its flags, checked together.
 fn load_source(args: &Args) -> Result<LoadSource, InputError> {
     match (args.load_source, &args.prometheus, &args.query) {
-        (SourceArg::Reports, None, None) => Ok(LoadSource::Reports),
+        (SourceArg::Reports, None, None) if args.prometheus_time_query.is_none() => {
+            Ok(LoadSource::Reports)
+        }
         (SourceArg::Reports, _, _) => Err(InputError(
-            "--prometheus and --query need --load-source prometheus".into(),
+            "--prometheus, --query and --prometheus-time-query need --load-source prometheus"
+                .into(),
         )),
         (SourceArg::Prometheus, Some(url), Some(query)) => {
             if args.report_listen.is_some() {
@@ -425,12 +440,10 @@ fn load_source(args: &Args) -> Result<LoadSource, InputError> {
                         .into(),
                 ));
             }
-            Ok(LoadSource::Prometheus(PrometheusSource::new(
-                url,
-                query,
-                &args.broker_label,
-                args.stale,
-            )?))
+            Ok(LoadSource::Prometheus(
+                PrometheusSource::new(url, query, &args.broker_label, args.stale)?
+                    .with_time_query(args.prometheus_time_query.as_deref())?,
+            ))
         }
         (SourceArg::Prometheus, _, _) => Err(InputError(
             "--load-source prometheus needs --prometheus URL and --query PROMQL, e.g. \

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +50,8 @@ pub struct Placer {
     decisions: Option<UnboundedSender<Decision>>,
     /// [`FedBy`] of the loads the policy sees now (changes when Prometheus stops answering).
     fed_by: AtomicU8,
+    /// [`DispatcherConfig::fed`].
+    fed: Option<Arc<tokio::sync::watch::Sender<bool>>>,
     pub metrics: DispatcherMetrics,
     pub handshake_timeout: Duration,
     pub max_packet_bytes: u32,
@@ -85,6 +87,7 @@ impl Placer {
             unavailable: proto::refusal_connack(ConnectReturnCode::ServerUnavailable).freeze(),
             decisions,
             fed_by: AtomicU8::new(fed_by as u8),
+            fed: cfg.fed.clone(),
             metrics,
             handshake_timeout: cfg.handshake_timeout,
             max_packet_bytes: cfg.max_packet_bytes,
@@ -137,12 +140,15 @@ impl Placer {
                         .map(|(id, v)| (id.clone(), f(v)))
                         .collect()
                 };
+                let t_ms = crate::now_ms();
+                let ages = inner.table.sample_ages_ms(t_ms);
                 Decision {
-                    t_ms: crate::now_ms(),
+                    t_ms,
                     client_id: client_id.to_owned(),
                     broker: chosen.map(|i| inner.table.ids()[i].clone()),
                     loads: per_broker(|v| v.load),
                     predicted: per_broker(|v| v.pending),
+                    sample_ages_ms: inner.table.ids().iter().cloned().zip(ages).collect(),
                     fed_by: self.fed_by(),
                 }
             });
@@ -220,7 +226,15 @@ impl Placer {
     }
 
     pub fn record(&self, report: &LoadReport) -> Result<(), TableError> {
-        self.lock().table.record(report, Instant::now())
+        let mut inner = self.lock();
+        inner.table.record(report, Instant::now())?;
+        if let Some(fed) = &self.fed
+            && !*fed.borrow()
+            && inner.table.every_broker_sampled()
+        {
+            fed.send_replace(true);
+        }
+        Ok(())
     }
 
     pub fn fed_by(&self) -> FedBy {
@@ -296,6 +310,31 @@ mod tests {
         let mut views = Vec::new();
         p.lock().table.views(Instant::now(), &mut views);
         views.iter().map(|v| v.pending).collect()
+    }
+
+    #[test]
+    fn fed_once_every_broker_has_a_sample_and_decisions_date_their_inputs() {
+        let brokers = ["b1", "b2"]
+            .map(|id| BrokerEntry {
+                id: id.into(),
+                addr: format!("{id}.example:1883"),
+                tls_addr: None,
+            })
+            .to_vec();
+        let (fed_tx, fed_rx) = tokio::sync::watch::channel(false);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut cfg = DispatcherConfig::new(brokers, Policy::LeastCpu);
+        cfg.fed = Some(Arc::new(fed_tx));
+        let p = Placer::new(&cfg, Some(tx));
+        p.record(&report("b1")).unwrap();
+        assert!(!*fed_rx.borrow(), "b2 has no sample yet");
+        p.place("c0");
+        let d = rx.try_recv().unwrap();
+        let now = d.t_ms;
+        assert_eq!(d.sample_ages_ms[1], ("b2".into(), None));
+        assert_eq!(d.sample_ages_ms[0].1, Some(now - 1_000));
+        p.record(&report("b2")).unwrap();
+        assert!(*fed_rx.borrow());
     }
 
     /// A burst of 1000 placements between two samples of two equally loaded brokers.

@@ -78,11 +78,13 @@ struct Series {
     value: (f64, String),
 }
 
-/// One series of an answer: the broker named in the label, and the value.
+/// One series of an answer: the broker named in the label, the value, and the evaluation time
+/// Prometheus stamped on it ([`crate::now_ms`] clock).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub broker: String,
     pub value: f64,
+    pub at_ms: u64,
 }
 
 /// Parses a `/api/v1/query` answer body (pure). Series without the label are skipped; so are
@@ -107,7 +109,12 @@ pub fn parse_answer(body: &[u8], broker_label: &str) -> Result<Vec<Point>, Query
         .filter_map(|s| {
             let broker = s.metric.get(broker_label)?.clone();
             let value: f64 = s.value.1.parse().ok()?;
-            value.is_finite().then_some(Point { broker, value })
+            let at_ms = (s.value.0.max(0.0) * 1000.0).round() as u64;
+            value.is_finite().then_some(Point {
+                broker,
+                value,
+                at_ms,
+            })
         })
         .collect())
 }
@@ -125,14 +132,23 @@ fn escape(text: &str) -> String {
 
 /// Runs `source.query` once, within `timeout`.
 pub async fn query(source: &PrometheusSource, timeout: Duration) -> Result<Vec<Point>, QueryError> {
-    tokio::time::timeout(timeout, query_once(source))
+    query_expr(source, &source.query, timeout).await
+}
+
+/// Runs the instant query `expr` against `source`'s server once, within `timeout`.
+async fn query_expr(
+    source: &PrometheusSource,
+    expr: &str,
+    timeout: Duration,
+) -> Result<Vec<Point>, QueryError> {
+    tokio::time::timeout(timeout, query_once(source, expr))
         .await
         .map_err(|_| QueryError::Timeout(timeout))?
 }
 
-async fn query_once(source: &PrometheusSource) -> Result<Vec<Point>, QueryError> {
+async fn query_once(source: &PrometheusSource, expr: &str) -> Result<Vec<Point>, QueryError> {
     let prefix = source.url.path().trim_end_matches('/');
-    let path = format!("{prefix}/api/v1/query?query={}", escape(&source.query));
+    let path = format!("{prefix}/api/v1/query?query={}", escape(expr));
     let (status, body) = get(&source.url, &path).await?;
     // A failed query answers 4xx/5xx with the error in the usual JSON.
     match parse_answer(&body, &source.broker_label) {
@@ -193,8 +209,26 @@ pub async fn get(base: &Uri, path: &str) -> Result<(StatusCode, Bytes), QueryErr
     }
 }
 
-/// The sample a query value stands for: the value in the field of `metric`.
-fn sample(broker: &str, value: f64, metric: Metric) -> LoadReport {
+/// When each broker's value was measured, from `source.time_query` (broker → ms); empty
+/// without one or when it fails (values then date from the query's evaluation).
+async fn measured_at(source: &PrometheusSource, timeout: Duration) -> HashMap<String, u64> {
+    let Some(expr) = &source.time_query else {
+        return HashMap::new();
+    };
+    match query_expr(source, expr, timeout).await {
+        Ok(points) => points
+            .into_iter()
+            .map(|p| (p.broker, (p.value.max(0.0) * 1000.0).round() as u64))
+            .collect(),
+        Err(error) => {
+            debug!(%error, "time query failed: values date from the query");
+            HashMap::new()
+        }
+    }
+}
+
+/// The sample a query value stands for: the value in the field of `metric`, measured at `t_ms`.
+fn sample(broker: &str, value: f64, metric: Metric, t_ms: u64) -> LoadReport {
     let (cpu_pct, msgs_in_per_s, connections) = match metric {
         Metric::Cpu | Metric::Composite => (value, None, None),
         Metric::MsgRate => (0.0, Some(value), None),
@@ -202,7 +236,7 @@ fn sample(broker: &str, value: f64, metric: Metric) -> LoadReport {
     };
     LoadReport {
         broker: broker.to_owned(),
-        t_ms: crate::now_ms(),
+        t_ms,
         cpu_pct: cpu_pct.max(0.0),
         msgs_in_per_s: msgs_in_per_s.map(|r| r.max(0.0)),
         connections,
@@ -220,8 +254,9 @@ pub async fn poll(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Loads of the brokers in the last answer (plus kept ones): held while Prometheus is down.
-    let mut held: HashMap<String, f64> = HashMap::new();
+    // Loads of the brokers in the last answer (plus kept ones) and when they were measured: held
+    // while Prometheus is down, their age growing.
+    let mut held: HashMap<String, (f64, u64)> = HashMap::new();
     let mut missing: HashSet<String> = HashSet::new();
     let mut unknown_warned: HashSet<String> = HashSet::new();
     let mut failing = false;
@@ -244,7 +279,8 @@ pub async fn poll(
                     placer.set_fed_by(FedBy::Prometheus);
                     info!("Prometheus answers again: loads from its answers");
                 }
-                let mut fresh: HashMap<String, f64> = HashMap::new();
+                let dated = measured_at(&source, interval).await;
+                let mut fresh: HashMap<String, (f64, u64)> = HashMap::new();
                 for p in points {
                     if !placer.knows(&p.broker) {
                         if unknown_warned.insert(p.broker.clone()) {
@@ -252,18 +288,19 @@ pub async fn poll(
                         }
                         continue;
                     }
-                    if fresh.insert(p.broker.clone(), p.value).is_some() {
+                    let t_ms = dated.get(&p.broker).copied().unwrap_or(p.at_ms);
+                    if fresh.insert(p.broker.clone(), (p.value, t_ms)).is_some() {
                         debug!(broker = %p.broker, "several series for one broker: the last counts");
                     }
                 }
                 for id in &ids {
                     match fresh.get(id) {
-                        Some(&v) => {
+                        Some(&(v, t_ms)) => {
                             if missing.remove(id) {
                                 info!(broker = %id, "broker's series is back");
                             }
-                            let _ = placer.record(&sample(id, v, metric));
-                            held.insert(id.clone(), v);
+                            let _ = placer.record(&sample(id, v, metric, t_ms));
+                            held.insert(id.clone(), (v, t_ms));
                         }
                         None => {
                             if missing.insert(id.clone()) {
@@ -277,8 +314,8 @@ pub async fn poll(
                                 }
                             }
                             match (source.stale, held.get(id)) {
-                                (Stale::Keep, Some(&v)) => {
-                                    let _ = placer.record(&sample(id, v, metric));
+                                (Stale::Keep, Some(&(v, t_ms))) => {
+                                    let _ = placer.record(&sample(id, v, metric, t_ms));
                                 }
                                 _ => {
                                     held.remove(id);
@@ -296,8 +333,8 @@ pub async fn poll(
                 } else {
                     debug!(%error, "Prometheus still not answering");
                 }
-                for (id, &v) in &held {
-                    let _ = placer.record(&sample(id, v, metric));
+                for (id, &(v, t_ms)) in &held {
+                    let _ = placer.record(&sample(id, v, metric, t_ms));
                 }
             }
         }
@@ -321,11 +358,13 @@ mod tests {
             [
                 Point {
                     broker: "b1".into(),
-                    value: 12.5
+                    value: 12.5,
+                    at_ms: 1_700_000_000_500,
                 },
                 Point {
                     broker: "b3".into(),
-                    value: 1000.0
+                    value: 1000.0,
+                    at_ms: 1_700_000_000_500,
                 }
             ]
         );
@@ -357,9 +396,16 @@ mod tests {
 
     #[test]
     fn a_value_lands_in_the_metric_field() {
-        assert_eq!(sample("b", 7.0, Metric::Cpu).cpu_pct, 7.0);
-        assert_eq!(sample("b", 7.0, Metric::MsgRate).msgs_in_per_s, Some(7.0));
-        assert_eq!(sample("b", 6.6, Metric::Connections).connections, Some(7));
+        let cpu = sample("b", 7.0, Metric::Cpu, 42);
+        assert_eq!((cpu.cpu_pct, cpu.t_ms), (7.0, 42));
+        assert_eq!(
+            sample("b", 7.0, Metric::MsgRate, 0).msgs_in_per_s,
+            Some(7.0)
+        );
+        assert_eq!(
+            sample("b", 6.6, Metric::Connections, 0).connections,
+            Some(7)
+        );
     }
 }
 
@@ -373,7 +419,7 @@ mod get_tests {
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
         let m = std::sync::Arc::new(crate::agent::metrics::AgentMetrics::default());
-        m.observe(&sample("b1", 12.5, Metric::Cpu));
+        m.observe(&sample("b1", 12.5, Metric::Cpu, 1_000));
         let server = tokio::spawn(crate::metrics::serve(listener, m, cancel.clone()));
         let base: Uri = format!("http://{addr}").parse().unwrap();
         let (status, body) = tokio::time::timeout(Duration::from_secs(5), get(&base, "/metrics"))

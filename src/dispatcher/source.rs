@@ -37,6 +37,10 @@ pub struct PrometheusSource {
     /// The label of each answer series that names its broker id.
     pub broker_label: String,
     pub stale: Stale,
+    /// A second query whose series give, per broker, when the value was measured (Unix
+    /// seconds; `mqdispatch_agent_sample_timestamp_seconds` for the agents). Without it a value
+    /// counts as measured when Prometheus evaluated the query, which hides the scrape delay.
+    pub time_query: Option<String>,
 }
 
 impl PrometheusSource {
@@ -81,7 +85,24 @@ impl PrometheusSource {
             query: query.to_owned(),
             broker_label: broker_label.to_owned(),
             stale,
+            time_query: None,
         })
+    }
+
+    /// Adds the query that dates each broker's value (`--prometheus-time-query`).
+    pub fn with_time_query(mut self, time_query: Option<&str>) -> Result<Self, InputError> {
+        if let Some(q) = time_query {
+            if q.trim().is_empty() {
+                return Err(InputError(
+                    "--prometheus-time-query is empty: give a PromQL expression whose series \
+                     carry the broker id and a Unix time in seconds, e.g. \
+                     mqdispatch_agent_sample_timestamp_seconds"
+                        .into(),
+                ));
+            }
+            self.time_query = Some(q.to_owned());
+        }
+        Ok(self)
     }
 }
 

@@ -94,6 +94,8 @@ pub struct Report {
     pub faults_md: String,
     /// The live-moves section (empty without moves).
     pub moves_md: String,
+    /// The decision-inputs section (empty without a dispatcher's decisions carrying ages).
+    pub inputs_md: String,
     /// The run's errors (from `manifest.json`) and the ones found here ([`Stage::is_report`]).
     pub errors: Vec<RunError>,
     /// `manifest.json`'s `incomplete_reason` of a run that did not complete.
@@ -199,6 +201,8 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
     // Outages that live moves caused are the moves' cost, not faults.
     let (_, outages) = moves::split_outages(&moves, outages);
     report.moves_md = moves::render_markdown(&moves);
+    let decided = rows_or_error(decisions::read_optional(dir), &mut report.errors);
+    report.inputs_md = decisions::render_markdown(&decided);
     report.delivery = faults::delivery(&publishers, &faults, &outages);
     report.fault_run = report.delivery.iter().any(faults::Delivery::faulted);
     report.faults_md = faults::render_markdown(&faults, &outages);

@@ -15,6 +15,9 @@ use super::stats::Estimate;
 
 /// The files a published result keeps (each small).
 pub const PUBLISHED_FILES: [&str; 3] = ["manifest.json", "summary.csv", "summary.md"];
+/// Small records published too when the run has them: the dispatcher's decisions (the README's
+/// decision-input ages come from them) and the live moves.
+pub const PUBLISHED_IF_PRESENT: [&str; 2] = ["decisions.csv", "moves.csv"];
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -56,6 +59,13 @@ pub fn publish(args: &PublishArgs) -> anyhow::Result<PathBuf> {
     for file in PUBLISHED_FILES {
         std::fs::copy(args.results.join(file), dest.join(file))
             .with_context(|| format!("copying {file} from {}", args.results.display()))?;
+    }
+    for file in PUBLISHED_IF_PRESENT {
+        let from = args.results.join(file);
+        if from.exists() {
+            std::fs::copy(&from, dest.join(file))
+                .with_context(|| format!("copying {}", from.display()))?;
+        }
     }
     Ok(dest)
 }
@@ -166,6 +176,15 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
         );
     }
     md.push_str(&harness_table(&manifest));
+    let decided = crate::report::decisions::read_optional(dir)?;
+    let inputs = crate::report::decisions::input_age_table(&decided);
+    if !inputs.is_empty() {
+        let _ = write!(
+            md,
+            "\nAge of the load information behind each placement (the oldest \
+             broker's newest sample, measured to decided; decisions.csv `age_<broker>`):\n\n{inputs}"
+        );
+    }
     let _ = writeln!(
         md,
         "\nMean ± 95 % CI over trials (Student t). Source: `{}/` (run started {}, commit {}, \

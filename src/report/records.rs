@@ -203,12 +203,14 @@ impl ResultsWriter {
     /// `row.loads` must hold one value per broker given to [`ResultsWriter::create`].
     pub fn decision_row(&mut self, row: &DecisionRow) -> Result<(), ReportError> {
         let n = self.broker_ids.len();
-        if row.loads.len() != n || row.predicted.len() != n {
+        if row.loads.len() != n || row.predicted.len() != n || row.sample_ages_ms.len() != n {
             return Err(ReportError::Invalid(format!(
-                "decision for {} has {} loads and {} predictions but the run has {n} brokers",
+                "decision for {} has {} loads, {} predictions and {} sample ages but the run has \
+                 {n} brokers",
                 row.client_id,
                 row.loads.len(),
                 row.predicted.len(),
+                row.sample_ages_ms.len(),
             )));
         }
         self.decisions
@@ -478,6 +480,7 @@ mod tests {
             broker: String::new(),
             loads: vec![1.5, 2.0],
             predicted: vec![0.0, 0.5],
+            sample_ages_ms: vec![Some(1_200), None],
             source: "prometheus".into(),
         };
         w.decision_row(&d).expect("decision");

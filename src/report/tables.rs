@@ -113,6 +113,7 @@ pub fn render_markdown(report: &Report) -> String {
     md.push('\n');
     md.push_str(&report.faults_md);
     md.push_str(&report.moves_md);
+    md.push_str(&report.inputs_md);
     write_recording(&mut md, report);
     md
 }

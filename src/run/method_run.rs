@@ -164,6 +164,7 @@ impl MethodRun<'_> {
         let mut prom_source = None;
         // Dispatcher (in this process) and where agents report.
         let mut dispatcher_slot: Option<DispatcherSlot> = None;
+        let mut dispatcher_fed: Option<tokio::sync::watch::Receiver<bool>> = None;
         let (placement, report_addr) = match self.method.assign {
             Assignment::DnsRr => (
                 Placement::DnsRoundRobin {
@@ -181,6 +182,9 @@ impl MethodRun<'_> {
                     })
                     .collect();
                 let mut cfg = DispatcherConfig::new(entries, policy);
+                let (fed_tx, fed_rx) = tokio::sync::watch::channel(false);
+                cfg.fed = Some(std::sync::Arc::new(fed_tx));
+                dispatcher_fed = Some(fed_rx);
                 cfg.metric = metric;
                 cfg.window = scenario.window;
                 cfg.report_interval = scenario.sample_interval;
@@ -249,6 +253,19 @@ impl MethodRun<'_> {
                 .await
             {
                 return Ok(measures);
+            }
+        }
+        // The dispatcher itself has a sample of every broker: no first client is placed on a
+        // broker it knows nothing about (it assumes those up at load 0).
+        if let Some(fed) = &mut dispatcher_fed {
+            let within = scenario.sample_interval * 10 + Duration::from_secs(10);
+            tokio::select! {
+                r = tokio::time::timeout(within, fed.wait_for(|f| *f)) => {
+                    if !matches!(r, Ok(Ok(_))) {
+                        warn!("the dispatcher has no sample of every broker yet: publishers start anyway");
+                    }
+                }
+                _ = stop.cancelled() => return Ok(measures),
             }
         }
 

@@ -73,6 +73,9 @@ impl AgentPorts {
     }
 }
 
+/// When each agent measured the value it exposes: decisions log the true age of their inputs.
+pub(super) const SAMPLE_TIME_QUERY: &str = "mqdispatch_agent_sample_timestamp_seconds";
+
 /// The PromQL for a metric over the agents' gauges (broker id in the `broker` label).
 pub(super) fn query_for(metric: Metric) -> Result<&'static str, InputError> {
     match metric {
@@ -95,7 +98,8 @@ pub(super) async fn start(
 ) -> anyhow::Result<(PromServer, PrometheusSource)> {
     let query = query_for(metric)?;
     let server = PromServer::start(dir, ports.targets(), scrape_interval).await?;
-    let source = PrometheusSource::new(&server.url, query, "broker", Stale::Down)?;
+    let source = PrometheusSource::new(&server.url, query, "broker", Stale::Down)?
+        .with_time_query(Some(SAMPLE_TIME_QUERY))?;
     Ok((server, source))
 }
 

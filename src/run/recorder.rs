@@ -165,6 +165,7 @@ impl Recorder {
             broker: d.broker.clone().unwrap_or_default(),
             loads: d.loads.iter().map(|(_, load)| *load).collect(),
             predicted: d.predicted.iter().map(|(_, p)| *p).collect(),
+            sample_ages_ms: d.sample_ages_ms.iter().map(|(_, a)| *a).collect(),
             source: d.fed_by.as_str().to_owned(),
         }
     }

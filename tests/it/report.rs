@@ -65,6 +65,7 @@ fn write_trial(w: &mut ResultsWriter, trial: u32, method: &str, rates: &[f64], l
                 broker: BROKERS[b].into(),
                 loads: vec![1.0, 2.0],
                 predicted: vec![0.0, 0.0],
+                sample_ages_ms: vec![Some(300), Some(700)],
                 source: "reports".into(),
             })
             .expect("decision row");

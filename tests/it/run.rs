@@ -286,10 +286,22 @@ fn quick_scenario_end_to_end() {
     let (header, rows) = read_csv(&dir.join("decisions.csv"));
     assert_eq!(
         header[5..],
-        ["load_b1", "load_b2", "pred_b1", "pred_b2", "source"]
+        [
+            "load_b1", "load_b2", "pred_b1", "pred_b2", "age_b1", "age_b2", "source"
+        ]
     );
     assert_eq!(rows.iter().filter(|r| r[1] == "proposed").count(), 10);
-    assert!(rows.iter().all(|r| r[9] == "reports"), "{rows:?}");
+    let source_c = column(&header, "source");
+    assert!(rows.iter().all(|r| r[source_c] == "reports"), "{rows:?}");
+    // The first publisher waits until the dispatcher holds a sample of every broker: every
+    // decision, the first included, dates both brokers' inputs.
+    for b in ["age_b1", "age_b2"] {
+        let c = column(&header, b);
+        assert!(
+            rows.iter().all(|r| r[c].parse::<u64>().is_ok()),
+            "{b}: {rows:?}"
+        );
+    }
     assert_eq!(rows.iter().filter(|r| r[1] == "dns-rr").count(), 0);
 
     // summary.csv: the DNS-RR gap is 8000 msg/s by construction (18000 vs 10000), ± 5 %.
