@@ -119,9 +119,12 @@ pub fn spawn_reader(
     (rx, task)
 }
 
-/// The broker's cumulative count once it has been updated at or after `after_ms` (epoch ms), so
-/// that it includes everything the broker had received by then; `None` if no such update came
-/// within `within` (an unreachable stats port or `$SYS` tree).
+/// The broker's cumulative count once it has been updated at or after `after_ms` (epoch ms) and
+/// then holds still: the first such update can still be short, either because a broker starved
+/// of CPU is still reading what was sent before `after_ms`, or because it is the retained `$SYS`
+/// snapshot Mosquitto hands a new subscriber (up to one `sys_interval` old). The count is taken
+/// once two updates in a row agree. `None` if that does not happen within `within` (an
+/// unreachable stats port or `$SYS` tree, or a count still moving).
 pub async fn total_after(
     source: &CounterSource,
     after_ms: u64,
@@ -129,11 +132,23 @@ pub async fn total_after(
 ) -> Option<CounterReading> {
     let cancel = CancellationToken::new();
     let (mut rx, task) = spawn_reader(source.clone(), cancel.clone());
-    let settled = rx.wait_for(|r| r.is_some_and(|r| r.t_ms >= after_ms));
-    let reading = tokio::time::timeout(within, settled)
-        .await
-        .ok()
-        .and_then(|r| r.ok().and_then(|r| *r));
+    let settled = async {
+        let mut prev = (*rx
+            .wait_for(|r| r.is_some_and(|r| r.t_ms >= after_ms))
+            .await
+            .ok()?)?;
+        loop {
+            let next = (*rx
+                .wait_for(|r| r.is_some_and(|r| r.t_ms > prev.t_ms))
+                .await
+                .ok()?)?;
+            if next.received_total == prev.received_total {
+                return Some(next);
+            }
+            prev = next;
+        }
+    };
+    let reading = tokio::time::timeout(within, settled).await.ok().flatten();
     cancel.cancel();
     let _ = task.await;
     reading

@@ -16,15 +16,25 @@ use serde::{Deserialize, Serialize};
 pub struct Delivery {
     /// PUBLISH packets the load generator wrote, all publishers together.
     pub sent: u64,
-    /// PUBLISH packets the brokers counted, all brokers together (`None`: see `uncounted`).
-    /// On Mosquitto with the rebalancer this includes its few control messages.
+    /// PUBLISH packets the brokers counted, all brokers together (`None`: see `uncounted`),
+    /// without the harness's own control messages (`control_excluded`).
     pub received: Option<u64>,
-    /// Per broker id, its own count.
+    /// Per broker id, its own count, control messages taken out.
     pub received_by_broker: BTreeMap<String, u64>,
+    /// PUBLISH packets the harness itself wrote to the brokers and they counted as received:
+    /// the rebalancer's requests to the Mosquitto plugin (`$CONTROL/...`, one `rates` request per
+    /// broker per interval, one per move). Taken out of `received` (runs made before this
+    /// field existed include them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub control_excluded: u64,
     /// Why `received` is missing: a broker without counters, one restarted by a fault (its
-    /// count began again), or a counter that did not update in time.
+    /// count began again), or a counter that did not settle in time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncounted: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Delivery {
@@ -41,11 +51,18 @@ impl Delivery {
     /// One line for summary.md.
     pub fn describe(&self, trial: u32, method: &str) -> String {
         match (self.received, self.ratio()) {
-            (Some(received), Some(ratio)) => format!(
-                "trial {trial}, {method}: brokers received {received} of {} messages sent ({:.2} %)",
-                self.sent,
-                ratio * 100.0
-            ),
+            (Some(received), Some(ratio)) => {
+                let control = match self.control_excluded {
+                    0 => String::new(),
+                    n => format!("; the harness's {n} control messages taken out"),
+                };
+                format!(
+                    "trial {trial}, {method}: brokers received {received} of {} messages sent \
+                     ({:.2} %{control})",
+                    self.sent,
+                    ratio * 100.0
+                )
+            }
             _ => format!(
                 "trial {trial}, {method}: {} messages sent; brokers' count not available ({})",
                 self.sent,
@@ -66,10 +83,20 @@ mod tests {
             received: Some(14471),
             received_by_broker: [("b1".into(), 7000), ("b2".into(), 7471)].into(),
             uncounted: None,
+            control_excluded: 0,
         };
         assert_eq!(
             counted.describe(1, "dns-rr"),
             "trial 1, dns-rr: brokers received 14471 of 14500 messages sent (99.80 %)"
+        );
+        let with_control = Delivery {
+            control_excluded: 296,
+            ..counted.clone()
+        };
+        assert_eq!(
+            with_control.describe(1, "rebalance"),
+            "trial 1, rebalance: brokers received 14471 of 14500 messages sent (99.80 %; the \
+             harness's 296 control messages taken out)"
         );
         let restarted = Delivery {
             sent: 10,

@@ -247,6 +247,7 @@ mod tests {
                         received: Some(99),
                         received_by_broker: [("b1".into(), 99)].into(),
                         uncounted: None,
+                        control_excluded: 0,
                     }),
                 }],
             }]),

@@ -121,6 +121,7 @@ impl MethodRun<'_> {
                 .with_context(|| format!("starting broker {id}"))?;
             brokers.push(broker);
         }
+        super::delivery::forget_control(brokers);
         Ok(())
     }
 
@@ -364,18 +365,24 @@ impl MethodRun<'_> {
                 }
             }
         }
-        // The brokers' whole-run count, once their counters include the last publisher's
-        // messages (a counter updates every interval, so three of them is ample).
-        let counted = if stop.is_cancelled() {
-            Err("the run was interrupted".to_owned())
-        } else {
-            super::delivery::count_received(brokers, load_end_ms, scenario.sample_interval * 3)
-                .await
-        };
+        // The dispatcher (and its rebalancer, whose control requests a Mosquitto broker counts
+        // as received messages) stops first, so the count below sees all of them.
         if let Some(slot) = dispatcher_slot.as_mut() {
             slot.stop().await;
             measures.dispatcher_cpu = Some(slot.cpu_time());
         }
+        // The brokers' whole-run count, once their counters include the last publisher's
+        // messages and the last control request.
+        let counted = if stop.is_cancelled() {
+            Err("the run was interrupted".to_owned())
+        } else {
+            let after_ms = load_end_ms.max(crate::now_ms());
+            // Broker counters tick on their own clock (rumqttd's meter, Mosquitto's
+            // `sys_interval`: 1 s), not on a time-scaled sampler's, and the count needs two
+            // agreeing updates: give them 3 s more.
+            let within = scenario.sample_interval * 3 + Duration::from_secs(3);
+            super::delivery::count_received(brokers, after_ms, within).await
+        };
         // Drain what arrived after the last publisher finished.
         if stop.is_cancelled() {
             recorder.cut_short(crate::now_ms());

@@ -4,9 +4,10 @@
 //! One request at a time per broker (a lock around the exchange): each answer is matched to its
 //! request by `id` (answers without one, `hello` and `error`, go to the request in flight).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -20,6 +21,29 @@ pub const CONTROL_TOPIC: &str = "$CONTROL/mqdispatch/v1";
 pub const RESPONSE_TOPIC: &str = "$CONTROL/mqdispatch/v1/response";
 /// Bound on one order's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// PUBLISH packets this process's control connections wrote, per broker address. The broker
+/// counts them among the messages it received (Mosquitto's
+/// `$SYS/broker/publish/messages/received`): a harness counting delivery takes them out
+/// ([`take_published`]). Process-wide because the connections live inside the dispatcher.
+static PUBLISHED: std::sync::Mutex<BTreeMap<String, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn note_published(addr: &str) {
+    let mut published = PUBLISHED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *published.entry(addr.to_owned()).or_default() += 1;
+}
+
+/// Control PUBLISH packets written to the broker at `addr` since the last call (and forgets
+/// them: a later broker may get the same port).
+pub fn take_published(addr: &str) -> u64 {
+    PUBLISHED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(addr)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -159,9 +183,12 @@ impl ControlClient {
         let (tx, answers) = mpsc::unbounded_channel();
         let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
         let broker_id = broker.to_owned();
+        let broker_addr = addr.to_owned();
         let poll = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    // Every write, retransmissions included: each is a PUBLISH the broker counts.
+                    Ok(Event::Outgoing(Outgoing::Publish(_))) => note_published(&broker_addr),
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = subscribed_tx.send(Ok(()));
                     }
