@@ -274,10 +274,7 @@ mod tests {
     use super::*;
     use crate::dispatcher::{BrokerEntry, Metric};
 
-    fn placer(
-        policy: Policy,
-        metric: Metric,
-    ) -> (Placer, tokio::sync::mpsc::UnboundedReceiver<Decision>) {
+    fn two_brokers(policy: Policy) -> DispatcherConfig {
         let brokers = ["b1", "b2"]
             .map(|id| BrokerEntry {
                 id: id.into(),
@@ -285,8 +282,15 @@ mod tests {
                 tls_addr: None,
             })
             .to_vec();
+        DispatcherConfig::new(brokers, policy)
+    }
+
+    fn placer(
+        policy: Policy,
+        metric: Metric,
+    ) -> (Placer, tokio::sync::mpsc::UnboundedReceiver<Decision>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut cfg = DispatcherConfig::new(brokers, policy);
+        let mut cfg = two_brokers(policy);
         cfg.metric = metric;
         let p = Placer::new(&cfg, Some(tx));
         for broker in ["b1", "b2"] {
@@ -314,16 +318,9 @@ mod tests {
 
     #[test]
     fn fed_once_every_broker_has_a_sample_and_decisions_date_their_inputs() {
-        let brokers = ["b1", "b2"]
-            .map(|id| BrokerEntry {
-                id: id.into(),
-                addr: format!("{id}.example:1883"),
-                tls_addr: None,
-            })
-            .to_vec();
         let (fed_tx, fed_rx) = tokio::sync::watch::channel(false);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut cfg = DispatcherConfig::new(brokers, Policy::LeastCpu);
+        let mut cfg = two_brokers(Policy::LeastCpu);
         cfg.fed = Some(Arc::new(fed_tx));
         let p = Placer::new(&cfg, Some(tx));
         p.record(&report("b1")).unwrap();

@@ -123,6 +123,7 @@ pub fn read_decisions(dir: &Path) -> Result<(Vec<String>, Vec<DecisionRow>), Rep
     };
     let (pred, age) = (aligned("pred_"), aligned("age_"));
     let source = headers.iter().position(|h| h == "source");
+    let load_cols: Vec<usize> = loads.iter().map(|(_, i)| *i).collect();
     let mut rows = Vec::new();
     for rec in reader.records() {
         let rec = rec.map_err(|e| ReportError::csv(&path, e))?;
@@ -136,7 +137,6 @@ pub fn read_decisions(dir: &Path) -> Result<(Vec<String>, Vec<DecisionRow>), Rep
                 .map(|&i| rec[i].parse::<f64>().map_err(|_| bad()))
                 .collect()
         };
-        let load_cols: Vec<usize> = loads.iter().map(|(_, i)| *i).collect();
         rows.push(DecisionRow {
             trial: rec[0].parse().map_err(|_| bad())?,
             method: rec[1].to_owned(),

@@ -6,10 +6,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::bin;
+use crate::util::run_command;
 
 #[path = "../../fuzz/connect_check.rs"]
 #[allow(dead_code)]
@@ -172,13 +172,7 @@ fn run_signalled(
     interrupt: impl Fn(&Path) -> bool,
 ) -> Watched {
     let stderr_path = out.join("stderr.log");
-    let child = Command::new(bin())
-        .arg("run")
-        .arg(scenario)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .env("RUST_LOG", "warn")
+    let child = run_command(scenario, out, extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()

@@ -103,16 +103,21 @@ pub fn spawn_first_line(args: &[&str]) -> FirstLine {
     }
 }
 
-/// `mqdispatch run SCENARIO --out OUT [EXTRA...]`, which must succeed.
-pub fn run_scenario(scenario: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
-    let status = Command::new(bin())
+/// The command `mqdispatch run SCENARIO --out OUT [EXTRA...]`, logging warnings only.
+pub fn run_command(scenario: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(bin());
+    command
         .arg("run")
         .arg(scenario)
         .arg("--out")
         .arg(out)
         .args(extra)
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// `mqdispatch run SCENARIO --out OUT [EXTRA...]`, which must succeed.
+pub fn run_scenario(scenario: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
+    let status = run_command(scenario, out, extra).status().unwrap();
     assert!(status.success(), "mqdispatch run failed: {status}");
 }
