@@ -11,7 +11,7 @@ help:
 	@echo "make quick                                      the short scenario (about a minute)"
 	@echo "make test                                       format check, clippy, all tests"
 	@echo "make lint                                       format check and clippy only"
-	@echo "make bench                                      dispatcher (plain and TLS), load-generator, send-mode and fleet benchmarks"
+	@echo "make bench                                      dispatcher (plain and TLS), load-generator, send-mode, broker-neighbour and fleet benchmarks"
 	@echo "make fuzz                                       fuzz the CONNECT path for 2 minutes (nightly + cargo-fuzz)"
 
 # --workspace: also the Mosquitto plugin (target/release/libmqdispatch_mosquitto_plugin.so).
@@ -30,7 +30,7 @@ lint:
 # Each benchmark's output is kept in results/bench/<UTC time>/ (never overwritten), headed by
 # the commit it ran at; `cp` a folder's files to results/published/bench/ to publish them.
 BENCH_DIR := results/bench/$(shell date -u +%Y%m%dT%H%M%SZ)
-BENCHES   := dispatcher loadgen send_modes fleet
+BENCHES   := dispatcher loadgen send_modes neighbours fleet
 
 bench: build
 	mkdir -p $(BENCH_DIR)

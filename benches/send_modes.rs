@@ -316,6 +316,7 @@ fn main() {
             id: "b1".into(),
             kind,
             cpu_limit_cores: None,
+            cpus: None,
             external_addr: None,
             tls: None,
             mosquitto_plugin: None,

@@ -13,12 +13,13 @@
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
 //! delays), [`shutdown`] (SIGINT/SIGTERM/SIGHUP), [`process`] (child processes that never
-//! outlive us), [`fdlimit`] (the open-file limit raised for fleets), [`prom_server`] (a real
+//! outlive us), [`fdlimit`] (the open-file limit raised for fleets), [`affinity`] (CPU pinning of brokers), [`prom_server`] (a real
 //! Prometheus for runs and tests), [`metrics`] (`/metrics` for any role), [`seeds`] (one trial
 //! seed → independent, value-stable random streams), [`tls`] (rustls configurations, throwaway
 //! CAs).
 
 pub mod addr;
+pub mod affinity;
 pub mod agent;
 pub mod backoff;
 pub mod broker;

@@ -64,6 +64,8 @@ pub struct BrokersPlan {
     pub kind: BrokerKind,
     pub count: usize,
     pub cpu_limit: Option<f64>,
+    /// The CPUs each broker runs on (`cpus`, one set per broker in order); empty: not pinned.
+    pub cpus: Vec<crate::affinity::CpuSet>,
     /// `host:port` of each external broker (kind `external` only).
     pub addresses: Vec<String>,
     /// Load the mqdispatch Mosquitto plugin (`plugin: true`, kind `mosquitto` only).
@@ -126,6 +128,8 @@ struct RawBrokers {
     count: Option<Spanned<usize>>,
     #[serde(default)]
     cpu_limit: Option<Spanned<f64>>,
+    #[serde(default)]
+    cpus: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
     #[serde(default)]
@@ -346,6 +350,25 @@ impl Checker<'_> {
         if b.kind == BrokerKind::External && cpu_limit.is_some() {
             return Err(self.at(raw, "cpu_limit cannot be applied to external brokers"));
         }
+        let cpus = match &b.cpus {
+            None => Vec::new(),
+            Some(list) if b.kind == BrokerKind::External => {
+                return Err(self.at(list, "cpus cannot be applied to external brokers"));
+            }
+            Some(list) if list.value.len() != count => {
+                return Err(self.at(
+                    list,
+                    format!(
+                        "cpus needs one CPU list per broker ({count}), e.g. `cpus: [\"2\", \"3\"]`"
+                    ),
+                ));
+            }
+            Some(list) => list
+                .value
+                .iter()
+                .map(|set| set.value.parse().map_err(|e: String| self.at(set, e)))
+                .collect::<Result<_, _>>()?,
+        };
         let plugin = match &b.plugin {
             Some(p) if p.value && b.kind != BrokerKind::Mosquitto => {
                 return Err(self.at(
@@ -360,6 +383,7 @@ impl Checker<'_> {
             kind: b.kind,
             count,
             cpu_limit,
+            cpus,
             addresses,
             plugin,
         })
@@ -538,10 +562,19 @@ impl Checker<'_> {
     }
 }
 
-/// With `plugin: true`, the Mosquitto plugin must be built (checked before anything starts).
-pub fn check_plugin(scenario: &Scenario) -> Result<(), crate::broker::BrokerError> {
+/// With `plugin: true`, the Mosquitto plugin must be built; with `cpus`, every CPU must be
+/// online here (checked before anything starts: a scenario written for a bigger host parses
+/// anywhere, and fails here, not midway).
+pub fn check_host(scenario: &Scenario) -> Result<(), crate::broker::BrokerError> {
     if scenario.brokers.plugin {
         crate::broker::mosquitto::find_plugin()?;
+    }
+    for (i, set) in scenario.brokers.cpus.iter().enumerate() {
+        set.check_online()
+            .map_err(|why| crate::broker::BrokerError::Spec {
+                id: format!("b{}", i + 1),
+                why: format!("cpus: {why}"),
+            })?;
     }
     Ok(())
 }
@@ -557,7 +590,7 @@ pub struct ValidateArgs {
 pub fn cli_main(args: ValidateArgs) -> anyhow::Result<()> {
     let scenario = load(&args.scenario)?;
     crate::broker::check_available(scenario.brokers.kind)
-        .and_then(|()| check_plugin(&scenario))
+        .and_then(|()| check_host(&scenario))
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     check_prometheus(&scenario)
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;

@@ -49,6 +49,8 @@ pub struct BrokerSpec {
     pub kind: BrokerKind,
     /// CPU cap in cores (weak-host emulation), applied with a cgroup.
     pub cpu_limit_cores: Option<f64>,
+    /// The CPUs the broker process may run on (`brokers.cpus`); `None`: wherever the harness may.
+    pub cpus: Option<crate::affinity::CpuSet>,
     /// `host:port`, for [`BrokerKind::External`] only.
     pub external_addr: Option<String>,
     /// A second, TLS listener with this CA's server certificate ([`BrokerKind::Mosquitto`]
@@ -307,9 +309,9 @@ async fn start_external(spec: &BrokerSpec) -> Result<RunningBroker, BrokerError>
         .external_addr
         .clone()
         .ok_or_else(|| spec_error("an external broker needs an address (host:port)"))?;
-    if spec.cpu_limit_cores.is_some() {
+    if spec.cpu_limit_cores.is_some() || spec.cpus.is_some() {
         return Err(spec_error(
-            "a CPU limit cannot be applied to an external broker",
+            "a CPU limit or CPU set cannot be applied to an external broker",
         ));
     }
     external::check_reachable(&addr).await?;
@@ -400,6 +402,13 @@ async fn start_child(
         .stderr(Stdio::piped());
     if let Some(group) = &cgroup {
         group.apply_to(&mut cmd)?;
+    }
+    if let Some(cpus) = &spec.cpus {
+        cpus.check_online().map_err(|why| BrokerError::Spec {
+            id: spec.id.clone(),
+            why: format!("cpus: {why}"),
+        })?;
+        cpus.apply_to(&mut cmd);
     }
     let mut child = ManagedChild::spawn(cmd, &spec.id).map_err(|source| BrokerError::Spawn {
         id: spec.id.clone(),

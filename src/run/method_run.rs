@@ -109,6 +109,7 @@ impl MethodRun<'_> {
                 id: id.clone(),
                 kind: plan.kind,
                 cpu_limit_cores: plan.cpu_limit,
+                cpus: plan.cpus.get(i).cloned(),
                 external_addr: plan.addresses.get(i).cloned(),
                 tls: self.tls.cloned(),
                 mosquitto_plugin: plan

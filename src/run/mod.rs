@@ -92,7 +92,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     )
     .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     crate::broker::check_available(scenario.brokers.kind)
-        .and_then(|()| crate::scenario::check_plugin(&scenario))
+        .and_then(|()| crate::scenario::check_host(&scenario))
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     crate::scenario::check_prometheus(&scenario)
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;

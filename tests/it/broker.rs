@@ -27,6 +27,7 @@ pub fn spec(id: &str, kind: BrokerKind, cpu_limit_cores: Option<f64>) -> BrokerS
         id: id.into(),
         kind,
         cpu_limit_cores,
+        cpus: None,
         external_addr: None,
         tls: None,
         mosquitto_plugin: None,
@@ -299,6 +300,94 @@ async fn external_broker_is_checked_not_managed() {
     assert!(err.to_string().contains("not reachable"), "{err}");
     s.external_addr = None;
     assert!(RunningBroker::start(&s, dir.path()).await.is_err());
+}
+
+/// `brokers.cpus`: the broker process, and every thread it starts, runs only on its set, also
+/// after a restart; a CPU this host does not have is refused before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_broker_runs_only_on_its_cpus() {
+    use_built_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let last = *mqdispatch::affinity::online_cpus()
+        .unwrap()
+        .cpus()
+        .last()
+        .unwrap();
+    let cpus: mqdispatch::affinity::CpuSet = last.to_string().parse().unwrap();
+    let mut kinds = vec![BrokerKind::Embedded];
+    if mqdispatch::broker::check_available(BrokerKind::Mosquitto).is_ok() {
+        kinds.push(BrokerKind::Mosquitto);
+    } else {
+        eprintln!("pinned_broker_runs_only_on_its_cpus: Mosquitto not installed, embedded only");
+    }
+    for kind in kinds {
+        let mut s = spec("pinned", kind, None);
+        s.cpus = Some(cpus.clone());
+        let mut broker = RunningBroker::start(&s, dir.path()).await.unwrap();
+        let threads = |pid: u32| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .map(|t| t.unwrap().file_name().into_string().unwrap())
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..2 {
+            let pid = broker.pid().unwrap();
+            for tid in threads(pid) {
+                let allowed = mqdispatch::affinity::allowed_cpus(tid.parse().unwrap()).unwrap();
+                assert_eq!(allowed, cpus, "{kind:?} thread {tid} of {pid}");
+            }
+            drop(relay(&broker.addr, 10).await);
+            broker.restart().await.unwrap();
+        }
+        broker.stop().await.unwrap();
+    }
+    let mut s = spec("nowhere", BrokerKind::Embedded, None);
+    s.cpus = Some("1023".parse().unwrap());
+    let err = RunningBroker::start(&s, dir.path()).await.unwrap_err();
+    assert!(err.to_string().contains("CPU 1023 is not online"), "{err}");
+}
+
+#[test]
+fn scenario_key_cpus_gives_each_broker_its_set() {
+    let yaml = |brokers: &str| {
+        format!(
+            "name: t\nseed: 1\ntrials: 1\nbrokers: {brokers}\n\
+             publishers:\n  - {{ name: p, count: 1, rate: 10, payload_bytes: 10, duration: 5s }}\n\
+             arrival: {{ order: random, interval: 1s }}\n\
+             methods:\n  - {{ name: dns-rr, assign: dns-rr }}\n"
+        )
+    };
+    let parse = |b: &str| mqdispatch::scenario::parse(&yaml(b), "t.yaml");
+    let pinned = parse(r#"{ kind: embedded, count: 2, cpus: ["2", "0,3-4"] }"#).unwrap();
+    let sets: Vec<String> = pinned.brokers.cpus.iter().map(|c| c.to_string()).collect();
+    assert_eq!(sets, ["2", "0,3-4"]);
+    assert!(
+        parse("{ kind: embedded, count: 2 }")
+            .unwrap()
+            .brokers
+            .cpus
+            .is_empty()
+    );
+    for (brokers, says) in [
+        (
+            r#"{ kind: embedded, count: 2, cpus: ["1"] }"#,
+            "one CPU list per broker (2)",
+        ),
+        (
+            r#"{ kind: embedded, count: 2, cpus: ["1", "x"] }"#,
+            "`x` is not a CPU list",
+        ),
+        (
+            r#"{ kind: external, addresses: ["127.0.0.1:1"], cpus: ["1"] }"#,
+            "external brokers",
+        ),
+    ] {
+        let e = parse(brokers).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yaml:4:") && e.contains(says),
+            "{brokers}: {e}"
+        );
+    }
 }
 
 /// Cgroup tests need root and a writable cgroup mount; they are skipped, loudly, without.

@@ -37,6 +37,7 @@ async fn start_with_plugin(dir: &Path) -> RunningBroker {
         id: "m1".into(),
         kind: BrokerKind::Mosquitto,
         cpu_limit_cores: None,
+        cpus: None,
         external_addr: None,
         tls: None,
         mosquitto_plugin: Some(plugin),

@@ -27,6 +27,7 @@ async fn publishers_follow_a_tls_redirect_to_mosquitto_tls_listeners() {
             id: id.into(),
             kind: BrokerKind::Mosquitto,
             cpu_limit_cores: None,
+            cpus: None,
             external_addr: None,
             tls: Some(ca.clone()),
             mosquitto_plugin: None,
