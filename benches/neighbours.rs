@@ -3,7 +3,8 @@
 //! the paper's runs once every publisher has joined. b2's load does not change; if its CPU does,
 //! `least-cpu` sees a neighbour's load as b2's.
 //!
-//! Run: `cargo bench --bench neighbours` (env NEIGHBOURS_SECS=N changes the 10 s phases). Needs
+//! Run: `cargo bench --bench neighbours` (env NEIGHBOURS_SECS=N changes the 10 s phases,
+//! NEIGHBOURS_ROUNDS=N the 3 rounds, taken layout after layout so drift spreads over all). Needs
 //! two online CPUs for the pinned layouts; Mosquitto rows when it is installed.
 //!
 //! Layouts (`brokers.cpus` in a scenario pins brokers the same way; the generator here is an
@@ -133,6 +134,42 @@ async fn phase(
     cpu
 }
 
+/// One round of one layout: b2's CPU with b1 idle, then b2's, b1's and the generator's with the
+/// lights on b1.
+#[derive(Clone, Copy)]
+struct Round {
+    alone: f64,
+    beside: f64,
+    b1_busy: f64,
+    generator: f64,
+}
+
+impl Round {
+    fn change_pct(&self) -> f64 {
+        100.0 * (self.beside - self.alone) / self.alone
+    }
+}
+
+async fn round(kind: BrokerKind, layout: &Layout, secs: u64, workdir: &std::path::Path) -> Round {
+    let b1 = RunningBroker::start(&spec("b1", kind, layout.b1.clone()), workdir)
+        .await
+        .expect("b1");
+    let b2 = RunningBroker::start(&spec("b2", kind, layout.b2.clone()), workdir)
+        .await
+        .expect("b2");
+    let gen_cpus = layout.generator.as_ref();
+    let [_, alone, _] = phase(&b1, &b2, gen_cpus, false, secs).await;
+    let [b1_busy, beside, generator] = phase(&b1, &b2, gen_cpus, true, secs).await;
+    let _ = b1.stop().await;
+    let _ = b2.stop().await;
+    Round {
+        alone,
+        beside,
+        b1_busy,
+        generator,
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` (make test) runs a short smoke.
     let smoke = !std::env::args().any(|a| a == "--bench");
@@ -148,12 +185,19 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let rounds: usize = std::env::var("NEIGHBOURS_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 3 });
     let workdir = tempfile::tempdir().expect("temp dir");
-    println!("command: cargo bench --bench neighbours   (NEIGHBOURS_SECS={secs})");
+    println!(
+        "command: cargo bench --bench neighbours   (NEIGHBOURS_SECS={secs}, NEIGHBOURS_ROUNDS={rounds})"
+    );
     println!(
         "b2 carries the heavy publisher (10000 msg/s, 600 B, QoS 0, per message) alone; b1 is idle, \
          then carries 9 × 2000 msg/s. CPU in % of one core, from 1 s after the start to 1 s before \
-         the end of each {secs} s phase. online CPUs: {}",
+         the end of each {secs} s phase; mean of {rounds} rounds (the change: mean, and its \
+         lowest and highest round). online CPUs: {}",
         online_cpus().expect("online CPUs")
     );
     println!("\n## neighbours\n");
@@ -170,25 +214,27 @@ fn main() {
         println!("(Mosquitto not installed: its rows skipped)");
     }
     for (name, kind) in kinds {
-        for layout in layouts(smoke) {
-            rt.block_on(async {
-                let b1 = RunningBroker::start(&spec("b1", kind, layout.b1.clone()), workdir.path())
-                    .await
-                    .expect("b1");
-                let b2 = RunningBroker::start(&spec("b2", kind, layout.b2.clone()), workdir.path())
-                    .await
-                    .expect("b2");
-                let gen_cpus = layout.generator.as_ref();
-                let [_, alone, _] = phase(&b1, &b2, gen_cpus, false, secs).await;
-                let [b1_busy, beside, generator] = phase(&b1, &b2, gen_cpus, true, secs).await;
-                println!(
-                    "| {name} | {} | {alone:.1} | {beside:.1} | {:+.0} % | {b1_busy:.1} | {generator:.1} |",
-                    layout.name,
-                    100.0 * (beside - alone) / alone,
-                );
-                let _ = b1.stop().await;
-                let _ = b2.stop().await;
-            });
+        let layouts = layouts(smoke);
+        let mut rows: Vec<Vec<Round>> = vec![Vec::new(); layouts.len()];
+        for _ in 0..rounds {
+            for (layout, row) in layouts.iter().zip(&mut rows) {
+                row.push(rt.block_on(round(kind, layout, secs, workdir.path())));
+            }
+        }
+        for (layout, row) in layouts.iter().zip(&rows) {
+            let mean = |f: fn(&Round) -> f64| row.iter().map(f).sum::<f64>() / row.len() as f64;
+            let changes: Vec<f64> = row.iter().map(Round::change_pct).collect();
+            let low = changes.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = changes.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            println!(
+                "| {name} | {} | {:.1} | {:.1} | {:+.0} % ({low:+.0} to {high:+.0}) | {:.1} | {:.1} |",
+                layout.name,
+                mean(|r| r.alone),
+                mean(|r| r.beside),
+                mean(Round::change_pct),
+                mean(|r| r.b1_busy),
+                mean(|r| r.generator),
+            );
         }
     }
 }
