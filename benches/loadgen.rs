@@ -47,10 +47,7 @@ fn measure(rt: &tokio::runtime::Runtime, cfg: LoadConfig) -> (LoadSummary, Durat
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    let secs: u64 = std::env::var("LOADGEN_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let secs: u64 = common::env_or("LOADGEN_BENCH_SECS", 10);
     let broker = util::spawn_listening(&["broker", "--listen", "127.0.0.1:0"]);
     let addr = broker.addr.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()

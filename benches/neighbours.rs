@@ -20,6 +20,8 @@ use mqdispatch::agent::cpu::{CpuSampler, CpuSource};
 use mqdispatch::broker::{BrokerKind, BrokerSpec, RunningBroker};
 use mqdispatch::process::{ManagedChild, self_exe};
 
+mod common;
+
 struct Layout {
     name: &'static str,
     b1: Option<CpuSet>,
@@ -44,10 +46,7 @@ fn layouts(smoke: bool) -> Vec<Layout> {
         }
         return all;
     }
-    let set = |cpus: &[usize]| -> CpuSet {
-        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
-        list.join(",").parse().expect("cpu list")
-    };
+    let set = |cpus: &[usize]| CpuSet::from_cpus(cpus.iter().copied()).expect("online CPUs");
     let (last, rest) = (set(&[*last]), set(rest));
     all.push(Layout {
         name: "b2 alone on a CPU",
@@ -66,13 +65,8 @@ fn layouts(smoke: bool) -> Vec<Layout> {
 
 fn spec(id: &str, kind: BrokerKind, cpus: Option<CpuSet>) -> BrokerSpec {
     BrokerSpec {
-        id: id.into(),
-        kind,
-        cpu_limit_cores: None,
         cpus,
-        external_addr: None,
-        tls: None,
-        mosquitto_plugin: None,
+        ..BrokerSpec::new(id, kind)
     }
 }
 
@@ -171,24 +165,14 @@ async fn round(kind: BrokerKind, layout: &Layout, secs: u64, workdir: &std::path
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` (make test) runs a short smoke.
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let secs: u64 = std::env::var("NEIGHBOURS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 3 } else { 10 });
-    if std::env::var_os("MQDISPATCH_BIN").is_none() {
-        // SAFETY: set before any other thread of this process reads the environment.
-        unsafe { std::env::set_var("MQDISPATCH_BIN", env!("CARGO_BIN_EXE_mqdispatch")) };
-    }
+    let smoke = common::smoke_run();
+    let secs: u64 = common::env_or("NEIGHBOURS_SECS", if smoke { 3 } else { 10 });
+    let rounds: usize = common::env_or("NEIGHBOURS_ROUNDS", if smoke { 1 } else { 3 });
+    common::use_built_binary();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let rounds: usize = std::env::var("NEIGHBOURS_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 1 } else { 3 });
     let workdir = tempfile::tempdir().expect("temp dir");
     println!(
         "command: cargo bench --bench neighbours   (NEIGHBOURS_SECS={secs}, NEIGHBOURS_ROUNDS={rounds})"

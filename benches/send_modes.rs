@@ -294,34 +294,20 @@ fn broker_cpu(
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` (make test) runs this as a
     // smoke test, with short runs.
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let secs: u64 = std::env::var("SEND_MODES_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 3 } else { 10 });
+    let smoke = common::smoke_run();
+    let secs: u64 = common::env_or("SEND_MODES_SECS", if smoke { 3 } else { 10 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     println!("command: cargo bench --bench send_modes   (SEND_MODES_SECS={secs})");
-    // Brokers are started as `mqdispatch broker` children: point at the binary cargo built
-    // with this bench (release under `cargo bench`, debug under `cargo test`).
-    if std::env::var_os("MQDISPATCH_BIN").is_none() {
-        // SAFETY: set before any other thread of this process reads the environment.
-        unsafe { std::env::set_var("MQDISPATCH_BIN", env!("CARGO_BIN_EXE_mqdispatch")) };
-    }
+    common::use_built_binary();
     let workdir = tempfile::tempdir().expect("temp dir");
     let start = |kind| {
-        let spec = BrokerSpec {
-            id: "b1".into(),
-            kind,
-            cpu_limit_cores: None,
-            cpus: None,
-            external_addr: None,
-            tls: None,
-            mosquitto_plugin: None,
-        };
-        rt.block_on(RunningBroker::start(&spec, workdir.path()))
+        rt.block_on(RunningBroker::start(
+            &BrokerSpec::new("b1", kind),
+            workdir.path(),
+        ))
     };
 
     let embedded = start(BrokerKind::Embedded).expect("embedded broker");

@@ -4,7 +4,8 @@
 //!
 //! Why: on one host the brokers' per-process CPU is not the broker's alone. An event-driven
 //! broker that shares a core with busy neighbours is woken later, reads several messages per
-//! wake-up and so spends less CPU on the same load (README, "Broker CPU and its neighbours").
+//! wake-up and so spends less CPU on the same load (README: the neighbour benchmark under the
+//! heavy-2nd Mosquitto results; "Pinning" under CPU caps).
 //! A broker on a core of its own measures what its load costs, as on the paper's separate hosts.
 
 use std::fmt;
@@ -19,6 +20,17 @@ pub struct CpuSet(Vec<usize>);
 const MAX_CPU: usize = 1023;
 
 impl CpuSet {
+    /// The set of these CPU numbers; `None` if empty or a number is above the highest CPU.
+    pub fn from_cpus(cpus: impl IntoIterator<Item = usize>) -> Option<CpuSet> {
+        let mut cpus: Vec<usize> = cpus.into_iter().collect();
+        if cpus.is_empty() || cpus.iter().any(|&c| c > MAX_CPU) {
+            return None;
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Some(CpuSet(cpus))
+    }
+
     pub fn cpus(&self) -> &[usize] {
         &self.0
     }
@@ -106,9 +118,7 @@ impl FromStr for CpuSet {
                 None => cpus.push(number(part)?),
             }
         }
-        cpus.sort_unstable();
-        cpus.dedup();
-        Ok(CpuSet(cpus))
+        Ok(CpuSet::from_cpus(cpus).expect("invariant: at least one part, each checked"))
     }
 }
 
@@ -149,6 +159,9 @@ mod tests {
         assert_eq!(set.to_string(), "0-1,3");
         assert_eq!("7".parse::<CpuSet>().unwrap().to_string(), "7");
         assert_eq!("0-3".parse::<CpuSet>().unwrap().to_string(), "0-3");
+        assert_eq!(CpuSet::from_cpus([3, 1, 0, 1]), Some(set.clone()));
+        assert_eq!(CpuSet::from_cpus([]), None);
+        assert_eq!(CpuSet::from_cpus([1024]), None);
         for bad in ["", "a", "2-1", "1,,2", "-1", "1024", "0-"] {
             let err = bad.parse::<CpuSet>().unwrap_err();
             assert!(err.contains("not a CPU list"), "{bad}: {err}");

@@ -60,6 +60,21 @@ pub struct BrokerSpec {
     pub mosquitto_plugin: Option<PathBuf>,
 }
 
+impl BrokerSpec {
+    /// A broker of `kind` with nothing else set: no CPU cap or pinning, no TLS, no plugin.
+    pub fn new(id: &str, kind: BrokerKind) -> BrokerSpec {
+        BrokerSpec {
+            id: id.to_owned(),
+            kind,
+            cpu_limit_cores: None,
+            cpus: None,
+            external_addr: None,
+            tls: None,
+            mosquitto_plugin: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error(

@@ -24,13 +24,8 @@ pub fn use_built_binary() {
 
 pub fn spec(id: &str, kind: BrokerKind, cpu_limit_cores: Option<f64>) -> BrokerSpec {
     BrokerSpec {
-        id: id.into(),
-        kind,
         cpu_limit_cores,
-        cpus: None,
-        external_addr: None,
-        tls: None,
-        mosquitto_plugin: None,
+        ..BrokerSpec::new(id, kind)
     }
 }
 

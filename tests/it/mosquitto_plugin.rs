@@ -34,13 +34,8 @@ fn mosquitto_missing(test: &str) -> bool {
 async fn start_with_plugin(dir: &Path) -> RunningBroker {
     let plugin = mosquitto::find_plugin().unwrap_or_else(|e| panic!("{e}"));
     let spec = BrokerSpec {
-        id: "m1".into(),
-        kind: BrokerKind::Mosquitto,
-        cpu_limit_cores: None,
-        cpus: None,
-        external_addr: None,
-        tls: None,
         mosquitto_plugin: Some(plugin),
+        ..BrokerSpec::new("m1", BrokerKind::Mosquitto)
     };
     let broker = RunningBroker::start(&spec, dir)
         .await

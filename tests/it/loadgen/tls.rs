@@ -24,13 +24,8 @@ async fn publishers_follow_a_tls_redirect_to_mosquitto_tls_listeners() {
     let mut brokers = Vec::new();
     for id in ["b1", "b2"] {
         let spec = BrokerSpec {
-            id: id.into(),
-            kind: BrokerKind::Mosquitto,
-            cpu_limit_cores: None,
-            cpus: None,
-            external_addr: None,
             tls: Some(ca.clone()),
-            mosquitto_plugin: None,
+            ..BrokerSpec::new(id, BrokerKind::Mosquitto)
         };
         brokers.push(RunningBroker::start(&spec, dir.path()).await.unwrap());
     }
