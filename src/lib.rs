@@ -16,7 +16,7 @@
 //! outlive us), [`fdlimit`] (the open-file limit raised for fleets), [`affinity`] (CPU pinning of brokers), [`prom_server`] (a real
 //! Prometheus for runs and tests), [`metrics`] (`/metrics` for any role), [`seeds`] (one trial
 //! seed → independent, value-stable random streams), [`tls`] (rustls configurations, throwaway
-//! CAs).
+//! CAs), [`payload`] (the send time and sequence number at the front of every payload).
 
 pub mod addr;
 pub mod affinity;
@@ -31,6 +31,7 @@ pub mod fdlimit;
 pub mod load_report;
 pub mod loadgen;
 pub mod metrics;
+pub mod payload;
 pub mod process;
 pub mod prom_server;
 pub mod proto;

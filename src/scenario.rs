@@ -320,6 +320,16 @@ impl Checker<'_> {
             if duration.is_zero() {
                 return Err(self.at(&p.duration, "duration must be > 0"));
             }
+            if p.payload_bytes.value < crate::payload::HEADER_BYTES {
+                return Err(self.at(
+                    &p.payload_bytes,
+                    format!(
+                        "payload_bytes must be at least {}: every payload starts with its send \
+                         time and sequence number",
+                        crate::payload::HEADER_BYTES
+                    ),
+                ));
+            }
             let qos = p.qos.as_ref().map_or(0, |q| q.value);
             if qos > 1 {
                 let q = p.qos.as_ref().expect("invariant: qos was written");

@@ -247,9 +247,9 @@ mod tests {
             [721, 390, 793, 935, 965, 115, 352, 254, 282, 161]
         );
         let three = [
-            Profile::parse_spec("name=a,count=4,rate=1,bytes=1,duration=1s").unwrap(),
-            Profile::parse_spec("name=b,count=3,rate=1,bytes=1,duration=1s").unwrap(),
-            Profile::parse_spec("name=c,count=3,rate=1,bytes=1,duration=1s").unwrap(),
+            Profile::parse_spec("name=a,count=4,rate=1,bytes=16,duration=1s").unwrap(),
+            Profile::parse_spec("name=b,count=3,rate=1,bytes=16,duration=1s").unwrap(),
+            Profile::parse_spec("name=c,count=3,rate=1,bytes=16,duration=1s").unwrap(),
         ];
         let order: String = plan_arrivals(&three, &spec(ArrivalOrder::Random), 2)
             .unwrap()

@@ -184,6 +184,14 @@ impl Profile {
                 self.rate
             ));
         }
+        if self.payload_bytes < crate::payload::HEADER_BYTES {
+            return fail(format!(
+                "payload_bytes must be at least {} (the send time and sequence number every \
+                 payload starts with), got {}",
+                crate::payload::HEADER_BYTES,
+                self.payload_bytes
+            ));
+        }
         if self.payload_bytes > MAX_PAYLOAD_BYTES {
             return fail(format!(
                 "payload_bytes must be at most {MAX_PAYLOAD_BYTES}, got {}",
@@ -255,14 +263,14 @@ mod tests {
     #[test]
     fn optional_keys_and_alias() {
         let p = Profile::parse_spec(
-            "name=h,count=1,rate=2.5,payload_bytes=0,duration=2s,qos=1,topic=t/{profile}/{publisher}",
+            "name=h,count=1,rate=2.5,payload_bytes=16,duration=2s,qos=1,topic=t/{profile}/{publisher}",
         )
         .unwrap();
         assert_eq!(p.qos, 1);
         assert_eq!(p.topic_for("h-0"), "t/h/h-0");
         assert_eq!(p.target_total(), 5);
         let b = Profile::parse_spec(
-            "name=b,count=1,rate=10,bytes=1,duration=1s,send=batched,batch_tick=20ms",
+            "name=b,count=1,rate=10,bytes=16,duration=1s,send=batched,batch_tick=20ms",
         )
         .unwrap();
         assert_eq!(b.send, SendMode::Batched);
@@ -272,27 +280,28 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let err = |s: &str| Profile::parse_spec(s).unwrap_err();
-        assert!(err("name=a,count=1,rate=1,bytes=1").contains("missing `duration=`"));
+        assert!(err("name=a,count=1,rate=1,bytes=16").contains("missing `duration=`"));
         assert!(
-            err("name=a,count=1,rate=1,bytes=1,duration=1s,colour=red").contains("unknown key")
+            err("name=a,count=1,rate=1,bytes=16,duration=1s,colour=red").contains("unknown key")
         );
-        assert!(err("name=a,count=x,rate=1,bytes=1,duration=1s").contains("whole number"));
-        assert!(err("name=a,count=0,rate=1,bytes=1,duration=1s").contains("count"));
-        assert!(err("name=a,count=1,rate=0,bytes=1,duration=1s").contains("rate"));
-        assert!(err("name=a,count=1,rate=1,bytes=1,duration=1s,qos=2").contains("qos"));
-        assert!(err("name=a,count=1,rate=1,bytes=1,duration=5").contains("no unit"));
-        assert!(err("name=a b,count=1,rate=1,bytes=1,duration=1s").contains("profile name"));
-        assert!(err("name=a,count=1,rate=1,bytes=1,duration=1s,topic=x/#").contains("topic"));
-        assert!(err("name=a,count=1,rate=1,bytes=1,duration=1s,topic={id}").contains("topic"));
+        assert!(err("name=a,count=x,rate=1,bytes=16,duration=1s").contains("whole number"));
+        assert!(err("name=a,count=0,rate=1,bytes=16,duration=1s").contains("count"));
+        assert!(err("name=a,count=1,rate=0,bytes=16,duration=1s").contains("rate"));
+        assert!(err("name=a,count=1,rate=1,bytes=15,duration=1s").contains("at least 16"));
+        assert!(err("name=a,count=1,rate=1,bytes=16,duration=1s,qos=2").contains("qos"));
+        assert!(err("name=a,count=1,rate=1,bytes=16,duration=5").contains("no unit"));
+        assert!(err("name=a b,count=1,rate=1,bytes=16,duration=1s").contains("profile name"));
+        assert!(err("name=a,count=1,rate=1,bytes=16,duration=1s,topic=x/#").contains("topic"));
+        assert!(err("name=a,count=1,rate=1,bytes=16,duration=1s,topic={id}").contains("topic"));
         assert!(
-            err("name=a,count=1,rate=1,bytes=1,duration=1s,send=burst").contains("per-message")
+            err("name=a,count=1,rate=1,bytes=16,duration=1s,send=burst").contains("per-message")
         );
         assert!(
-            err("name=a,count=1,rate=1,bytes=1,duration=1s,batch_tick=5ms")
+            err("name=a,count=1,rate=1,bytes=16,duration=1s,batch_tick=5ms")
                 .contains("only applies to send=batched")
         );
         assert!(
-            err("name=a,count=1,rate=1,bytes=1,duration=1s,send=batched,batch_tick=0s")
+            err("name=a,count=1,rate=1,bytes=16,duration=1s,send=batched,batch_tick=0s")
                 .contains("batch_tick")
         );
     }

@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn every_trial_gets_its_seed_and_plan_window() {
         let text = "name: t\nseed: 1\ntrials: 2\nbrokers: { kind: embedded, count: 2 }\n\
-                    publishers:\n  - { name: p, count: 3, rate: 10, payload_bytes: 10, duration: 10s }\n\
+                    publishers:\n  - { name: p, count: 3, rate: 10, payload_bytes: 16, duration: 10s }\n\
                     arrival: { order: random, interval: 2s }\n\
                     methods:\n  - { name: dns-rr, assign: dns-rr }\n";
         let scenario = scenario::parse(text, "t.yaml").expect("scenario");

@@ -369,7 +369,7 @@ mod tests {
             name: "light".into(),
             count: 2,
             rate: 500.0,
-            payload_bytes: 10,
+            payload_bytes: 16,
             duration: Duration::from_secs(10),
             qos: 0,
             topic: "t".into(),

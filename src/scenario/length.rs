@@ -34,8 +34,8 @@ mod tests {
             brokers: { kind: embedded, count: 2 }\n\
             sampler: { interval: 1s, window: 5s }\n\
             publishers:\n\
-              - { name: long, count: 1, rate: 10, payload_bytes: 10, duration: 30s }\n\
-              - { name: short, count: 2, rate: 10, payload_bytes: 10, duration: 10s }\n\
+              - { name: long, count: 1, rate: 10, payload_bytes: 16, duration: 30s }\n\
+              - { name: short, count: 2, rate: 10, payload_bytes: 16, duration: 10s }\n\
             arrival: { order: [long, short, short], interval: 5s }\n\
             methods:\n  - { name: dns-rr, assign: dns-rr }\n";
         let scenario = super::super::parse(yaml, "t.yaml").unwrap();

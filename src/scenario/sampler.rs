@@ -161,7 +161,7 @@ mod tests {
     fn scenario(sampler: &str, method_extra: &str) -> Result<super::super::Scenario, InputError> {
         let yaml = format!(
             "name: t\nbrokers: {{ kind: embedded, count: 2 }}\n{sampler}\
-             publishers:\n  - {{ name: p, count: 2, rate: 10, payload_bytes: 10, duration: 5s }}\n\
+             publishers:\n  - {{ name: p, count: 2, rate: 10, payload_bytes: 16, duration: 5s }}\n\
              arrival: {{ order: random, interval: 1s }}\n\
              methods:\n  - {{ name: d, assign: dispatcher, policy: least-cpu{method_extra} }}\n"
         );

@@ -347,7 +347,7 @@ fn scenario_key_cpus_gives_each_broker_its_set() {
     let yaml = |brokers: &str| {
         format!(
             "name: t\nseed: 1\ntrials: 1\nbrokers: {brokers}\n\
-             publishers:\n  - {{ name: p, count: 1, rate: 10, payload_bytes: 10, duration: 5s }}\n\
+             publishers:\n  - {{ name: p, count: 1, rate: 10, payload_bytes: 16, duration: 5s }}\n\
              arrival: {{ order: random, interval: 1s }}\n\
              methods:\n  - {{ name: dns-rr, assign: dns-rr }}\n"
         )

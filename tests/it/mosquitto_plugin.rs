@@ -410,7 +410,7 @@ fn scenario_key_plugin_loads_it_into_mosquitto_only() {
         format!(
             "name: t\nseed: 1\ntrials: 1\nbrokers: {brokers}\n\
              sampler: {{ interval: 1s, window: 5s }}\n\
-             publishers:\n  - {{ name: p, count: 1, rate: 10, payload_bytes: 10, duration: 5s }}\n\
+             publishers:\n  - {{ name: p, count: 1, rate: 10, payload_bytes: 16, duration: 5s }}\n\
              arrival: {{ order: random, interval: 1s }}\n\
              methods:\n  - {{ name: dns-rr, assign: dns-rr }}\n"
         )

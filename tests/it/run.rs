@@ -33,8 +33,8 @@ seed: 1
 trials: 1
 brokers: { kind: embedded, count: 2 }
 publishers:
-  - { name: light, count: 2, rate: 100, payload_bytes: 10, duration: 2s }
-  - { name: heavy, count: 1, rate: 500, payload_bytes: 10, duration: 2s }
+  - { name: light, count: 2, rate: 100, payload_bytes: 16, duration: 2s }
+  - { name: heavy, count: 1, rate: 500, payload_bytes: 16, duration: 2s }
 arrival: { order: random, interval: 1s }
 methods:
   - { name: dns-rr, assign: dns-rr }
@@ -113,6 +113,11 @@ fn scenario_errors_name_line_column_and_exit_2() {
             "negative rate",
             &GOOD.replace("rate: 500", "rate: -5"),
             ":7:36: rate is messages per second and must be > 0",
+        ),
+        (
+            "payload shorter than its header",
+            &GOOD.replacen("payload_bytes: 16", "payload_bytes: 8", 1),
+            ":6:56: payload_bytes must be at least 16",
         ),
         (
             "zero brokers",

@@ -179,7 +179,7 @@ fn via_dispatcher(dispatcher: &str, spec: &str, max_hops: u8, prefix: &str) -> L
 }
 
 fn one_publisher(dispatcher: &str, max_hops: u8, prefix: &str) -> LoadConfig {
-    let spec = "name=p,count=1,rate=100,bytes=10,duration=300ms";
+    let spec = "name=p,count=1,rate=100,bytes=16,duration=300ms";
     via_dispatcher(dispatcher, spec, max_hops, prefix)
 }
 
@@ -383,7 +383,7 @@ async fn a_server_disconnect_with_a_reference_moves_the_publisher_there() {
     let (fake, _task) =
         fake_broker_that_moves_us(DisconnectReasonCode::UseAnotherServer, broker.addr()).await;
     let cfg = config(
-        vec![profile("name=p,count=1,rate=500,bytes=10,duration=1500ms")],
+        vec![profile("name=p,count=1,rate=500,bytes=16,duration=1500ms")],
         Placement::DnsRoundRobin {
             brokers: vec![fake.clone()],
         },
@@ -416,7 +416,7 @@ async fn cli_writes_the_per_second_csv_and_never_overwrites_it() {
     let args = |out: &std::path::Path| {
         let mut cmd = Command::new(bin());
         cmd.args(["load", "--broker", &broker.addr(), "--profile"])
-            .arg("name=p,count=2,rate=100,bytes=10,duration=1500ms")
+            .arg("name=p,count=2,rate=100,bytes=16,duration=1500ms")
             .args(["--arrival-interval", "0s", "--seed", "3", "--out"])
             .arg(out)
             .stderr(Stdio::null());
@@ -455,7 +455,7 @@ async fn cli_writes_the_per_second_csv_and_never_overwrites_it() {
 async fn cancel_stops_every_publisher_promptly() {
     let broker = Broker::spawn();
     let mut cfg = config(
-        vec![profile("name=p,count=3,rate=1000,bytes=10,duration=30s")],
+        vec![profile("name=p,count=3,rate=1000,bytes=16,duration=30s")],
         Placement::DnsRoundRobin {
             brokers: vec![broker.addr()],
         },
