@@ -12,7 +12,7 @@ use super::subscriber::SubscribersSummary;
 use super::subscription::SubscriberSpec;
 
 /// One row of `receipts.csv`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamRow {
     /// The `subscribers` entry.
     pub subscriber: String,

@@ -12,6 +12,8 @@
 //! - [`verdict`]: a winner only when the paired 95 % CI of the gap difference excludes 0.
 //! - [`faults`]: the delivery headline and the fault section of `summary.md`.
 //! - [`optimum`]: the online-optimum yardstick (issue 7).
+//! - [`subscribers`]: the subscriber half's files (`subscribers.csv`, `latency.csv`,
+//!   `receipts.csv`, `latency-<method>-t<k>.hlog`) and the figures drawn from them.
 //! - [`plots`]: `throughput.png`, `cpu-<method>-t<k>.png`, `rate-<method>-t<k>.png`, `gap.png`.
 
 use std::collections::HashMap;
@@ -28,6 +30,7 @@ pub mod published;
 pub mod records;
 pub mod stats;
 pub mod status;
+pub mod subscribers;
 pub mod summary;
 pub mod tables;
 pub mod verdict;
@@ -107,6 +110,8 @@ pub struct Report {
     /// Per method run: host idle over the window and generator lateness (newer manifests).
     pub host_lines: Vec<String>,
     pub pngs: Vec<PathBuf>,
+    /// What the subscribers got, per (trial, method); empty without subscribers.
+    pub subscribers: summary::SubscriberFiguresByRun,
 }
 
 impl Report {
@@ -189,8 +194,16 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
             ),
         ));
     }
+    report.subscribers = subscribers::figures(dir).unwrap_or_else(|e| {
+        report.errors.push(summary_err(&e));
+        summary::SubscriberFiguresByRun::new()
+    });
     if !report.rows.is_empty()
-        && let Err(e) = summary::write_csv(&dir.join(summary::SUMMARY_CSV), &report.rows)
+        && let Err(e) = summary::write_csv(
+            &dir.join(summary::SUMMARY_CSV),
+            &report.rows,
+            &report.subscribers,
+        )
     {
         report.errors.push(summary_err(&e));
     }

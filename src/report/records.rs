@@ -319,7 +319,10 @@ impl HeaderSample for MoveRow {
 
 /// Opens `path` for appending; writes `header` if the file is new or empty, otherwise checks
 /// the existing header matches (appending rows under other columns would corrupt the file).
-fn open_append(path: &Path, header: &[String]) -> Result<csv::Writer<File>, ReportError> {
+pub(crate) fn open_append(
+    path: &Path,
+    header: &[String],
+) -> Result<csv::Writer<File>, ReportError> {
     let existing = match File::open(path) {
         Ok(f) => {
             let mut line = String::new();
@@ -409,7 +412,9 @@ pub fn read_moves(dir: &Path) -> Result<Vec<MoveRow>, ReportError> {
     optional_rows(&dir.join(MOVES_CSV))
 }
 
-fn optional_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, ReportError> {
+pub(crate) fn optional_rows<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Vec<T>, ReportError> {
     if path.exists() {
         read_rows(path)
     } else {

@@ -241,7 +241,14 @@ fn cpu_diff(rows: &[&BrokerRow]) -> Option<f64> {
 
 /// Writes `summary.csv`: `trial,method,window_start_s,window_end_s,gap_msgs_per_s,jain_index,
 /// mean_abs_cpu_diff_pct,optimum_gap_msgs_per_s,mean_msgs_per_s_<broker>...`.
-pub fn write_csv(path: &Path, rows: &[SummaryRow]) -> Result<(), ReportError> {
+///
+/// With subscribers (`subscribers` not empty) each row also carries
+/// [`super::subscribers::csv_columns`]: delivered/expected/lost and latency quantiles.
+pub fn write_csv(
+    path: &Path,
+    rows: &[SummaryRow],
+    subscribers: &SubscriberFiguresByRun,
+) -> Result<(), ReportError> {
     let mut w = csv::Writer::from_path(path).map_err(|e| ReportError::csv(path, e))?;
     let broker_ids: Vec<&str> = rows
         .first()
@@ -261,6 +268,10 @@ pub fn write_csv(path: &Path, rows: &[SummaryRow]) -> Result<(), ReportError> {
     .map(|s| s.to_string())
     .collect();
     header.extend(broker_ids.iter().map(|b| format!("mean_msgs_per_s_{b}")));
+    let broker_names: Vec<String> = broker_ids.iter().map(|b| b.to_string()).collect();
+    if !subscribers.is_empty() {
+        header.extend(super::subscribers::csv_columns(&broker_names));
+    }
     w.write_record(&header)
         .map_err(|e| ReportError::csv(path, e))?;
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
@@ -276,6 +287,13 @@ pub fn write_csv(path: &Path, rows: &[SummaryRow]) -> Result<(), ReportError> {
             opt(r.optimum_gap_msgs_per_s),
         ];
         rec.extend(r.brokers.iter().map(|(_, x)| x.to_string()));
+        if !subscribers.is_empty() {
+            let key = (r.trial, r.method.clone());
+            rec.extend(super::subscribers::csv_values(
+                subscribers.get(&key),
+                &broker_names,
+            ));
+        }
         w.write_record(&rec)
             .map_err(|e| ReportError::csv(path, e))?;
     }
@@ -306,6 +324,10 @@ pub fn read_optimum(path: &Path) -> Result<HashMap<u32, f64>, ReportError> {
     }
     Ok(out)
 }
+
+/// Subscriber figures per (trial, method) ([`super::subscribers::figures`]).
+pub type SubscriberFiguresByRun =
+    std::collections::BTreeMap<(u32, String), super::subscribers::SubscriberFigures>;
 
 /// Rows grouped by method, methods in first-appearance order (the first is the baseline).
 pub fn by_method(rows: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
@@ -504,7 +526,7 @@ mod tests {
             optimum_gap_msgs_per_s: Some(4000.0),
             brokers: vec![("b1".into(), 5.0), ("b2".into(), 0.0)],
         };
-        write_csv(&path, &[r]).expect("write");
+        write_csv(&path, &[r], &SubscriberFiguresByRun::new()).expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(
             text.starts_with(

@@ -111,6 +111,11 @@ pub fn render_markdown(report: &Report) -> String {
     write_paired(&mut md, &groups, report.fault_run);
     write_per_trial(&mut md, rows);
     md.push('\n');
+    let methods: Vec<String> = groups.iter().map(|(m, _)| m.clone()).collect();
+    md.push_str(&super::subscribers::render_markdown(
+        &report.subscribers,
+        &methods,
+    ));
     md.push_str(&report.faults_md);
     md.push_str(&report.moves_md);
     md.push_str(&report.inputs_md);

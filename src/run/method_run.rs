@@ -19,6 +19,7 @@ use super::faults::{self, FaultLog};
 use super::harness_meter::HarnessMeter;
 use super::prom_feed;
 use super::recorder::Recorder;
+use super::subscribers::SubscriberRun;
 use crate::agent::{self, CpuSampler};
 use crate::broker::{BrokerSpec, RunningBroker};
 use crate::dispatcher::rebalance::MoverKind;
@@ -37,6 +38,8 @@ pub struct MethodRun<'a> {
     pub method: &'a MethodPlan,
     pub plan: &'a [PlannedPublisher],
     pub workdir: &'a Path,
+    /// The run's results folder (subscriber files are written here as the run goes).
+    pub results: &'a Path,
     pub progress: &'a super::progress::Progress,
     /// `tls: true`: the run's CA; brokers, dispatcher and publishers use TLS.
     pub tls: Option<&'a crate::tls::ThrowawayCa>,
@@ -276,7 +279,25 @@ impl MethodRun<'_> {
             .iter()
             .map(|p| (p.name.clone(), scenario.profiles[p.profile].clone()))
             .collect();
+        // Subscribers before the first publisher: every member has its SUBACK.
+        let mut subscribers = SubscriberRun::start(
+            super::subscribers::Start {
+                scenario,
+                plan: self.plan,
+                trial: self.trial,
+                method: &self.method.name,
+                brokers: &addresses,
+                client_id_prefix: client_id_prefix(self.trial, &self.method.name),
+                tls: self.tls.map(|ca| ca.client_config()).transpose()?,
+                dir: self.results,
+            },
+            stop,
+        )
+        .await?;
         let t0 = crate::now_ms();
+        if let Some(s) = subscribers.as_mut() {
+            s.set_t0(t0);
+        }
         let mut recorder = Recorder::new(
             self.trial,
             &self.method.name,
@@ -323,7 +344,11 @@ impl MethodRun<'_> {
                 Some(e) = event_rx.recv() => {
                     if stop.is_cancelled() { recorder.cut_short(crate::now_ms()); }
                     meter.event(&e);
+                    if let Some(s) = subscribers.as_mut() { s.load_event(&e); }
                     record_event(&mut recorder, writer, &mut outages, &e)?;
+                }
+                e = SubscriberRun::next(&mut subscribers) => {
+                    if let Some(s) = subscribers.as_mut() { s.record(e)?; }
                 }
                 Some(d) = decision_rx.recv() => writer.decision_row(&recorder.decision(&d))?,
                 Some(m) = move_rx.recv() => moves.push(m),
@@ -333,6 +358,7 @@ impl MethodRun<'_> {
                         measures.host_idle.push((t_s, 100.0 - busy));
                     }
                     recorder.write_settled(writer, false)?;
+                    if let Some(s) = subscribers.as_mut() { s.write_settled(false)?; }
                     meter.sample_memory();
                     let elapsed = Duration::from_millis(crate::now_ms().saturating_sub(t0));
                     self.progress.update(self.trial, &self.method.name, "publishing", elapsed);
@@ -362,7 +388,11 @@ impl MethodRun<'_> {
                 Some(r) = sample_rx.recv() => recorder.sample(&r),
                 Some(e) = event_rx.recv() => {
                     meter.event(&e);
+                    if let Some(s) = subscribers.as_mut() { s.load_event(&e); }
                     record_event(&mut recorder, writer, &mut outages, &e)?;
+                }
+                e = SubscriberRun::next(&mut subscribers) => {
+                    if let Some(s) = subscribers.as_mut() { s.record(e)?; }
                 }
             }
         }
@@ -390,7 +420,14 @@ impl MethodRun<'_> {
         }
         while let Ok(e) = event_rx.try_recv() {
             meter.event(&e);
+            if let Some(s) = subscribers.as_mut() {
+                s.load_event(&e);
+            }
             record_event(&mut recorder, writer, &mut outages, &e)?;
+        }
+        // What was in flight reaches the subscribers (or is lost) before they stop.
+        if let Some(s) = subscribers.take() {
+            s.finish().await.context("subscribers")?;
         }
         while let Ok(m) = move_rx.try_recv() {
             moves.push(m);

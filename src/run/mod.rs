@@ -19,6 +19,7 @@ mod progress;
 mod prom_feed;
 mod recorder;
 pub mod results_dir;
+mod subscribers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -264,6 +265,7 @@ pub async fn run(
                 method,
                 plan,
                 workdir: &workdir,
+                results: &dir,
                 progress: &progress,
                 tls: tls.as_ref(),
             };
