@@ -11,9 +11,11 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::ReportError;
 use super::records::{self, BrokerRow, FaultRow, MoveRow, PublisherRow, first_seen};
+use super::subscribers;
 use super::summary::SummaryRow;
 
 mod gap;
+mod latency_cdf;
 mod throughput;
 mod timeline;
 
@@ -21,6 +23,7 @@ pub const WIDTH: u32 = 1280;
 pub const HEIGHT: u32 = 720;
 pub const THROUGHPUT_PNG: &str = "throughput.png";
 pub const GAP_PNG: &str = "gap.png";
+pub const LATENCY_CDF_PNG: &str = "latency-cdf.png";
 
 const FONT: &str = "sans-serif";
 static DEJAVU_SANS: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
@@ -115,6 +118,7 @@ pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, Repo
     let faults = records::read_faults(dir)?;
     let moves = records::read_moves(dir)?;
     let brokers = first_seen(rows.iter().map(|r| r.broker.as_str()));
+    let latency = subscribers::read_latency(dir)?;
     let mut out = Vec::new();
 
     let path = dir.join(THROUGHPUT_PNG);
@@ -154,8 +158,49 @@ pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, Repo
         let path = dir.join(format!("rate-{stem}"));
         timeline::draw_rate(&path, &run).map_err(|e| plot_err(&path, e))?;
         out.push(path);
+        let seconds: Vec<&subscribers::LatencyRow> = latency
+            .iter()
+            .filter(|r| r.trial == s.trial && r.method == s.method)
+            .collect();
+        if !seconds.is_empty() {
+            let path = dir.join(format!("latency-{stem}"));
+            timeline::draw_latency(&path, &run, &seconds).map_err(|e| plot_err(&path, e))?;
+            out.push(path);
+        }
+    }
+    if let Some(per_method) = latency_by_method(dir, summary)? {
+        let path = dir.join(LATENCY_CDF_PNG);
+        latency_cdf::draw(&path, &per_method).map_err(|e| plot_err(&path, e))?;
+        out.push(path);
     }
     Ok(out)
+}
+
+/// Each summarised method's latency over all its trials (the hlogs' `all` histograms), in
+/// method order; `None` when no method run wrote an hlog.
+fn latency_by_method(
+    dir: &Path,
+    summary: &[SummaryRow],
+) -> Result<Option<Vec<(String, hdrhistogram::Histogram<u64>)>>, ReportError> {
+    let mut found = false;
+    let mut out = Vec::new();
+    for method in first_seen(summary.iter().map(|s| s.method.as_str())) {
+        let mut merged = crate::loadgen::receipts::latency_histogram();
+        for s in summary.iter().filter(|s| s.method == method) {
+            let path = dir.join(subscribers::hlog_name(s.trial, &s.method));
+            if !path.exists() {
+                continue;
+            }
+            found = true;
+            for (tag, h) in subscribers::read_hlog(&path)? {
+                if tag == subscribers::ALL_BROKERS {
+                    let _ = merged.add(&h);
+                }
+            }
+        }
+        out.push((method, merged));
+    }
+    Ok(found.then_some(out))
 }
 
 /// Category labels under an x axis whose categories sit at 0, 1, 2, … (plotters' tick labels

@@ -2,7 +2,8 @@
 //! `rate-<method>-t<k>.png`. Both mark each publisher's join (dotted line in the colour of the
 //! broker it went to, labelled with its profile), the full-load window (shaded) and any fault
 //! from `faults.csv` (red line), and each live move from `moves.csv` (a thin line in the colour of
-//! the broker the client was moved to, labelled `→ <broker>`).
+//! the broker the client was moved to, labelled `→ <broker>`). With subscribers,
+//! `latency-<method>-t<k>.png` draws each broker's latency p99 per second the same way.
 
 use std::path::Path;
 
@@ -12,6 +13,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{Chart, DrawResult, FAULT, GREY, HEIGHT, Run, WIDTH, color, font, headroom};
 use crate::report::records::PublisherRow;
+use crate::report::subscribers::LatencyRow;
 
 /// Width of the right margin that holds the legend.
 const LEGEND_PX: u32 = 290;
@@ -64,6 +66,35 @@ pub(crate) fn draw_rate(path: &Path, run: &Run) -> DrawResult {
         run.method, run.trial
     );
     draw(path, run, &title, "messages per second (msg/s)", lines)
+}
+
+/// `latency-<method>-t<k>.png`: each broker's latency p99 per second (latency.csv), over every
+/// subscriber member on that broker, with the same join, move and fault marks.
+pub(crate) fn draw_latency(path: &Path, run: &Run, rows: &[&LatencyRow]) -> DrawResult {
+    let lines = run
+        .brokers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| &r.broker == b)
+                .filter_map(|r| Some((r.t_s as f64, r.latency_p99_ms?)))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Line {
+                label: format!("{b} latency p99"),
+                color: color(i),
+                dashed: false,
+                points,
+            }
+        })
+        .collect();
+    let title = format!(
+        "End-to-end latency p99 per broker — {}, trial {}",
+        run.method, run.trial
+    );
+    draw(path, run, &title, "latency p99 (ms)", lines)
 }
 
 fn points(
