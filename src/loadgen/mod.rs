@@ -6,7 +6,8 @@
 //! - [`precise_timer`]: sub-millisecond sleeps for per-message sending; [`lateness`]: how late
 //!   messages went out.
 //! - [`placement`]: dns-rr or dispatcher redirects (hop limit, loops, 0x9D memory).
-//! - [`publisher`]: one publisher task; [`cli`]: `mqdispatch load` and its CSV.
+//! - [`publisher`]: one publisher task; [`direct`]: its lean per-message path on its own
+//!   socket, writing [`frame`]s; [`cli`]: `mqdispatch load` and its CSV.
 //!
 //! [`run`] starts every planned publisher at its join time and streams [`LoadEvent`]s.
 
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod arrival;
 mod cli;
+mod direct;
+mod frame;
 pub mod lateness;
 pub mod placement;
 pub mod precise_timer;
@@ -208,7 +211,7 @@ async fn run_here(
     let payloads: Vec<Bytes> = cfg
         .profiles
         .iter()
-        .map(|p| Bytes::from(vec![b'x'; p.payload_bytes]))
+        .map(|p| Bytes::from(crate::payload::template(p.payload_bytes)))
         .collect();
     let profiles = Arc::new(cfg.profiles);
     let mut tasks = JoinSet::new();
@@ -239,7 +242,8 @@ async fn run_here(
                 } else {
                     cfg.inflight_limit
                 },
-                tcp_nodelay: profile.send == SendMode::PerMessage,
+                tcp_nodelay: profile.send != SendMode::Batched,
+                direct: profile.send == SendMode::PerMessage,
                 tls: cfg.tls.clone(),
                 declared_rate: Some(profile.rate),
             },
