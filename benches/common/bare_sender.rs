@@ -130,7 +130,7 @@ fn sleep_until(at: Instant) {
     }
 }
 
-fn thread_cpu() -> Duration {
+pub fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)] // each bench uses a part
 
 pub mod bare_sender;
+pub mod receivers;
 
 use std::time::Duration;
 

@@ -6,7 +6,8 @@
 //! - [`precise_timer`]: sub-millisecond sleeps for per-message sending; [`lateness`]: how late
 //!   messages went out.
 //! - [`placement`]: dns-rr or dispatcher redirects (hop limit, loops, 0x9D memory).
-//! - [`publisher`]: one publisher task; [`cli`]: `mqdispatch load` and its CSV.
+//! - [`publisher`]: one publisher task; [`direct`]: its lean per-message path on its own
+//!   socket, writing [`frame`]s; [`cli`]: `mqdispatch load` and its CSV.
 //! - [`subscription`]: subscriber kinds (`--subscriber` specs, scenario `subscribers` entries);
 //!   [`subscriber`]: the members, connected before the first publisher; [`receipts`]: latency
 //!   histograms and sequence tracking (pure); [`streams`]: delivered against expected (pure).
@@ -24,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod arrival;
 mod cli;
+mod direct;
+mod frame;
 pub mod lateness;
 pub mod placement;
 pub mod precise_timer;
@@ -35,6 +38,7 @@ pub mod seconds;
 pub mod streams;
 pub mod subscriber;
 mod subscriber_cli;
+mod subscriber_direct;
 pub mod subscription;
 
 pub use arrival::{ArrivalOrder, ArrivalSpec, PlannedPublisher, plan_arrivals};
@@ -218,7 +222,7 @@ async fn run_here(
     let payloads: Vec<Bytes> = cfg
         .profiles
         .iter()
-        .map(|p| Bytes::from(vec![b'x'; p.payload_bytes]))
+        .map(|p| Bytes::from(crate::payload::template(p.payload_bytes)))
         .collect();
     let profiles = Arc::new(cfg.profiles);
     let mut tasks = JoinSet::new();
@@ -249,7 +253,10 @@ async fn run_here(
                 } else {
                     cfg.inflight_limit
                 },
-                tcp_nodelay: profile.send == SendMode::PerMessage,
+                // Batched keeps Nagle: it is what coalesces a tick's PUBLISHes into few segments
+                // (rumqttc writes each on its own), at up to a delayed ACK of latency.
+                tcp_nodelay: profile.send != SendMode::Batched,
+                direct: profile.send == SendMode::PerMessage,
                 tls: cfg.tls.clone(),
                 declared_rate: Some(profile.rate),
             },

@@ -12,10 +12,14 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::addr::{AddrError, HostPort};
-use crate::proto::{ProtoError, RedirectReason, request_redirect_declaring};
+use crate::proto::{
+    ProtoError, RedirectReason, connect_packet, read_connack, request_redirect_declaring,
+};
 
 /// Redirect hops followed when the broker list itself redirects (dns-rr against a dispatcher).
 pub const DEFAULT_MAX_HOPS: u8 = 4;
@@ -24,6 +28,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// rumqttc request channel: a few batches of back-pressure, small memory (payloads are shared).
 const REQUEST_CAPACITY: usize = 64;
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// A direct link writes PINGREQ after this long without a write (its CONNECT asks for 60 s).
+pub(crate) const PING_AFTER: Duration = Duration::from_secs(30);
 
 /// How publishers are placed on brokers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,11 +137,26 @@ impl PlacementError {
     }
 }
 
-/// A connected rumqttc client (CONNACK Success received).
+/// A connection to a broker that answered CONNACK Success.
 pub(crate) struct Session {
-    pub client: AsyncClient,
-    pub eventloop: EventLoop,
+    pub link: Link,
     pub broker: String,
+}
+
+/// How the publisher talks to its broker.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per publisher, boxed while placement hands it around"
+)]
+pub(crate) enum Link {
+    /// A rumqttc client (TLS, batched sending).
+    Client {
+        client: AsyncClient,
+        eventloop: EventLoop,
+    },
+    /// The bare socket, after our own CONNECT: the publisher writes pre-encoded PUBLISHes and
+    /// reads what comes back itself (the lean per-message path, `super::direct`).
+    Direct(TcpStream),
 }
 
 /// The outcome of a successful placement.
@@ -157,6 +178,9 @@ pub(crate) struct Connector {
     /// Disable Nagle, so that each PUBLISH written on its own leaves as its own TCP segment
     /// (per-message sending); with Nagle, writes made while a segment awaits its ACK coalesce.
     pub tcp_nodelay: bool,
+    /// Connect to brokers with our own CONNECT and hand over the bare socket ([`Link::Direct`])
+    /// instead of a rumqttc client. Ignored with TLS (always rumqttc).
+    pub direct: bool,
     /// TLS to dispatchers and brokers alike (the addresses are then TLS ports).
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Sent to dispatchers in the CONNECT's `mqdispatch-rate` user property, so a rebalancing
@@ -289,13 +313,21 @@ enum Attempt {
     Redirected,
 }
 
-/// A rumqttc v5 client to `addr`, polled up to its CONNACK.
+/// A connection to `addr` up to its CONNACK: our own CONNECT on a bare socket when
+/// `conn.direct` (and no TLS), else a rumqttc v5 client.
 async fn connect_broker(addr: &str, conn: &Connector) -> Result<Attempt, PlacementError> {
     let fail = |error: String| PlacementError::Broker {
         addr: addr.to_owned(),
         error,
     };
     let target: HostPort = addr.parse().map_err(|e: AddrError| fail(e.to_string()))?;
+    if conn.direct && conn.tls.is_none() {
+        return tokio::time::timeout(CONNECT_TIMEOUT, connect_direct(&target, conn))
+            .await
+            .map_err(|_| fail(format!("no CONNACK within {CONNECT_TIMEOUT:?}")))?
+            .map_err(fail)
+            .map(|attempt| attempt.at(addr));
+    }
     let mut options = MqttOptions::new(conn.client_id.clone(), target.host(), target.port());
     options
         .set_keep_alive(KEEP_ALIVE)
@@ -317,8 +349,7 @@ async fn connect_broker(addr: &str, conn: &Connector) -> Result<Attempt, Placeme
         .map_err(|_| fail(format!("no CONNACK within {CONNECT_TIMEOUT:?}")))?;
     match first {
         Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(Attempt::Connected(Box::new(Session {
-            client,
-            eventloop,
+            link: Link::Client { client, eventloop },
             broker: addr.to_owned(),
         }))),
         Err(ConnectionError::ConnectionRefused(
@@ -326,6 +357,46 @@ async fn connect_broker(addr: &str, conn: &Connector) -> Result<Attempt, Placeme
         )) => Ok(Attempt::Redirected),
         Err(e) => Err(fail(e.to_string())),
         Ok(other) => Err(fail(format!("expected CONNACK, got {other:?}"))),
+    }
+}
+
+/// A bare TCP connection with our CONNECT (clean start, 60 s keep-alive: the publisher pings
+/// after [`PING_AFTER`] without a write) and the broker's CONNACK read.
+async fn connect_direct(target: &HostPort, conn: &Connector) -> Result<DirectAttempt, String> {
+    let mut stream = TcpStream::connect((target.host(), target.port()))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_nodelay(conn.tcp_nodelay)
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(&connect_packet(&conn.client_id))
+        .await
+        .map_err(|e| e.to_string())?;
+    let connack = read_connack(&mut stream).await.map_err(|e| e.to_string())?;
+    match connack.code {
+        ConnectReturnCode::Success => Ok(DirectAttempt::Connected(stream)),
+        ConnectReturnCode::UseAnotherServer | ConnectReturnCode::ServerMoved => {
+            Ok(DirectAttempt::Redirected)
+        }
+        code => Err(format!("connection refused: {code:?}")),
+    }
+}
+
+enum DirectAttempt {
+    Connected(TcpStream),
+    Redirected,
+}
+
+impl DirectAttempt {
+    fn at(self, addr: &str) -> Attempt {
+        match self {
+            DirectAttempt::Connected(stream) => Attempt::Connected(Box::new(Session {
+                link: Link::Direct(stream),
+                broker: addr.to_owned(),
+            })),
+            DirectAttempt::Redirected => Attempt::Redirected,
+        }
     }
 }
 

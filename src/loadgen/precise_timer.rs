@@ -78,7 +78,13 @@ impl PreciseTimer {
                 }
             });
             match read {
-                Ok(result) => return result.map(|()| u64::from_ne_bytes(expirations)),
+                Ok(result) => {
+                    // The read took every expiration: the fd stays unreadable until the next
+                    // one, whose edge epoll reports anew. Clearing now saves the read that would
+                    // only learn EAGAIN (one syscall per message).
+                    ready.clear_ready();
+                    return result.map(|()| u64::from_ne_bytes(expirations));
+                }
                 Err(_would_block) => continue, // stale readiness; try_io cleared it
             }
         }

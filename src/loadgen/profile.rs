@@ -37,6 +37,11 @@ pub enum SendMode {
     /// generator, but a broker then reads many messages per wake-up and spends less CPU per
     /// message than under the paper's load.
     Batched,
+    /// `per-message` through a rumqttc client (the path TLS publishers take) instead of the
+    /// publisher's own socket: kept to measure one against the other (`benches/send_modes.rs`).
+    #[doc(hidden)]
+    #[serde(skip_deserializing)]
+    PerMessageViaClient,
 }
 
 impl std::str::FromStr for SendMode {
@@ -45,6 +50,7 @@ impl std::str::FromStr for SendMode {
         match s {
             "per-message" => Ok(SendMode::PerMessage),
             "batched" => Ok(SendMode::Batched),
+            "per-message-via-client" => Ok(SendMode::PerMessageViaClient),
             other => Err(format!(
                 "send mode `{other}`: write `per-message` (MQTTLoader's) or `batched`"
             )),

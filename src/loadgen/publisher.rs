@@ -1,15 +1,20 @@
 //! One publisher: wait for its join time, get placed on a broker, publish at its rate for its
 //! duration, reconnect with backoff when the connection drops, then disconnect cleanly.
 //!
-//! A message counts as sent when rumqttc has written it to the socket (`Outgoing::Publish`
-//! from the event loop), so `sent` is what the broker will see, not what was queued. Messages
-//! owed while disconnected are skipped, not sent late in a burst: the target stays, the achieved
-//! count drops, and the gap shows as downtime.
+//! Two send paths share this life cycle. A per-message publisher on plain TCP owns its socket
+//! (`super::direct`: one `write(2)` of a pre-encoded PUBLISH per message, from the task its
+//! timer wakes). TLS and batched publishers go through a rumqttc client: there a message counts
+//! as sent when rumqttc has written it to the socket (`Outgoing::Publish` from the event loop),
+//! and its payload header's send time is taken when it is handed to rumqttc's request channel.
+//! Either way `sent` is what the broker will see, not what was queued, and every payload
+//! carries the header of `crate::payload` (sequence numbers from 0 across reconnections and
+//! moves). Messages owed while disconnected are skipped, not sent late in a burst, and take no
+//! sequence number: the target stays, the achieved count drops, and the gap shows as downtime.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
@@ -20,30 +25,32 @@ use tracing::{info, warn};
 
 use super::LoadEvent;
 use super::lateness::Lateness;
-use super::placement::{Connector, Entry, Placed, PlacementError, place, server_moved_us};
+use super::placement::{Connector, Entry, Link, Placed, PlacementError, place, server_moved_us};
 use super::precise_timer::PreciseTimer;
 use super::profile::SendMode;
 use super::schedule::{Pacer, Schedule};
 use super::seconds::{Clock, SecondCounter};
+use crate::payload::{Header, now_us};
 use crate::proto::RedirectReason;
 
 /// A publisher behind schedule (broker back-pressure) catches up for at most this long past its
 /// end; whatever is still owed then is not sent.
-const PACE_OVERRUN: Duration = Duration::from_secs(1);
+pub(super) const PACE_OVERRUN: Duration = Duration::from_secs(1);
 /// Per-message publishers with messages closer than this sleep on their own timerfd; slower
 /// ones on tokio's timer (1 ms resolution is nothing next to their interval, and a fleet of
 /// slow publishers then needs no file descriptor each).
 const PRECISE_BELOW: Duration = Duration::from_millis(20);
 /// Time allowed for the queued messages and the DISCONNECT to go out at the end.
-const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+pub(super) const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Same, after cancellation: stop promptly.
-const CANCEL_GRACE: Duration = Duration::from_millis(250);
+pub(super) const CANCEL_GRACE: Duration = Duration::from_millis(250);
 
 /// Everything one publisher needs, owned (it runs as its own task).
 pub(crate) struct PublisherCtx {
     pub name: String,
     pub profile: String,
     pub topic: String,
+    /// `crate::payload::template`: each message is this with its header written in.
     pub payload: Bytes,
     pub qos: QoS,
     pub rate: f64,
@@ -79,11 +86,15 @@ pub struct PublisherSummary {
     pub lateness: Lateness,
 }
 
-enum SessionEnd {
+pub(super) enum SessionEnd {
     /// Schedule finished (or its end time passed) and the connection was closed.
     Done,
     Cancelled,
-    Dropped(String),
+    /// The connection failed; `moved`: a server DISCONNECT 0x9C/0x9D named where to go.
+    Dropped {
+        error: String,
+        moved: Option<(RedirectReason, String)>,
+    },
 }
 
 /// Runs one publisher to completion. Only a fatal placement error (a redirect loop, a missing
@@ -172,9 +183,9 @@ async fn publish_all(
             cancel,
         )
         .await;
-        let error = match end_reason {
+        let (error, moved) = match end_reason {
             SessionEnd::Done | SessionEnd::Cancelled => break Ok(()),
-            SessionEnd::Dropped(error) => error,
+            SessionEnd::Dropped { error, moved } => (error, moved),
         };
         let broker = placed.session.broker.clone();
         let down_at = Instant::now();
@@ -186,7 +197,7 @@ async fn publish_all(
             error,
         });
         // A server DISCONNECT 0x9C/0x9D names where to go: follow it (0x9D for good).
-        if let Some((reason, reference)) = server_moved_us(&mut placed.session.eventloop) {
+        if let Some((reason, reference)) = moved {
             info!(publisher = %ctx.name, %reference, ?reason, "server sent us elsewhere");
             match reason {
                 RedirectReason::UseAnotherServer => memory.once = Some(reference),
@@ -291,7 +302,7 @@ async fn connect_with_backoff(
     }
 }
 
-/// One connection's life: the event loop and the pacing run side by side in this task.
+/// One connection's life, on whichever link placement made.
 async fn drive(
     ctx: &PublisherCtx,
     session: &mut super::placement::Session,
@@ -300,8 +311,27 @@ async fn drive(
     end: Instant,
     cancel: &CancellationToken,
 ) -> SessionEnd {
+    match &mut session.link {
+        Link::Direct(stream) => {
+            super::direct::drive(ctx, stream, pacing, seconds, end, cancel).await
+        }
+        Link::Client { client, eventloop } => {
+            drive_client(ctx, client, eventloop, pacing, seconds, end, cancel).await
+        }
+    }
+}
+
+/// A rumqttc client's connection: the event loop and the pacing run side by side in this task.
+async fn drive_client(
+    ctx: &PublisherCtx,
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    pacing: &mut Pacing<'_>,
+    seconds: &mut Seconds<'_>,
+    end: Instant,
+    cancel: &CancellationToken,
+) -> SessionEnd {
     let written = seconds.written;
-    let client = &session.client;
     let pace = async {
         let _ =
             tokio::time::timeout_at(end + PACE_OVERRUN, pace(ctx, client, pacing, seconds)).await;
@@ -313,16 +343,19 @@ async fn drive(
     let end_reason = tokio::select! {
         biased;
         _ = cancel.cancelled() => SessionEnd::Cancelled,
-        r = poll_until_disconnect(&mut session.eventloop, written) => match r {
+        r = poll_until_disconnect(eventloop, written) => match r {
             Ok(()) => SessionEnd::Done,
-            Err(e) => SessionEnd::Dropped(e.to_string()),
+            Err(e) => SessionEnd::Dropped {
+                error: e.to_string(),
+                moved: server_moved_us(eventloop),
+            },
         },
         () = pace => SessionEnd::Done,
     };
     if matches!(end_reason, SessionEnd::Cancelled) {
         let close = async {
-            let _ = session.client.disconnect().await;
-            let _ = poll_until_disconnect(&mut session.eventloop, written).await;
+            let _ = client.disconnect().await;
+            let _ = poll_until_disconnect(eventloop, written).await;
         };
         let _ = tokio::time::timeout(CANCEL_GRACE, close).await;
     }
@@ -338,18 +371,12 @@ async fn pace(
     pacing: &mut Pacing<'_>,
     seconds: &mut Seconds<'_>,
 ) {
+    let mut periodic = start_periodic(ctx, pacing);
     let Pacing {
         pacer,
         lateness,
         timer,
     } = pacing;
-    // MQTTLoader's scheduleAtFixedRate: a periodic timer in phase with the deadlines, when the
-    // interval is a whole number of nanoseconds (2000 and 10000 msg/s are); else one-shot.
-    let mut periodic = match (*timer, ctx.send, pacer.next_due()) {
-        (Some(timer), SendMode::PerMessage, Some(first)) => whole_ns_interval(ctx.rate)
-            .is_some_and(|period| timer.start_periodic(first.into_std(), period).is_ok()),
-        _ => false,
-    };
     loop {
         let now = Instant::now();
         seconds.observe();
@@ -357,9 +384,15 @@ async fn pace(
             if let Some(due) = pacer.next_due() {
                 lateness.record(Instant::now().saturating_duration_since(due));
             }
+            let mut payload = BytesMut::from(&ctx.payload[..]);
+            Header {
+                sent_us: now_us(),
+                seq: pacer.sequence(),
+            }
+            .write(&mut payload);
             // Awaiting here is the back-pressure: a full request channel slows us, never drops.
             if client
-                .publish(ctx.topic.clone(), ctx.qos, false, ctx.payload.clone())
+                .publish(ctx.topic.clone(), ctx.qos, false, payload.freeze())
                 .await
                 .is_err()
             {
@@ -383,8 +416,8 @@ async fn pace(
             }
         }
         let wake = match ctx.send {
-            SendMode::PerMessage => pacer.next_due(),
             SendMode::Batched => pacer.next_wake(now, ctx.batch_tick),
+            _ => pacer.next_due(),
         };
         let Some(wake) = wake else {
             return;
@@ -398,10 +431,23 @@ async fn pace(
 }
 
 /// A publisher's schedule, how late its messages went out, and the timer it sleeps on.
-struct Pacing<'t> {
-    pacer: Pacer,
-    lateness: Lateness,
-    timer: Option<&'t PreciseTimer>,
+pub(super) struct Pacing<'t> {
+    pub pacer: Pacer,
+    pub lateness: Lateness,
+    pub timer: Option<&'t PreciseTimer>,
+}
+
+/// MQTTLoader's scheduleAtFixedRate: a per-message publisher's timer made periodic, in phase
+/// with the deadlines, when the interval is a whole number of nanoseconds (2000 and 10000 msg/s
+/// are). `false`: sleep one-shot to each deadline.
+pub(super) fn start_periodic(ctx: &PublisherCtx, pacing: &Pacing<'_>) -> bool {
+    match (pacing.timer, ctx.send, pacing.pacer.next_due()) {
+        (Some(timer), send, Some(first)) if send != SendMode::Batched => {
+            whole_ns_interval(ctx.rate)
+                .is_some_and(|period| timer.start_periodic(first.into_std(), period).is_ok())
+        }
+        _ => false,
+    }
 }
 
 /// `1/rate` when it is a whole number of nanoseconds, so a periodic timer stays exactly in phase
@@ -414,8 +460,7 @@ fn whole_ns_interval(rate: f64) -> Option<Duration> {
 /// The precise timer a per-message publisher sleeps on, when its messages are close together
 /// (else, or if the timerfd cannot be had, tokio's timer).
 fn precise_timer_for(ctx: &PublisherCtx) -> Option<PreciseTimer> {
-    if ctx.send != SendMode::PerMessage || Duration::from_secs_f64(1.0 / ctx.rate) >= PRECISE_BELOW
-    {
+    if ctx.send == SendMode::Batched || Duration::from_secs_f64(1.0 / ctx.rate) >= PRECISE_BELOW {
         return None;
     }
     PreciseTimer::new()
@@ -443,12 +488,13 @@ async fn poll_until_disconnect(
 }
 
 /// The per-second counter wired to the event stream.
-struct Seconds<'a> {
+pub(super) struct Seconds<'a> {
     counter: SecondCounter,
     clock: Clock,
     publisher: &'a str,
     events: &'a UnboundedSender<LoadEvent>,
-    written: &'a AtomicU64,
+    /// Messages written to the socket so far (every connection).
+    pub written: &'a AtomicU64,
 }
 
 impl Seconds<'_> {
@@ -463,7 +509,7 @@ impl Seconds<'_> {
         }
     }
 
-    fn observe(&mut self) {
+    pub fn observe(&mut self) {
         let closed = self
             .counter
             .observe(self.clock.now_ms(), self.written.load(Ordering::Relaxed));

@@ -86,6 +86,12 @@ impl Pacer {
         self.skipped
     }
 
+    /// The payload sequence number of the next message: the messages issued so far, skipped
+    /// ones excluded (a skipped message takes no number, so a gap is a message lost).
+    pub fn sequence(&self) -> u64 {
+        self.issued - self.skipped
+    }
+
     pub fn done(&self) -> bool {
         self.issued >= self.schedule.total()
     }
@@ -215,5 +221,20 @@ mod tests {
         assert_eq!(pacer.owed(Instant::now()), 10);
         assert_eq!(pacer.skipped(), 501);
         assert_eq!(pacer.target_total(), 2000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skipped_messages_take_no_sequence_number() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Schedule::new(1000.0, Duration::from_secs(2)), start);
+        assert_eq!(pacer.sequence(), 0);
+        pacer.issue();
+        pacer.issue();
+        assert_eq!(pacer.sequence(), 2);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(pacer.skip_owed(Instant::now()), 99);
+        assert_eq!(pacer.sequence(), 2, "skipped messages were numbered");
+        pacer.issue();
+        assert_eq!(pacer.sequence(), 3);
     }
 }

@@ -22,8 +22,9 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::placement::{Connector, DEFAULT_MAX_HOPS, Entry, place};
+use super::placement::{Connector, DEFAULT_MAX_HOPS, Entry, Link, place};
 use super::receipts::{SeqStats, SeqTracker, latency_histogram, latency_us};
+use super::subscriber_direct::DirectSubscription;
 use super::subscription::{SubscriberSpec, WorkMode};
 use crate::payload::{Header, now_us};
 
@@ -38,8 +39,8 @@ pub struct SubscriberConfig {
     pub specs: Vec<SubscriberSpec>,
     /// `(id, address)` of every broker, `b1`..`bn` in order.
     pub brokers: Vec<(String, String)>,
-    /// Publisher topic → publisher name: whose sequence numbers a message carries. Messages
-    /// on other topics are counted as foreign.
+    /// Publisher topic → publisher name: whose sequence numbers a message carries. A topic
+    /// not listed is a stream of its own, named by the topic.
     pub publishers_by_topic: HashMap<String, String>,
     /// Client id = prefix + member name.
     pub client_id_prefix: String,
@@ -68,7 +69,7 @@ pub struct MemberSummary {
     pub entry: String,
     pub broker: String,
     pub received: u64,
-    /// Messages whose topic no planned publisher uses, or too short to carry a header.
+    /// Messages too short to carry a header (not the loader's).
     pub foreign: u64,
     pub latency_us: Histogram<u64>,
     pub reconnects: u32,
@@ -143,6 +144,8 @@ pub async fn start(
                     tcp_nodelay: true,
                     tls: cfg.tls.clone(),
                     declared_rate: None,
+                    // Plain TCP: our own reads (see `subscriber_direct`); TLS: rumqttc.
+                    direct: true,
                 },
                 member,
                 spec: spec.clone(),
@@ -335,12 +338,28 @@ async fn run_member(
         }
     }
     second.emit(&ctx, crate::now_ms());
-    let _ = tokio::time::timeout(Duration::from_millis(250), session.0.disconnect()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(250), session.disconnect()).await;
     Ok(summary)
 }
 
-/// A rumqttc session with the member's SUBSCRIBE acknowledged.
-struct Subscribed(AsyncClient, rumqttc::v5::EventLoop);
+/// A member's connection with its SUBSCRIBE acknowledged.
+enum Subscribed {
+    /// Plain TCP: our own reads ([`DirectSubscription`]).
+    Direct(DirectSubscription),
+    /// TLS: a rumqttc client.
+    Client(AsyncClient, rumqttc::v5::EventLoop),
+}
+
+impl Subscribed {
+    async fn disconnect(&mut self) {
+        match self {
+            Subscribed::Direct(d) => d.disconnect().await,
+            Subscribed::Client(c, _) => {
+                let _ = c.disconnect().await;
+            }
+        }
+    }
+}
 
 async fn subscribe(ctx: &MemberCtx) -> anyhow::Result<Subscribed> {
     let entry = Entry::Broker {
@@ -350,27 +369,28 @@ async fn subscribe(ctx: &MemberCtx) -> anyhow::Result<Subscribed> {
     let placed = place(&entry, &ctx.connector)
         .await
         .with_context(|| format!("connecting to {}", ctx.addr))?;
-    let session = placed.session;
-    let (client, mut eventloop) = (session.client, session.eventloop);
     let qos = if ctx.spec.qos == 0 {
         QoS::AtMostOnce
     } else {
         QoS::AtLeastOnce
     };
+    let (client, mut eventloop) = match placed.session.link {
+        Link::Direct(stream) => {
+            let sub = DirectSubscription::subscribe(stream, &ctx.spec.topic, qos).await?;
+            return Ok(Subscribed::Direct(sub));
+        }
+        Link::Client { client, eventloop } => (client, eventloop),
+    };
     client.subscribe(ctx.spec.topic.clone(), qos).await?;
     loop {
-        match eventloop.poll().await? {
-            Event::Incoming(Packet::SubAck(ack)) => {
-                return match ack.return_codes.first() {
-                    Some(SubscribeReasonCode::Success(_)) => Ok(Subscribed(client, eventloop)),
-                    other => Err(anyhow!(
-                        "broker refused SUBSCRIBE {}: {other:?}",
-                        ctx.spec.topic
-                    )),
-                };
-            }
-            Event::Incoming(Packet::Publish(_)) => {} // retained leftovers: not ours to count
-            _ => {}
+        if let Event::Incoming(Packet::SubAck(ack)) = eventloop.poll().await? {
+            return match ack.return_codes.first() {
+                Some(SubscribeReasonCode::Success(_)) => Ok(Subscribed::Client(client, eventloop)),
+                other => Err(anyhow!(
+                    "broker refused SUBSCRIBE {}: {other:?}",
+                    ctx.spec.topic
+                )),
+            };
         }
     }
 }
@@ -388,44 +408,81 @@ async fn receive(
     let tick = tokio::time::sleep(second.until_next());
     tokio::pin!(tick);
     loop {
-        tokio::select! {
+        let mut on_publish = |p: &rumqttc::v5::mqttbytes::v5::Publish| {
+            take(ctx, summary, second, work, &p.topic, &p.payload)
+        };
+        let received: Result<(), String> = tokio::select! {
             biased;
             _ = stop.cancelled() => return None,
             () = &mut tick => {
                 second.emit(ctx, crate::now_ms());
                 tick.as_mut().reset(tokio::time::Instant::now() + second.until_next());
+                Ok(())
             }
-            event = session.1.poll() => match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let at = now_us();
-                    second.roll(ctx, at / 1000);
-                    summary.received += 1;
-                    ctx.received.fetch_add(1, Ordering::Relaxed);
-                    let publisher = std::str::from_utf8(&p.topic).ok().and_then(|t| ctx.topics.get(t));
-                    match (Header::read(&p.payload), publisher) {
-                        (Some(h), Some(publisher)) => {
-                            let lat = latency_us(at, h.sent_us);
-                            summary.latency_us.saturating_record(lat);
-                            second.record(lat);
-                            ctx.streams
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .entry(publisher.clone())
-                                .or_default()
-                                .observe(h.seq);
-                        }
-                        _ => {
-                            summary.foreign += 1;
-                            second.received += 1;
-                        }
-                    }
-                    work.spend();
-                }
-                Ok(_) => {}
-                Err(e) => return Some(e.to_string()),
-            }
+            r = receive_once(session, &mut on_publish) => r,
+        };
+        if let Err(e) = received {
+            return Some(e);
         }
     }
+}
+
+/// One read's worth of messages (direct), or one event (rumqttc).
+async fn receive_once(
+    session: &mut Subscribed,
+    on_publish: &mut impl FnMut(&rumqttc::v5::mqttbytes::v5::Publish),
+) -> Result<(), String> {
+    match session {
+        Subscribed::Direct(d) => d.receive(on_publish).await,
+        Subscribed::Client(_, eventloop) => match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                on_publish(&p);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
+/// One message: its latency and sequence number, then the member's work on it.
+fn take(
+    ctx: &MemberCtx,
+    summary: &mut MemberSummary,
+    second: &mut SecondWindow,
+    work: &mut Work,
+    topic: &[u8],
+    payload: &[u8],
+) {
+    let at = now_us();
+    second.roll(ctx, at / 1000);
+    summary.received += 1;
+    ctx.received.fetch_add(1, Ordering::Relaxed);
+    match Header::read(payload) {
+        Some(h) => {
+            let lat = latency_us(at, h.sent_us);
+            summary.latency_us.saturating_record(lat);
+            second.record(lat);
+            // A topic no planned publisher uses is its own stream (a subscriber run beside
+            // publishers it was not told about).
+            let topic = String::from_utf8_lossy(topic);
+            let publisher = ctx
+                .topics
+                .get(topic.as_ref())
+                .map_or(topic.as_ref(), String::as_str);
+            ctx.streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(publisher.to_owned())
+                .or_default()
+                .observe(h.seq);
+        }
+        None => {
+            summary.foreign += 1;
+            second.received += 1;
+        }
+    }
+    work.spend();
 }
 
 /// The current wall-clock second's count and latencies.

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::util::bin;
 
 pub mod fakes;
+mod header;
 mod tls;
 use fakes::{Broker, FakeDispatcher, Proxy, Reply, fake_broker_that_moves_us};
 
