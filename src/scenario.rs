@@ -18,6 +18,7 @@ use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
 use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
 
 mod brokers;
+mod calibration;
 mod faults;
 mod length;
 mod rebalance;
@@ -25,6 +26,8 @@ mod sampler;
 
 use brokers::RawBrokers;
 pub use brokers::{BrokersPlan, check_host};
+pub use calibration::CalibrationPlan;
+use calibration::RawCalibration;
 use faults::RawFault;
 pub use faults::{FaultKind, FaultPlan};
 use rebalance::RawRebalance;
@@ -56,6 +59,8 @@ pub struct Scenario {
     /// Publishers speak TLS to the dispatcher and the brokers (Mosquitto gets a TLS listener
     /// with a throwaway CA made for the run).
     pub tls: bool,
+    /// The run's broker-CPU calibration (`calibration:`; wall-clock, not time-scaled).
+    pub calibration: CalibrationPlan,
 }
 
 mod duration_serde {
@@ -108,6 +113,8 @@ struct RawScenario {
     time_scale: Option<Spanned<f64>>,
     #[serde(default)]
     tls: Option<Spanned<bool>>,
+    #[serde(default)]
+    calibration: Option<Spanned<RawCalibration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +271,7 @@ impl Checker<'_> {
             t => t.as_ref().is_some_and(|t| t.value),
         };
         let sampler = self.sampler(raw.sampler.as_ref(), time_scale)?;
+        let calibration = self.calibration(raw.calibration.as_ref())?;
         let profiles = self.profiles(&raw.publishers, time_scale)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
         let methods = self.methods(&raw.methods, sampler.source, time_scale)?;
@@ -287,6 +295,7 @@ impl Checker<'_> {
             faults,
             time_scale,
             tls,
+            calibration,
         })
     }
 
