@@ -15,7 +15,7 @@ use crate::broker::BrokerKind;
 use crate::dispatcher::rebalance::{MoverKind, RebalanceConfig};
 use crate::dispatcher::{Metric, Policy};
 use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
-use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
+use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode, SubscriberSpec};
 
 mod brokers;
 mod calibration;
@@ -23,6 +23,7 @@ mod faults;
 mod length;
 mod rebalance;
 mod sampler;
+mod subscribers;
 
 use brokers::RawBrokers;
 pub use brokers::{BrokersPlan, check_host};
@@ -33,6 +34,7 @@ pub use faults::{FaultKind, FaultPlan};
 use rebalance::RawRebalance;
 use sampler::RawSampler;
 pub use sampler::{CpuSampling, LoadSourceKind, check_prometheus};
+use subscribers::RawSubscriber;
 
 /// A scenario, checked and with its time scale applied: what the runner executes.
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +54,8 @@ pub struct Scenario {
     #[serde(with = "duration_serde")]
     pub scrape_interval: Duration,
     pub profiles: Vec<Profile>,
+    /// Consumers, connected and subscribed before the first publisher (`subscribers:`).
+    pub subscribers: Vec<SubscriberSpec>,
     pub arrival: ArrivalSpec,
     pub methods: Vec<MethodPlan>,
     pub faults: Vec<FaultPlan>,
@@ -105,6 +109,8 @@ struct RawScenario {
     #[serde(default)]
     sampler: Option<Spanned<RawSampler>>,
     publishers: Spanned<Vec<Spanned<RawProfile>>>,
+    #[serde(default)]
+    subscribers: Vec<Spanned<RawSubscriber>>,
     arrival: RawArrival,
     methods: Spanned<Vec<Spanned<RawMethod>>>,
     #[serde(default)]
@@ -273,6 +279,7 @@ impl Checker<'_> {
         let sampler = self.sampler(raw.sampler.as_ref(), time_scale)?;
         let calibration = self.calibration(raw.calibration.as_ref())?;
         let profiles = self.profiles(&raw.publishers, time_scale)?;
+        let subscribers = self.subscribers(&raw.subscribers, brokers.count, &profiles)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
         let methods = self.methods(&raw.methods, sampler.source, time_scale)?;
         let faults = raw
@@ -290,6 +297,7 @@ impl Checker<'_> {
             cpu: sampler.cpu,
             scrape_interval: sampler.scrape_interval,
             profiles,
+            subscribers,
             arrival,
             methods,
             faults,
