@@ -35,6 +35,7 @@ pub(super) async fn calibrate(
     cancel: &CancellationToken,
 ) -> Calibration {
     let payload_bytes = scenario.profiles.first().map_or(600, |p| p.payload_bytes);
+    let began = Instant::now();
     let step = scenario.calibration.step;
     let kind = scenario.brokers.kind;
     let name = format!("{kind:?}").to_lowercase();
@@ -57,12 +58,18 @@ pub(super) async fn calibrate(
             entry
         }
     };
-    Calibration {
+    let calibration = Calibration {
         payload_bytes,
         qos: 0,
         step_s: step.as_secs_f64(),
         kinds: vec![entry],
-    }
+    };
+    info!(
+        took_s = began.elapsed().as_secs_f64(),
+        "{}",
+        calibration.describe()
+    );
+    calibration
 }
 
 fn empty(kind: String) -> KindCalibration {
