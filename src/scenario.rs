@@ -18,6 +18,7 @@ use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
 use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode, SubscriberSpec};
 
 mod brokers;
+mod calibration;
 mod faults;
 mod length;
 mod rebalance;
@@ -26,6 +27,8 @@ mod subscribers;
 
 use brokers::RawBrokers;
 pub use brokers::{BrokersPlan, check_host};
+pub use calibration::CalibrationPlan;
+use calibration::RawCalibration;
 use faults::RawFault;
 pub use faults::{FaultKind, FaultPlan};
 use rebalance::RawRebalance;
@@ -60,6 +63,8 @@ pub struct Scenario {
     /// Publishers speak TLS to the dispatcher and the brokers (Mosquitto gets a TLS listener
     /// with a throwaway CA made for the run).
     pub tls: bool,
+    /// The run's broker-CPU calibration (`calibration:`; wall-clock, not time-scaled).
+    pub calibration: CalibrationPlan,
 }
 
 mod duration_serde {
@@ -114,6 +119,8 @@ struct RawScenario {
     time_scale: Option<Spanned<f64>>,
     #[serde(default)]
     tls: Option<Spanned<bool>>,
+    #[serde(default)]
+    calibration: Option<Spanned<RawCalibration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +277,7 @@ impl Checker<'_> {
             t => t.as_ref().is_some_and(|t| t.value),
         };
         let sampler = self.sampler(raw.sampler.as_ref(), time_scale)?;
+        let calibration = self.calibration(raw.calibration.as_ref())?;
         let profiles = self.profiles(&raw.publishers, time_scale)?;
         let subscribers = self.subscribers(&raw.subscribers, brokers.count, &profiles)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
@@ -295,6 +303,7 @@ impl Checker<'_> {
             faults,
             time_scale,
             tls,
+            calibration,
         })
     }
 

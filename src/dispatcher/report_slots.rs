@@ -1,7 +1,10 @@
 //! Who may hold the report port's slots. A connection starts *unproven*; its first valid report
 //! makes it *proven*. The rules (issue 14):
-//! - at most [`SlotLimits::per_address`] unproven connections per source address: more from that
-//!   address are refused at once;
+//! - at most [`SlotLimits::per_address`] unproven connections per source address: a newcomer
+//!   from an address that already holds that many pushes out that address's oldest unproven
+//!   connection (so strangers sharing an agent's address, behind NAT or on its host, cannot keep
+//!   the agent out by holding connections: the agent's own connection gets in, and stays until
+//!   `per_address` newer ones from that address arrive before its first report);
 //! - when every slot is taken, a new connection pushes out the oldest unproven one; a proven
 //!   connection is never pushed out (when all slots are proven, the newcomer is refused).
 //!
@@ -24,8 +27,6 @@ pub struct SlotLimits {
 /// Why a new report connection got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    #[error("{0} connections from this address have not reported yet")]
-    AddressFull(usize),
     #[error("all {0} slots hold agents that report")]
     AllProven(usize),
 }
@@ -74,20 +75,19 @@ impl Slots {
             .values()
             .filter(|e| !e.proven && e.addr == addr)
             .count();
-        if unproven_here >= t.limits.per_address {
-            return Err(Refused::AddressFull(unproven_here));
-        }
-        if t.entries.len() >= t.limits.total {
-            let oldest = t
-                .entries
-                .iter()
-                .find(|(_, e)| !e.proven)
-                .map(|(&id, _)| id)
-                .ok_or(Refused::AllProven(t.limits.total))?;
-            if let Some(e) = t.entries.remove(&oldest) {
-                tracing::warn!(peer = %e.addr, "report slot of a connection that never reported given to a newcomer");
-                e.evicted.cancel();
-            }
+        let make_room = if unproven_here >= t.limits.per_address {
+            t.oldest_unproven(Some(addr))
+        } else if t.entries.len() >= t.limits.total {
+            Some(
+                t.oldest_unproven(None)
+                    .ok_or(Refused::AllProven(t.limits.total))?,
+            )
+        } else {
+            None
+        };
+        if let Some(e) = make_room.and_then(|id| t.entries.remove(&id)) {
+            tracing::warn!(peer = %e.addr, "report slot of a connection that never reported given to a newcomer");
+            e.evicted.cancel();
         }
         let id = t.next_id;
         t.next_id += 1;
@@ -112,6 +112,16 @@ impl Slots {
         let t = self.lock();
         let proven = t.entries.values().filter(|e| e.proven).count();
         (proven, t.entries.len() - proven)
+    }
+}
+
+impl Table {
+    /// The oldest unproven entry, from `addr` only when given.
+    fn oldest_unproven(&self, addr: Option<IpAddr>) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|(_, e)| !e.proven && addr.is_none_or(|a| a == e.addr))
+            .map(|(&id, _)| id)
     }
 }
 
@@ -145,14 +155,46 @@ mod tests {
             per_address: 3,
         });
         let held: Vec<Slot> = (0..3).map(|_| slots.admit(ip(1)).unwrap()).collect();
-        assert_eq!(slots.admit(ip(1)).err(), Some(Refused::AddressFull(3)));
-        // Another address is not affected, and a proven connection frees its address's share.
-        let _other = slots.admit(ip(2)).unwrap();
-        held[0].prove();
-        let _again = slots.admit(ip(1)).unwrap();
+        // Another address is not affected.
+        let other = slots.admit(ip(2)).unwrap();
+        // A fourth from the full address pushes out that address's oldest, not another's.
+        let fourth = slots.admit(ip(1)).unwrap();
+        assert!(held[0].evicted.is_cancelled());
+        assert!(!held[1].evicted.is_cancelled() && !other.evicted.is_cancelled());
+        assert_eq!(
+            slots.counts(),
+            (0, 4),
+            "the evicted slot is released at once"
+        );
+        // A proven connection frees its address's share and is never pushed out.
+        held[1].prove();
+        let _fifth = slots.admit(ip(1)).unwrap();
+        assert!(!held[1].evicted.is_cancelled() && !held[2].evicted.is_cancelled());
+        assert!(!fourth.evicted.is_cancelled());
         assert_eq!(slots.counts(), (1, 4));
         drop(held);
-        assert_eq!(slots.counts(), (0, 2));
+        assert_eq!(slots.counts(), (0, 3));
+    }
+
+    #[test]
+    fn a_stranger_holding_an_address_cannot_keep_its_agent_out() {
+        let slots = Slots::new(SlotLimits {
+            total: 64,
+            per_address: 8,
+        });
+        let strangers: Vec<Slot> = (0..80).map(|_| slots.admit(ip(1)).unwrap()).collect();
+        assert_eq!(slots.counts(), (0, 8));
+        let agent = slots.admit(ip(1)).expect("the agent gets a slot");
+        assert!(
+            strangers[72].evicted.is_cancelled(),
+            "the oldest held one went"
+        );
+        assert!(strangers[73..].iter().all(|s| !s.evicted.is_cancelled()));
+        agent.prove();
+        // Proven, it stays whatever the address opens next.
+        let _more: Vec<Slot> = (0..20).map(|_| slots.admit(ip(1)).unwrap()).collect();
+        assert!(!agent.evicted.is_cancelled());
+        assert_eq!(slots.counts(), (1, 8));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! with the same windows.
 //!
 //! - [`records`]: row types, the streaming [`ResultsWriter`], readers.
+//! - [`calibration`]: how strongly broker CPU tracks message rate on this host.
 //! - [`status`]: the run's own keys in `manifest.json` (completed, errors, trial windows).
 //! - [`window`]: the full-load window of a trial, from its arrival plan.
 //! - [`stats`]: mean, sample sd, 95 % CI (Student t), Jain's index, gap.
@@ -19,6 +20,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub mod calibration;
 pub mod decisions;
 pub mod delivery;
 pub mod faults;
@@ -109,6 +111,8 @@ pub struct Report {
     pub cpu_source: Option<String>,
     /// Per method run: host idle over the window and generator lateness (newer manifests).
     pub host_lines: Vec<String>,
+    /// Broker CPU against message rate on this host, measured before the first method.
+    pub calibration: Option<calibration::Calibration>,
     pub pngs: Vec<PathBuf>,
     /// What the subscribers got, per (trial, method); empty without subscribers.
     pub subscribers: summary::SubscriberFiguresByRun,
@@ -145,6 +149,7 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
             .cloned(),
     );
     report.cpu_source = status.scenario.as_ref().and_then(|s| s.cpu.clone());
+    report.calibration = status.calibration.clone();
     if !status.completed {
         report.incomplete = status.incomplete_reason.clone();
     }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::calibration::Calibration;
 use super::stats::Estimate;
 
 /// The files a published result keeps (each small).
@@ -197,6 +198,14 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
         manifest["broker_kind"].as_str().unwrap_or("?"),
         manifest["scenario"]["cpu"].as_str().unwrap_or("process"),
     );
+    let calibration = manifest
+        .get("calibration")
+        .map(|c| serde_json::from_value::<Calibration>(c.clone()))
+        .transpose()
+        .with_context(|| format!("{}: manifest.json `calibration`", dir.display()))?;
+    if let Some(cal) = calibration {
+        let _ = writeln!(md, "\nCalibration: {}.", cal.describe());
+    }
     Ok(md)
 }
 
@@ -384,6 +393,33 @@ mod tests {
         assert!(t.contains("| 1 of 2 |"), "{t}");
         assert!(t.contains("45 % (30 %)"), "{t}");
         assert!(t.contains("commit abc"), "{t}");
+        assert!(
+            !t.contains("Calibration"),
+            "no calibration in this manifest: {t}"
+        );
+    }
+
+    #[test]
+    fn a_calibrated_run_states_its_calibration() {
+        let dir = tempfile::tempdir().unwrap();
+        published(dir.path());
+        let path = dir.path().join("demo/manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["calibration"] = serde_json::json!({
+            "payload_bytes": 600, "qos": 0, "step_s": 4.0,
+            "kinds": [{"kind": "mosquitto", "ratio": 8.8, "steps": [
+                {"rate_msgs_per_s": 2000.0, "cpu_pct": 2.7, "measured_s": 2.0,
+                 "sent_msgs": 8000, "target_msgs": 8000},
+                {"rate_msgs_per_s": 10000.0, "cpu_pct": 23.5, "measured_s": 2.0,
+                 "sent_msgs": 40000, "target_msgs": 40000}]}]
+        });
+        std::fs::write(&path, manifest.to_string()).unwrap();
+        let t = table(&dir.path().join("demo")).unwrap();
+        assert!(
+            t.contains("Mosquitto 2.7 % at 2000 msg/s, 23.5 % at 10000 msg/s (8.8x)"),
+            "{t}"
+        );
     }
 
     #[test]

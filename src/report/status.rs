@@ -35,6 +35,9 @@ pub struct RunStatus {
     pub late_contributions: u64,
     #[serde(default)]
     pub late_msgs: u64,
+    /// Broker CPU against message rate on this host, written before the first method runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<super::calibration::Calibration>,
     /// Read back from the manifest's scenario (written by the runner's own `scenario` key).
     #[serde(default, skip_serializing)]
     pub scenario: Option<ScenarioSampler>,
@@ -142,6 +145,8 @@ pub enum Stage {
     Summary,
     /// A plot could not be drawn.
     Plot,
+    /// Broker CPU against message rate could not be measured before the first method.
+    Calibration,
 }
 
 impl Stage {
@@ -168,6 +173,7 @@ impl std::fmt::Display for RunError {
             Stage::Fault => "fault injection",
             Stage::Summary => "summary",
             Stage::Plot => "plot",
+            Stage::Calibration => "calibration",
         };
         write!(f, "{stage}: {}", self.message)
     }
@@ -253,6 +259,20 @@ mod tests {
             }]),
             late_contributions: 2,
             late_msgs: 4000,
+            calibration: Some(super::super::calibration::Calibration {
+                payload_bytes: 600,
+                qos: 0,
+                step_s: 4.0,
+                kinds: vec![super::super::calibration::KindCalibration {
+                    kind: "external".into(),
+                    version: None,
+                    capacity_cores: None,
+                    steps: Vec::new(),
+                    ratio: None,
+                    skipped: Some("not the harness's".into()),
+                    error: None,
+                }],
+            }),
             scenario: None,
         };
         let json = serde_json::to_value(&status).expect("json");
@@ -276,6 +296,7 @@ mod tests {
         );
         assert!(!line.contains("saturated"), "{line}");
         assert_eq!(json["errors"][0]["stage"], "fault");
+        assert_eq!(json["calibration"]["kinds"][0]["kind"], "external");
         let back: RunStatus = serde_json::from_value(json).expect("back");
         assert_eq!(back, status);
         assert_eq!(back.finished_runs(), vec![(1, "dns-rr")]);

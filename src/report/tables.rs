@@ -39,6 +39,9 @@ pub fn render_markdown(report: &Report) -> String {
         ),
         None => {}
     }
+    if let Some(cal) = &report.calibration {
+        let _ = writeln!(md, "Calibration: {}.\n", cal.describe());
+    }
     write_errors(&mut md, report);
     for line in &report.window_lines {
         let _ = writeln!(md, "- {line}");

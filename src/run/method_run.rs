@@ -21,7 +21,7 @@ use super::prom_feed;
 use super::recorder::Recorder;
 use super::subscribers::SubscriberRun;
 use crate::agent::{self, CpuSampler};
-use crate::broker::{BrokerSpec, RunningBroker};
+use crate::broker::RunningBroker;
 use crate::dispatcher::rebalance::MoverKind;
 use crate::dispatcher::source::LoadSource;
 use crate::dispatcher::{BrokerEntry, DispatcherConfig};
@@ -106,20 +106,8 @@ impl MethodRun<'_> {
     }
 
     async fn start_brokers(&self, brokers: &mut Vec<RunningBroker>) -> anyhow::Result<()> {
-        let plan = &self.scenario.brokers;
         for (i, id) in self.broker_ids().into_iter().enumerate() {
-            let spec = BrokerSpec {
-                id: id.clone(),
-                kind: plan.kind,
-                cpu_limit_cores: plan.cpu_limit,
-                cpus: plan.cpus.get(i).cloned(),
-                external_addr: plan.addresses.get(i).cloned(),
-                tls: self.tls.cloned(),
-                mosquitto_plugin: plan
-                    .plugin
-                    .then(crate::broker::mosquitto::find_plugin)
-                    .transpose()?,
-            };
+            let spec = super::broker_spec::broker_spec(self.scenario, i, &id, self.tls)?;
             let broker = RunningBroker::start(&spec, self.workdir)
                 .await
                 .with_context(|| format!("starting broker {id}"))?;

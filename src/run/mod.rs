@@ -5,10 +5,15 @@
 //! window comes from its arrival plan and is stored in `manifest.json` before the first method
 //! runs, so all methods of a trial are summarised over the same seconds.
 //!
+//! Before the first method, [`calibration`] measures how strongly a broker's CPU tracks its
+//! message rate on this host, into `manifest.json` (`calibration`) and `summary.md`.
+//!
 //! Errors are errors: a failed method run, a fault that could not be injected, a method that
 //! wrote no row, a failed summary or plot each appear under Errors in `summary.md`, make the
 //! manifest say `completed: false` with the reason, and make `mqdispatch run` exit non-zero.
 
+mod broker_spec;
+mod calibration;
 mod delivery;
 mod dispatcher_slot;
 mod faults;
@@ -229,6 +234,15 @@ pub async fn run(
             ..RunStatus::default()
         },
     };
+    manifest.write(&dir)?;
+    let calibrated = calibration::calibrate(scenario, &workdir, tls.as_ref(), &cancel).await;
+    let status = &mut manifest.status;
+    status.errors.extend(
+        calibrated
+            .errors()
+            .map(|e| RunError::new(Stage::Calibration, e)),
+    );
+    status.calibration = Some(calibrated);
     manifest.write(&dir)?;
 
     let broker_ids: Vec<String> = (1..=scenario.brokers.count)

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use crate::util::{bin, run_scenario};
 
+mod calibration;
 mod fleet;
 mod prometheus;
 

@@ -75,6 +75,28 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    /// Places clients until one decision shows `broker` at `load`: its agent's report counted.
+    async fn await_load(&mut self, broker: &str, load: f64) {
+        let since = Instant::now();
+        for k in 0.. {
+            let decision = self.place(&format!("probe-{broker}-{k}")).await;
+            if decision
+                .loads
+                .iter()
+                .any(|(b, l)| b == broker && *l == load)
+            {
+                return;
+            }
+            assert!(
+                since.elapsed() < GUARD,
+                "{broker}'s report never counted: {decision:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// A report connection from `source` (any 127.0.0.0/8 address works on Linux loopback).
 async fn connect_from(source: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -128,10 +150,12 @@ async fn eighty_idle_connections_leave_the_agents_reports_effective() {
     let (b1_cpu, b1_rx) = tokio::sync::watch::channel(80.0);
     let (_b2_cpu, b2_rx) = tokio::sync::watch::channel(20.0);
 
-    // Agent A reports b1 before the attack; then the attack; then agent B joins from another
+    // Agent A reports b1 before the attack (an unproven connection on the attackers' address
+    // would be pushed out by their newcomers); then the attack; then agent B joins from another
     // source address while the attack runs.
     let a = connect_from([127, 0, 0, 1], d.reports).await.unwrap();
     agent(&mut agents, a, "b1", b1_rx);
+    d.await_load("b1", 80.0).await;
     attack(&mut attackers, d.reports);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let b = connect_from([127, 0, 0, 2], d.reports).await.unwrap();
@@ -229,4 +253,36 @@ async fn a_bad_token_or_no_first_report_gets_the_connection_closed() {
             .is_err(),
         "a connection with the right token stays open"
     );
+}
+
+/// Strangers on the agent's own address (a shared host, a NAT) open 80 report connections and
+/// hold them, writing a byte a second and never reporting; then the agent connects from that
+/// address. Its connection pushes out the address's oldest unproven one, and its report counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_holding_the_agents_address_do_not_keep_it_out() {
+    let mut d = start(None).await;
+    let shared = [127, 0, 0, 3];
+    let mut strangers = JoinSet::new();
+    let mut opened = Vec::new();
+    for _ in 0..ATTACKERS {
+        opened.push(connect_from(shared, d.reports).await.unwrap());
+    }
+    for mut s in opened {
+        strangers.spawn(async move {
+            while s.write_all(b" ").await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    let mut agents = JoinSet::new();
+    let (_cpu, cpu_rx) = tokio::sync::watch::channel(42.0);
+    let stream = connect_from(shared, d.reports).await.unwrap();
+    agent(&mut agents, stream, "b1", cpu_rx);
+    d.await_load("b1", 42.0).await;
+    assert!(
+        agents.try_join_next().is_none(),
+        "the agent lost its connection"
+    );
+    strangers.abort_all();
+    agents.abort_all();
 }
