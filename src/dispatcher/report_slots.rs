@@ -1,5 +1,5 @@
 //! Who may hold the report port's slots. A connection starts *unproven*; its first valid report
-//! makes it *proven*. The rules (issue 14):
+//! makes it *proven*. The rules:
 //! - at most [`SlotLimits::per_address`] unproven connections per source address: more from that
 //!   address are refused at once;
 //! - when every slot is taken, a new connection pushes out the oldest unproven one; a proven
