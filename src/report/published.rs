@@ -443,6 +443,18 @@ mod tests {
         assert!(t.contains("| 1 of 2 |"), "{t}");
         assert!(t.contains("45 % (30 %)"), "{t}");
         assert!(t.contains("commit abc"), "{t}");
+        assert!(t.contains("run started 1970-01-01 00:00 UTC"), "{t}");
+        assert!(t.contains("host: host not recorded"), "{t}");
+    }
+
+    #[test]
+    fn dates_are_utc_and_the_host_is_as_recorded() {
+        // 2026-11-27 05:18:08 UTC.
+        assert_eq!(utc_date(1_795_756_688_081), "2026-11-27 05:18 UTC");
+        let m: serde_json::Value =
+            serde_json::from_str(r#"{"host":{"cores":2,"cpu_model":"Xeon","kernel":"6.1.0"}}"#)
+                .unwrap();
+        assert_eq!(host(&m), "2 cores, Xeon, Linux 6.1.0");
     }
 
     #[test]

@@ -563,7 +563,8 @@ mod tests {
             optimum_gap_msgs_per_s: Some(4000.0),
             brokers: vec![("b1".into(), 5.0), ("b2".into(), 0.0)],
         };
-        write_csv(&path, &[r]).expect("write");
+        write_csv(&path, std::slice::from_ref(&r)).expect("write");
+        assert_eq!(read_csv(&path).expect("rows read back"), vec![r]);
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(
             text.starts_with(
