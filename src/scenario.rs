@@ -15,13 +15,14 @@ use crate::broker::BrokerKind;
 use crate::dispatcher::rebalance::{MoverKind, RebalanceConfig};
 use crate::dispatcher::{Metric, Policy};
 use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
-use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode};
+use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode, SubscriberSpec};
 
 mod brokers;
 mod faults;
 mod length;
 mod rebalance;
 mod sampler;
+mod subscribers;
 
 use brokers::RawBrokers;
 pub use brokers::{BrokersPlan, check_host};
@@ -30,6 +31,7 @@ pub use faults::{FaultKind, FaultPlan};
 use rebalance::RawRebalance;
 use sampler::RawSampler;
 pub use sampler::{CpuSampling, LoadSourceKind, check_prometheus};
+use subscribers::RawSubscriber;
 
 /// A scenario, checked and with its time scale applied: what the runner executes.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +51,8 @@ pub struct Scenario {
     #[serde(with = "duration_serde")]
     pub scrape_interval: Duration,
     pub profiles: Vec<Profile>,
+    /// Consumers, connected and subscribed before the first publisher (`subscribers:`).
+    pub subscribers: Vec<SubscriberSpec>,
     pub arrival: ArrivalSpec,
     pub methods: Vec<MethodPlan>,
     pub faults: Vec<FaultPlan>,
@@ -100,6 +104,8 @@ struct RawScenario {
     #[serde(default)]
     sampler: Option<Spanned<RawSampler>>,
     publishers: Spanned<Vec<Spanned<RawProfile>>>,
+    #[serde(default)]
+    subscribers: Vec<Spanned<RawSubscriber>>,
     arrival: RawArrival,
     methods: Spanned<Vec<Spanned<RawMethod>>>,
     #[serde(default)]
@@ -265,6 +271,7 @@ impl Checker<'_> {
         };
         let sampler = self.sampler(raw.sampler.as_ref(), time_scale)?;
         let profiles = self.profiles(&raw.publishers, time_scale)?;
+        let subscribers = self.subscribers(&raw.subscribers, brokers.count, &profiles)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
         let methods = self.methods(&raw.methods, sampler.source, time_scale)?;
         let faults = raw
@@ -282,6 +289,7 @@ impl Checker<'_> {
             cpu: sampler.cpu,
             scrape_interval: sampler.scrape_interval,
             profiles,
+            subscribers,
             arrival,
             methods,
             faults,

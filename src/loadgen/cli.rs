@@ -4,16 +4,18 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::ArgGroup;
 use tokio_util::sync::CancellationToken;
 
+use super::streams::SentByBroker;
+use super::subscriber_cli;
 use super::{
     ArrivalOrder, ArrivalSpec, LoadConfig, LoadEvent, LoadSummary, Placement, Profile,
-    plan_arrivals, run,
+    SubscriberSpec, plan_arrivals, run,
 };
 use crate::InputError;
 
@@ -28,8 +30,20 @@ pub struct Args {
     broker: Vec<String>,
     /// Publisher profile, e.g. `name=light,count=9,rate=2000,bytes=600,duration=100s[,qos=0]`
     /// (repeatable).
-    #[arg(long = "profile", value_name = "SPEC", required = true, value_parser = Profile::parse_spec)]
+    #[arg(long = "profile", value_name = "SPEC", value_parser = Profile::parse_spec)]
     profiles: Vec<Profile>,
+    /// Subscriber kind, e.g. `name=backend,count=2,topic=$share/g/load/#[,qos=0][,broker=b2]
+    /// [,work_us=50][,work=busy|idle]` (repeatable; needs `--broker`: b1, b2, ... in order).
+    /// Every member connects and subscribes before the first publisher.
+    #[arg(long = "subscriber", value_name = "SPEC", value_parser = SubscriberSpec::parse_spec)]
+    subscribers: Vec<SubscriberSpec>,
+    /// Without any `--profile`: how long the subscribers receive before they stop.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_arg)]
+    subscribe_for: Option<Duration>,
+    /// Per-second subscriber CSV to create (never overwritten):
+    /// `t_s,subscriber,broker,received,latency_p50_ms,latency_p99_ms,latency_max_ms`.
+    #[arg(long, value_name = "FILE.csv", requires = "subscribers")]
+    subscribers_out: Option<PathBuf>,
     /// Time between two arrivals (or bursts).
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse_arg)]
     arrival_interval: Duration,
@@ -77,6 +91,12 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     if let Some(qos) = args.qos {
         profiles.iter_mut().for_each(|p| p.qos = qos);
     }
+    subscriber_cli::check_args(
+        &profiles,
+        &args.subscribers,
+        args.subscribe_for,
+        &args.broker,
+    )?;
     let seed = args.seed.unwrap_or_else(rand::random);
     let spec = ArrivalSpec {
         order: args.order,
@@ -84,13 +104,18 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         jitter: args.jitter,
         burst: args.burst,
     };
-    let publishers = plan_arrivals(&profiles, &spec, seed).map_err(InputError)?;
+    let publishers = if profiles.is_empty() {
+        Vec::new()
+    } else {
+        plan_arrivals(&profiles, &spec, seed).map_err(InputError)?
+    };
     let wave = args.burst.unwrap_or(1).min(publishers.len());
     crate::fdlimit::raise(
         crate::fdlimit::needed_for((publishers.len() + 2 * wave) as u64),
         &format!("{} publishers", publishers.len()),
     )
     .map_err(|e| InputError(e.to_string()))?;
+    let broker_addrs = args.broker.clone();
     let placement = if args.dispatcher.is_empty() {
         Placement::DnsRoundRobin {
             brokers: args.broker,
@@ -132,23 +157,56 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         .map(|p| (p.name.clone(), cfg.profiles[p.profile].name.clone()))
         .collect();
     let start_s = crate::now_ms() / 1000;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = tokio::task::spawn_blocking(move || write_csv(rx, out, profile_of, start_s));
     let cancel = CancellationToken::new();
     let signals = crate::shutdown::cancel_on_signal(
         &cancel,
-        |signal| tracing::warn!(%signal, "interrupted: stopping publishers"),
+        |signal| tracing::warn!(%signal, "interrupted: stopping publishers and subscribers"),
     )?;
-    let result = run(cfg, tx, cancel).await;
-    drop(signals);
+    // Subscribers first: every member has its SUBACK before the first publisher connects.
+    let subscribers = match args.subscribers.is_empty() {
+        true => None,
+        false => Some(
+            subscriber_cli::Session::start(
+                args.subscribers,
+                &broker_addrs,
+                &cfg,
+                args.subscribers_out.as_deref(),
+                start_s,
+                &cancel,
+            )
+            .await?,
+        ),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::task::spawn_blocking(move || write_csv(rx, out, profile_of, start_s));
+    let result = if cfg.publishers.is_empty() {
+        drop(tx);
+        let listen = args.subscribe_for.unwrap_or_default();
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(listen) => {}
+        }
+        None
+    } else {
+        Some(run(cfg, tx, cancel.clone()).await)
+    };
     // `run` has dropped every sender: the writer drains the rest and ends.
-    writer.await.context("csv writer task")??;
-    let summary = result?;
-    print!("{}", render_summary(&summary, seed));
+    let sent = writer.await.context("csv writer task")??;
+    let received = match subscribers {
+        Some(session) => Some(session.finish(&broker_addrs, &sent).await?),
+        None => None,
+    };
+    drop(signals);
+    if let Some(result) = result {
+        print!("{}", render_summary(&result?, seed));
+    }
+    if let Some(table) = received {
+        print!("{table}");
+    }
     Ok(())
 }
 
-fn create_new(path: &PathBuf) -> anyhow::Result<File> {
+pub(super) fn create_new(path: &Path) -> anyhow::Result<File> {
     match File::options().write(true).create_new(true).open(path) {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(InputError(format!(
@@ -162,18 +220,32 @@ fn create_new(path: &PathBuf) -> anyhow::Result<File> {
 
 /// Writes one row per [`LoadEvent::Second`], flushed as soon as no further event is waiting (so
 /// a run stopped early keeps every second already counted).
+///
+/// Returns what each publisher wrote to each broker address (what subscribers should get).
 fn write_csv(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<LoadEvent>,
     out: Option<File>,
     profile_of: HashMap<String, String>,
     start_s: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<SentByBroker> {
+    let mut sent_by_broker = SentByBroker::new();
     let mut csv = out.map(csv::Writer::from_writer);
     if let Some(w) = csv.as_mut() {
         w.write_record(["t_s", "publisher", "profile", "broker", "sent"])?;
         w.flush()?;
     }
     while let Some(event) = rx.blocking_recv() {
+        if let LoadEvent::Second {
+            publisher,
+            broker,
+            sent,
+            ..
+        } = &event
+        {
+            *sent_by_broker
+                .entry((publisher.clone(), broker.clone()))
+                .or_default() += sent;
+        }
         if let (
             Some(w),
             LoadEvent::Second {
@@ -201,7 +273,7 @@ fn write_csv(
     if let Some(w) = csv.as_mut() {
         w.flush()?;
     }
-    Ok(())
+    Ok(sent_by_broker)
 }
 
 /// The table printed at the end.

@@ -7,6 +7,9 @@
 //!   messages went out.
 //! - [`placement`]: dns-rr or dispatcher redirects (hop limit, loops, 0x9D memory).
 //! - [`publisher`]: one publisher task; [`cli`]: `mqdispatch load` and its CSV.
+//! - [`subscription`]: subscriber kinds (`--subscriber` specs, scenario `subscribers` entries);
+//!   [`subscriber`]: the members, connected before the first publisher; [`receipts`]: latency
+//!   histograms and sequence tracking (pure); [`streams`]: delivered against expected (pure).
 //!
 //! [`run`] starts every planned publisher at its join time and streams [`LoadEvent`]s.
 
@@ -26,8 +29,13 @@ pub mod placement;
 pub mod precise_timer;
 pub mod profile;
 mod publisher;
+pub mod receipts;
 pub mod schedule;
 pub mod seconds;
+pub mod streams;
+pub mod subscriber;
+mod subscriber_cli;
+pub mod subscription;
 
 pub use arrival::{ArrivalOrder, ArrivalSpec, PlannedPublisher, plan_arrivals};
 pub use cli::{Args, cli_main};
@@ -35,6 +43,8 @@ pub use lateness::Lateness;
 pub use placement::{Placement, PlacementError};
 pub use profile::{Profile, SendMode};
 pub use publisher::PublisherSummary;
+pub use subscriber::{SubscriberConfig, SubscriberEvent, Subscribers, SubscribersSummary};
+pub use subscription::SubscriberSpec;
 
 /// Everything [`run`] needs.
 #[derive(Clone, Debug)]

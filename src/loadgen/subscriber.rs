@@ -1,0 +1,520 @@
+//! Subscribers: each member a consumer on its own thread, connected and subscribed before the
+//! first publisher, measuring what arrives (latency, loss, order) from the payload header.
+//!
+//! A member reads the receive time (`payload::now_us`) when rumqttc's event loop hands it the
+//! PUBLISH, before any per-message work, so a member's own backlog counts in its latencies as
+//! it would in a real backend's. Members of one shared group count each publisher's sequence
+//! numbers together (one [`SeqTracker`] per group and publisher); a plain subscriber counts its
+//! own. Every second each member reports its count and latency histogram
+//! ([`SubscriberEvent::Second`]); at the end, its whole-run histogram and the sequence counts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use hdrhistogram::Histogram;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event};
+use tokio::sync::{mpsc::UnboundedSender, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::placement::{Connector, DEFAULT_MAX_HOPS, Entry, place};
+use super::receipts::{SeqStats, SeqTracker, latency_histogram, latency_us};
+use super::subscription::{SubscriberSpec, WorkMode};
+use crate::payload::{Header, now_us};
+
+/// Bound on one member's CONNECT + SUBSCRIBE + SUBACK.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle work shorter than this is owed and slept off in one go (sleeps are not finer).
+const IDLE_WORK_GRAIN: Duration = Duration::from_millis(1);
+
+/// Everything [`start`] needs.
+#[derive(Clone, Debug)]
+pub struct SubscriberConfig {
+    pub specs: Vec<SubscriberSpec>,
+    /// `(id, address)` of every broker, `b1`..`bn` in order.
+    pub brokers: Vec<(String, String)>,
+    /// Publisher topic → publisher name: whose sequence numbers a message carries. Messages
+    /// on other topics are counted as foreign.
+    pub publishers_by_topic: HashMap<String, String>,
+    /// Client id = prefix + member name.
+    pub client_id_prefix: String,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// What members report while they run (times are epoch ms, see [`crate::now_ms`]).
+#[derive(Clone, Debug)]
+pub enum SubscriberEvent {
+    /// Messages received by `member` on `broker` during the wall-clock second starting at `t_ms`,
+    /// and their latencies (µs).
+    Second {
+        member: String,
+        entry: String,
+        broker: String,
+        t_ms: u64,
+        received: u64,
+        latency_us: Box<Histogram<u64>>,
+    },
+}
+
+/// One member at the end.
+#[derive(Clone, Debug)]
+pub struct MemberSummary {
+    pub member: String,
+    pub entry: String,
+    pub broker: String,
+    pub received: u64,
+    /// Messages whose topic no planned publisher uses, or too short to carry a header.
+    pub foreign: u64,
+    pub latency_us: Histogram<u64>,
+    pub reconnects: u32,
+}
+
+/// One delivery unit's view of one publisher's stream: a shared group's (`unit` = the group's
+/// entry name) or one plain subscriber's (`unit` = the member's name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub entry: String,
+    pub unit: String,
+    pub publisher: String,
+    pub stats: SeqStats,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SubscribersSummary {
+    pub members: Vec<MemberSummary>,
+    pub streams: Vec<StreamSummary>,
+}
+
+type Streams = Arc<Mutex<HashMap<String, SeqTracker>>>;
+
+/// Running members; [`Subscribers::finish`] stops them.
+pub struct Subscribers {
+    members: Vec<std::thread::JoinHandle<anyhow::Result<MemberSummary>>>,
+    /// `(entry, unit, its trackers)`.
+    units: Vec<(String, String, Streams)>,
+    received: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+/// Connects and subscribes every member; returns once each has its SUBACK (or the first
+/// error, with every member stopped).
+pub async fn start(
+    cfg: SubscriberConfig,
+    events: UnboundedSender<SubscriberEvent>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Subscribers> {
+    let broker_ids: Vec<String> = cfg.brokers.iter().map(|(id, _)| id.clone()).collect();
+    let stop = cancel.child_token();
+    let received = Arc::new(AtomicU64::new(0));
+    let topics = Arc::new(cfg.publishers_by_topic);
+    let mut subs = Subscribers {
+        members: Vec::new(),
+        units: Vec::new(),
+        received: received.clone(),
+        stop: stop.clone(),
+    };
+    let mut ready = Vec::new();
+    for spec in &cfg.specs {
+        spec.validate().map_err(crate::InputError)?;
+        let shared: Option<Streams> = spec.group().map(|_| Streams::default());
+        if let Some(streams) = &shared {
+            subs.units
+                .push((spec.name.clone(), spec.name.clone(), streams.clone()));
+        }
+        for k in 0..spec.count {
+            let b = spec.broker_of(k, &broker_ids).map_err(crate::InputError)?;
+            let (broker, addr) = cfg.brokers[b].clone();
+            let member = spec.member_name(k);
+            let streams = shared.clone().unwrap_or_else(|| {
+                let own = Streams::default();
+                subs.units
+                    .push((spec.name.clone(), member.clone(), own.clone()));
+                own
+            });
+            let ctx = MemberCtx {
+                connector: Connector {
+                    client_id: format!("{}{member}", cfg.client_id_prefix),
+                    inflight_limit: 100,
+                    tcp_nodelay: true,
+                    tls: cfg.tls.clone(),
+                    declared_rate: None,
+                },
+                member,
+                spec: spec.clone(),
+                broker,
+                addr,
+                topics: topics.clone(),
+                streams,
+                received: received.clone(),
+                events: events.clone(),
+            };
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let stop = stop.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("sub-{}", ctx.member))
+                .spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|rt| rt.block_on(run_member(ctx, ready_tx, stop)))
+                })?;
+            subs.members.push(handle);
+            ready.push(ready_rx);
+        }
+    }
+    for r in ready {
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => Err(anyhow!("cancelled while subscribing")),
+            r = r => r.unwrap_or_else(|_| Err(anyhow!("a subscriber thread stopped before subscribing"))),
+        };
+        if let Err(e) = outcome {
+            subs.stop.cancel();
+            let _ = subs.join().await;
+            return Err(e);
+        }
+    }
+    Ok(subs)
+}
+
+impl Subscribers {
+    /// Messages received so far by every member together.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no member has received anything for `quiet` (what was in flight has
+    /// arrived) or `within` has passed, then stops every member and sums up.
+    pub async fn finish(
+        self,
+        quiet: Duration,
+        within: Duration,
+    ) -> anyhow::Result<SubscribersSummary> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = self.received();
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(quiet) => {}
+            }
+            let now = self.received();
+            if now == last || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            last = now;
+        }
+        self.stop.cancel();
+        self.join().await
+    }
+
+    async fn join(mut self) -> anyhow::Result<SubscribersSummary> {
+        let members = std::mem::take(&mut self.members);
+        let units = std::mem::take(&mut self.units);
+        let summaries = tokio::task::spawn_blocking(move || {
+            members
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow!("a subscriber thread panicked"))?
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await??;
+        let mut streams = Vec::new();
+        for (entry, unit, trackers) in units {
+            let trackers = trackers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut by_publisher: Vec<_> = trackers.iter().collect();
+            by_publisher.sort_by(|a, b| a.0.cmp(b.0));
+            for (publisher, t) in by_publisher {
+                streams.push(StreamSummary {
+                    entry: entry.clone(),
+                    unit: unit.clone(),
+                    publisher: publisher.clone(),
+                    stats: t.stats,
+                });
+            }
+        }
+        Ok(SubscribersSummary {
+            members: summaries,
+            streams,
+        })
+    }
+}
+
+impl Drop for Subscribers {
+    fn drop(&mut self) {
+        // A dropped handle (an error path) still stops its threads; they exit on their own.
+        self.stop.cancel();
+    }
+}
+
+struct MemberCtx {
+    member: String,
+    spec: SubscriberSpec,
+    broker: String,
+    addr: String,
+    connector: Connector,
+    topics: Arc<HashMap<String, String>>,
+    streams: Streams,
+    received: Arc<AtomicU64>,
+    events: UnboundedSender<SubscriberEvent>,
+}
+
+/// One member: connect and subscribe (then say so on `ready`), receive until `stop`, reconnect
+/// after a dropped connection.
+async fn run_member(
+    ctx: MemberCtx,
+    ready: oneshot::Sender<anyhow::Result<()>>,
+    stop: CancellationToken,
+) -> anyhow::Result<MemberSummary> {
+    let mut summary = MemberSummary {
+        member: ctx.member.clone(),
+        entry: ctx.spec.name.clone(),
+        broker: ctx.broker.clone(),
+        received: 0,
+        foreign: 0,
+        latency_us: latency_histogram(),
+        reconnects: 0,
+    };
+    let first = tokio::select! {
+        _ = stop.cancelled() => Err(anyhow!("stopped before subscribing")),
+        r = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&ctx)) => {
+            r.unwrap_or_else(|_| Err(anyhow!("no SUBACK within {SUBSCRIBE_TIMEOUT:?}")))
+        }
+    };
+    let mut session = match first {
+        Ok(session) => {
+            let _ = ready.send(Ok(()));
+            session
+        }
+        Err(e) => {
+            let e = e.context(format!("subscriber {} on {}", ctx.member, ctx.broker));
+            let _ = ready.send(Err(anyhow!("{e:#}")));
+            return Err(e);
+        }
+    };
+    info!(member = %ctx.member, broker = %ctx.broker, "subscribed");
+    let mut second = SecondWindow::new();
+    let mut work = Work::new(&ctx.spec);
+    let mut backoff = crate::backoff::Backoff::default();
+    loop {
+        let dropped = receive(
+            &ctx,
+            &mut session,
+            &mut summary,
+            &mut second,
+            &mut work,
+            &stop,
+        )
+        .await;
+        let Some(error) = dropped else { break };
+        warn!(member = %ctx.member, broker = %ctx.broker, %error, "subscriber connection lost");
+        let again = loop {
+            tokio::select! {
+                _ = stop.cancelled() => break None,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&ctx)).await {
+                Ok(Ok(s)) => break Some(s),
+                Ok(Err(e)) => warn!(member = %ctx.member, error = %e, "cannot subscribe again"),
+                Err(_) => warn!(member = %ctx.member, "no SUBACK on resubscribing"),
+            }
+        };
+        match again {
+            Some(s) => {
+                session = s;
+                summary.reconnects += 1;
+                backoff = crate::backoff::Backoff::default();
+            }
+            None => break,
+        }
+    }
+    second.emit(&ctx, crate::now_ms());
+    let _ = tokio::time::timeout(Duration::from_millis(250), session.0.disconnect()).await;
+    Ok(summary)
+}
+
+/// A rumqttc session with the member's SUBSCRIBE acknowledged.
+struct Subscribed(AsyncClient, rumqttc::v5::EventLoop);
+
+async fn subscribe(ctx: &MemberCtx) -> anyhow::Result<Subscribed> {
+    let entry = Entry::Broker {
+        addr: ctx.addr.clone(),
+        max_hops: DEFAULT_MAX_HOPS,
+    };
+    let placed = place(&entry, &ctx.connector)
+        .await
+        .with_context(|| format!("connecting to {}", ctx.addr))?;
+    let session = placed.session;
+    let (client, mut eventloop) = (session.client, session.eventloop);
+    let qos = if ctx.spec.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    client.subscribe(ctx.spec.topic.clone(), qos).await?;
+    loop {
+        match eventloop.poll().await? {
+            Event::Incoming(Packet::SubAck(ack)) => {
+                return match ack.return_codes.first() {
+                    Some(SubscribeReasonCode::Success(_)) => Ok(Subscribed(client, eventloop)),
+                    other => Err(anyhow!(
+                        "broker refused SUBSCRIBE {}: {other:?}",
+                        ctx.spec.topic
+                    )),
+                };
+            }
+            Event::Incoming(Packet::Publish(_)) => {} // retained leftovers: not ours to count
+            _ => {}
+        }
+    }
+}
+
+/// Receives until `stop` (`None`) or a connection error (its text).
+async fn receive(
+    ctx: &MemberCtx,
+    session: &mut Subscribed,
+    summary: &mut MemberSummary,
+    second: &mut SecondWindow,
+    work: &mut Work,
+    stop: &CancellationToken,
+) -> Option<String> {
+    // One timer for the whole session, moved to each next second (not one per message).
+    let tick = tokio::time::sleep(second.until_next());
+    tokio::pin!(tick);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            () = &mut tick => {
+                second.emit(ctx, crate::now_ms());
+                tick.as_mut().reset(tokio::time::Instant::now() + second.until_next());
+            }
+            event = session.1.poll() => match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let at = now_us();
+                    second.roll(ctx, at / 1000);
+                    summary.received += 1;
+                    ctx.received.fetch_add(1, Ordering::Relaxed);
+                    let publisher = std::str::from_utf8(&p.topic).ok().and_then(|t| ctx.topics.get(t));
+                    match (Header::read(&p.payload), publisher) {
+                        (Some(h), Some(publisher)) => {
+                            let lat = latency_us(at, h.sent_us);
+                            summary.latency_us.saturating_record(lat);
+                            second.record(lat);
+                            ctx.streams
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .entry(publisher.clone())
+                                .or_default()
+                                .observe(h.seq);
+                        }
+                        _ => {
+                            summary.foreign += 1;
+                            second.received += 1;
+                        }
+                    }
+                    work.spend();
+                }
+                Ok(_) => {}
+                Err(e) => return Some(e.to_string()),
+            }
+        }
+    }
+}
+
+/// The current wall-clock second's count and latencies.
+struct SecondWindow {
+    /// Epoch ms of the second being counted.
+    t_ms: u64,
+    received: u64,
+    latency_us: Histogram<u64>,
+}
+
+impl SecondWindow {
+    fn new() -> Self {
+        Self {
+            t_ms: crate::now_ms() / 1000 * 1000,
+            received: 0,
+            latency_us: latency_histogram(),
+        }
+    }
+
+    fn until_next(&self) -> Duration {
+        let next = self.t_ms + 1000;
+        Duration::from_millis(next.saturating_sub(crate::now_ms()).max(1))
+    }
+
+    fn record(&mut self, latency_us: u64) {
+        self.received += 1;
+        self.latency_us.saturating_record(latency_us);
+    }
+
+    /// Closes the second if `now_ms` is past it.
+    fn roll(&mut self, ctx: &MemberCtx, now_ms: u64) {
+        if now_ms >= self.t_ms + 1000 {
+            self.emit(ctx, now_ms);
+        }
+    }
+
+    /// Reports the second under way and starts the one holding `now_ms`.
+    fn emit(&mut self, ctx: &MemberCtx, now_ms: u64) {
+        let latency = std::mem::replace(&mut self.latency_us, latency_histogram());
+        let _ = ctx.events.send(SubscriberEvent::Second {
+            member: ctx.member.clone(),
+            entry: ctx.spec.name.clone(),
+            broker: ctx.broker.clone(),
+            t_ms: self.t_ms,
+            received: std::mem::take(&mut self.received),
+            latency_us: Box::new(latency),
+        });
+        self.t_ms = (now_ms / 1000 * 1000).max(self.t_ms + 1000);
+    }
+}
+
+/// A member's per-message work: its finite capacity.
+struct Work {
+    each: Duration,
+    mode: WorkMode,
+    /// `Idle`: when the member is free again (work owed accumulates below the sleep grain).
+    free_at: Instant,
+}
+
+impl Work {
+    fn new(spec: &SubscriberSpec) -> Self {
+        Self {
+            each: spec.work,
+            mode: spec.work_mode,
+            free_at: Instant::now(),
+        }
+    }
+
+    /// Blocks this member's thread for one message's work: it reads nothing meanwhile, so a
+    /// backlog builds up in its socket and at its broker, as behind a busy backend.
+    fn spend(&mut self) {
+        if self.each.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        match self.mode {
+            WorkMode::Busy => {
+                let until = now + self.each;
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
+            WorkMode::Idle => {
+                self.free_at = self.free_at.max(now) + self.each;
+                let owed = self.free_at - now;
+                if owed >= IDLE_WORK_GRAIN {
+                    std::thread::sleep(owed);
+                }
+            }
+        }
+    }
+}
