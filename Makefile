@@ -65,4 +65,6 @@ tables:
 
 figures:
 	$(CARGO) build --release
-	for d in results/published/*/; do [ -f "$$d/summary.csv" ] && $(BIN) plot "$$d" || true; done
+	for d in results/published/*/; do \
+	  if [ -f "$$d/summary.csv" ]; then $(BIN) plot "$$d" || exit 1; fi; \
+	done
