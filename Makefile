@@ -4,14 +4,16 @@ CARGO    ?= cargo
 SCENARIO ?= scenarios/paper.yaml
 BIN      := target/release/mqdispatch
 
-.PHONY: help build test lint bench experiment quick fuzz fmt
+.PHONY: help build test lint bench experiment quick fuzz fmt book figures tables
 
 help:
-	@echo "make experiment [SCENARIO=scenarios/paper.yaml]  run a scenario, plots copied to plots/"
+	@echo "make experiment [SCENARIO=scenarios/paper.yaml]  run a scenario into results/<scenario>/ (plots also in results/plots/)"
 	@echo "make quick                                      the short scenario (about a minute)"
 	@echo "make test                                       format check, clippy, all tests"
 	@echo "make lint                                       format check and clippy only"
 	@echo "make bench                                      dispatcher (plain and TLS), load-generator, send-mode, broker-neighbour and fleet benchmarks"
+	@echo "make book                                       build the documentation into docs/book/ (needs mdbook)"
+	@echo "make tables figures                             regenerate the docs' tables and figures from results/published/"
 	@echo "make fuzz                                       fuzz the CONNECT path for 2 minutes (nightly + cargo-fuzz)"
 
 # --workspace: also the Mosquitto plugin (target/release/libmqdispatch_mosquitto_plugin.so).
@@ -40,8 +42,9 @@ bench: build
 	done
 	@echo "bench output in $(BENCH_DIR)/"
 
+# Everything a run writes stays under results/ (ignored by git but for results/published/).
 experiment: build
-	$(BIN) run $(SCENARIO) --plots-dir plots/$(basename $(notdir $(SCENARIO)))
+	$(BIN) run $(SCENARIO) --plots-dir results/plots/$(basename $(notdir $(SCENARIO)))
 
 quick:
 	$(MAKE) experiment SCENARIO=scenarios/quick.yaml
@@ -52,3 +55,16 @@ fuzz:
 
 fmt:
 	$(CARGO) fmt
+
+book:
+	mdbook build docs
+
+# The generated tables of README.md and docs/src, and the published figures, from results/published/.
+tables:
+	$(CARGO) run --release -- readme
+
+figures:
+	$(CARGO) build --release
+	for d in results/published/*/; do \
+	  if [ -f "$$d/summary.csv" ]; then $(BIN) plot "$$d" || exit 1; fi; \
+	done

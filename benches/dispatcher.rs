@@ -9,7 +9,7 @@
 //! Both share the machine's cores with the clients, so the ratio is what matters. Each runs
 //! twice: clients closing plainly (FIN) and abortively (RST): see [`Close`].
 //!
-//! Then the same over TLS (issue 14), clients closing abortively: the dispatcher's TLS port
+//! Then the same over TLS, clients closing abortively: the dispatcher's TLS port
 //! against Mosquitto's TLS listener, both with one server certificate from a throwaway CA made
 //! for this run (ECDSA P-256, TLS 1.3, no session resumption: every handshake is a full one).
 
@@ -423,7 +423,7 @@ fn table_row(label: &str, d: &Outcome, m: &Outcome) -> String {
 }
 
 /// Dispatcher over Mosquitto: the ratio of handshake rates and of server CPU per handshake;
-/// `targets`: the plain-TCP targets of issue 3 (≥ 3×, p99 ≤ 10 ms) apply.
+/// `targets`: the plain-TCP targets (≥ 3×, p99 ≤ 10 ms) apply.
 fn compare(what: &str, d: &Outcome, m: &Outcome, targets: bool) {
     let per = |o: &Outcome| o.server_cpu.as_secs_f64() / o.handshakes.max(1) as f64;
     let (rate_target, p99_target) = match targets {

@@ -1,4 +1,4 @@
-//! Fleet costs (issue 13), bounded in time (about 30 s): what one wave of simultaneous CONNECTs
+//! Fleet costs, bounded in time (about 30 s): what one wave of simultaneous CONNECTs
 //! does to an embedded broker (rumqttd, its own `mqdispatch broker` child process), and what a
 //! connected, mostly idle publisher costs the load generator in memory and CPU.
 //!

@@ -1,4 +1,4 @@
-//! Command line: one subcommand per role (DESIGN.md, "Roles and their command lines").
+//! Command line: one subcommand per role.
 //! Each role owns its `Args` and its `cli_main`; this file only wires them together.
 
 use std::io::IsTerminal;
@@ -25,9 +25,9 @@ pub enum Command {
     Validate(crate::scenario::ValidateArgs),
     /// Redraw every PNG of a results directory from its CSV files.
     Plot(crate::report::PlotArgs),
-    /// Copy a completed run's manifest.json, summary.csv and summary.md to results/published/.
+    /// Copy a completed run's summary files and the records its figures need to results/published/.
     Publish(crate::report::published::PublishArgs),
-    /// Regenerate README.md's tables from results/published/.
+    /// Regenerate the tables of README.md and the book (docs/src) from results/published/.
     Readme(crate::report::published::ReadmeArgs),
     /// Redirect every MQTT v5 CONNECT to the least loaded broker.
     Dispatcher(Box<crate::dispatcher::Args>),

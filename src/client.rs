@@ -128,7 +128,7 @@ fn options_at(options_for: &OptionsFor, reference: &str) -> Result<MqttOptions, 
 }
 
 /// The Server Reference of a server DISCONNECT 0x9C/0x9D among the events rumqttc kept, if that
-/// is what ended the connection (FACTS.md); clears them either way.
+/// is what ended the connection; clears them either way.
 pub fn disconnect_reference(eventloop: &mut EventLoop) -> Option<(DisconnectReasonCode, String)> {
     let found = eventloop.state.events.iter().find_map(|event| match event {
         Event::Incoming(Packet::Disconnect(d))

@@ -1,4 +1,4 @@
-//! The load report: one JSON object per line, agent → dispatcher (DESIGN.md, wire contracts).
+//! The load report: one JSON object per line, agent → dispatcher (docs/src/dispatcher.md, "Load reports").
 //!
 //! `{"broker":"b1","t_ms":1732550000123,"cpu_pct":37.5,"msgs_in_per_s":14012,"connections":5}`
 

@@ -3,7 +3,7 @@
 //! Server side ([`read_hello`], [`redirect_connack`], [`refusal_connack`], [`legacy_refusal`]):
 //! what the dispatcher reads and answers. Client side ([`request_redirect`]): what a publisher
 //! sends to a dispatcher to learn its broker. rumqttc's event loop cannot be used for the client
-//! side because it drops a refused CONNACK's properties, Server Reference included (FACTS.md).
+//! side because it drops a refused CONNACK's properties, Server Reference included.
 
 use std::time::Duration;
 
@@ -198,7 +198,7 @@ fn encode_v5_connack(code: ConnectReturnCode, properties: Option<ConnAckProperti
     buf
 }
 
-// ConnAckProperties has no Default (FACTS.md): every field is spelled out once, here.
+// ConnAckProperties has no Default: every field is spelled out once, here.
 fn empty_connack_properties() -> ConnAckProperties {
     ConnAckProperties {
         session_expiry_interval: None,

@@ -1,4 +1,4 @@
-//! Scenario files: YAML → a validated [`Scenario`] (DESIGN.md, "Scenario file").
+//! Scenario files: YAML → a validated [`Scenario`] (docs/src/scenarios.md).
 //!
 //! Parsing keeps YAML locations ([`Spanned`]) on every value a later check may reject, so every
 //! error names `file:line:column`, says what is wrong and how to fix it, and exits with code 2.

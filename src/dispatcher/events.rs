@@ -1,6 +1,6 @@
 //! `--events FILE.csv`: one row per placement, columns in this order:
-//! `t_s,client_id,broker,load_<id>...,pred_<id>...,age_<id>...,source` (DESIGN.md
-//! `decisions.csv` without the runner's `trial,method`), one `load_`, one `pred_` and one `age_`
+//! `t_s,client_id,broker,load_<id>...,pred_<id>...,age_<id>...,source`
+//! (`decisions.csv` without the runner's `trial,method`), one `load_`, one `pred_` and one `age_`
 //! column per broker in config order; `source` says what fed the loads: `reports`, `prometheus`, or `prometheus-last-known`
 //! (Prometheus not answering: its last answer held).
 //! `load_` is the metric's window average, `pred_` the predicted load of clients placed there

@@ -16,7 +16,7 @@ use super::metrics::Refusal;
 use super::placer::Placer;
 
 /// tokio's `TcpListener::bind` uses a backlog of 128, which overflowed under 200 concurrent
-/// connectors (1 s SYN retransmits, FACTS.md).
+/// connectors (1 s SYN retransmits).
 const BACKLOG: u32 = 4096;
 
 /// Binds `addr` with a backlog of 4096 (port 0 picks a free port).

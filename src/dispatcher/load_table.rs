@@ -141,7 +141,8 @@ impl BrokerLoad {
     fn unseen_fraction(&self, bucket: &Bucket, lag: Duration) -> f64 {
         let k = self.samples.len();
         if k == 0 {
-            return 1.0;
+            // Nothing sampled yet: all of it is unseen.
+            return f64::from(1u8);
         }
         let seen = self
             .samples

@@ -1,5 +1,5 @@
 //! Who may hold the report port's slots. A connection starts *unproven*; its first valid report
-//! makes it *proven*. The rules (issue 14):
+//! makes it *proven*. The rules:
 //! - at most [`SlotLimits::per_address`] unproven connections per source address: a newcomer
 //!   from an address that already holds that many pushes out that address's oldest unproven
 //!   connection (so strangers sharing an agent's address, behind NAT or on its host, cannot keep

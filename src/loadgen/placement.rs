@@ -4,7 +4,7 @@
 //! Redirects are followed lazily: a Server Reference is assumed to be a broker and connected to
 //! with a normal rumqttc client; only if that CONNECT is refused with 0x9C/0x9D is the address
 //! treated as another dispatcher and asked for its reference (rumqttc drops the reference of a
-//! refused CONNACK, FACTS.md). So the usual one-hop case costs one redirect exchange and one
+//! refused CONNACK). So the usual one-hop case costs one redirect exchange and one
 //! broker connection, and brokers never see probe connections.
 
 use std::time::Duration;
@@ -401,7 +401,7 @@ impl DirectAttempt {
 }
 
 /// After a connection error: the Server Reference of a server DISCONNECT 0x9C/0x9D, if that is
-/// what ended it (rumqttc keeps the packet in `state.events`, FACTS.md).
+/// what ended it (rumqttc keeps the packet in `state.events`).
 pub(crate) fn server_moved_us(eventloop: &mut EventLoop) -> Option<(RedirectReason, String)> {
     use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Code;
     let (code, reference) = crate::client::disconnect_reference(eventloop)?;

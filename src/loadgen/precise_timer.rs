@@ -5,7 +5,7 @@
 //! do. Each publisher instead owns a Linux `timerfd` (an hrtimer, no timer slack), registered
 //! with tokio's reactor: the runtime thread sleeps in `epoll_wait` until the deadline and runs
 //! the publisher right there, with no second thread to wake and no hand-off between threads
-//! (an earlier design with one timer thread waking tokio tasks cost twice the CPU per message).
+//! (one timer thread waking tokio tasks instead costs about twice the CPU per message).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

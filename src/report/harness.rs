@@ -1,4 +1,4 @@
-//! What one method run cost the harness and how its waves of CONNECTs were placed (issue 13):
+//! What one method run cost the harness and how its waves of CONNECTs were placed:
 //! kept in the manifest (`trials_detail[].methods[].harness`) and stated in summary.md.
 
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,7 @@
 //! - [`tables`]: `summary.md` and the end-of-run console table.
 //! - [`verdict`]: a winner only when the paired 95 % CI of the gap difference excludes 0.
 //! - [`faults`]: the delivery headline and the fault section of `summary.md`.
-//! - [`optimum`]: the online-optimum yardstick (issue 7).
+//! - [`optimum`]: the online-optimum yardstick.
 //! - [`subscribers`]: the subscriber half's files (`subscribers.csv`, `latency.csv`,
 //!   `receipts.csv`, `latency-<method>-t<k>.hlog`) and the figures drawn from them.
 //! - [`plots`]: `throughput.png`, `cpu-<method>-t<k>.png`, `rate-<method>-t<k>.png`, `gap.png`.
@@ -267,7 +267,9 @@ pub fn known_optimum(dir: &Path) -> Result<HashMap<u32, f64>, ReportError> {
 /// `mqdispatch plot RESULTS_DIR`.
 #[derive(Debug, clap::Args)]
 pub struct PlotArgs {
-    /// A results directory (`results/<scenario>/<run-id>/`) holding at least brokers.csv.
+    /// A results directory (`results/<scenario>/<run-id>/`) holding at least brokers.csv, or a
+    /// published folder (`results/published/<scenario>/`): then only the figures its
+    /// summary.csv gives (throughput.png, gap.png).
     pub results_dir: PathBuf,
 }
 
@@ -280,6 +282,19 @@ pub async fn cli_main(args: PlotArgs) -> anyhow::Result<()> {
             dir.display()
         ))
         .into());
+    }
+    let summary_csv = dir.join(summary::SUMMARY_CSV);
+    if !dir.join(records::PUBLISHERS_CSV).exists() && summary_csv.exists() {
+        // A published folder: the figures its summary gives, its summary files untouched.
+        let redraw = dir.clone();
+        let pngs = tokio::task::spawn_blocking(move || {
+            plots::draw_summary(&redraw, &summary::read_csv(&summary_csv)?)
+        })
+        .await??;
+        for p in &pngs {
+            println!("{}", p.display());
+        }
+        return Ok(());
     }
     if !dir.join(records::BROKERS_CSV).exists() {
         return Err(crate::InputError(format!(

@@ -1,4 +1,4 @@
-//! Live moves in the report (issue 11): `moves.csv` per trial and method in `summary.md`, and the
+//! Live moves in the report: `moves.csv` per trial and method in `summary.md`, and the
 //! outages that moves caused told apart from the ones faults caused (a move is not a fault).
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! The online-optimum yardstick (issue 7): the gap a connect-time placer would reach if it knew
+//! The online-optimum yardstick: the gap a connect-time placer would reach if it knew
 //! every publisher's exact rate, placing each arrival, in order, on the broker with the least
 //! total rate so far (greedy list scheduling). It is what "perfect load knowledge" buys a
 //! placer that cannot see future arrivals, so each method's gap is reported beside it.

@@ -1,8 +1,9 @@
-//! Figures that trace to files: `mqdispatch publish RESULTS_DIR` copies a run's small summary
-//! files into `results/published/<scenario>/` (committed), and `mqdispatch readme` regenerates
-//! every README table from those copies, so no figure in README.md is typed by hand.
+//! Figures that trace to files: `mqdispatch publish RESULTS_DIR` copies a run's summary files
+//! and the records its figures are drawn from into `results/published/<scenario>/` (committed),
+//! and `mqdispatch readme` regenerates every table of README.md and the book (`docs/src/`) from
+//! those copies, so no figure in the documentation is typed by hand.
 //!
-//! A README block is `<!-- table: NAME -->` … `<!-- /table -->`; its content is replaced by the
+//! A table block is `<!-- table: NAME -->` … `<!-- /table -->`; its content is replaced by the
 //! table of `results/published/NAME/`.
 
 use std::collections::HashMap;
@@ -16,9 +17,17 @@ use super::stats::Estimate;
 
 /// The files a published result keeps (each small).
 pub const PUBLISHED_FILES: [&str; 3] = ["manifest.json", "summary.csv", "summary.md"];
-/// Small records published too when the run has them: the dispatcher's decisions (the README's
-/// decision-input ages come from them) and the live moves.
-pub const PUBLISHED_IF_PRESENT: [&str; 2] = ["decisions.csv", "moves.csv"];
+/// Records published too when the run has them: the dispatcher's decisions (the tables'
+/// decision-input ages come from them), the live moves, and what `mqdispatch plot` redraws the
+/// per-second figures from (brokers, publishers, faults, outages).
+pub const PUBLISHED_IF_PRESENT: [&str; 6] = [
+    "decisions.csv",
+    "moves.csv",
+    "brokers.csv",
+    "publishers.csv",
+    "faults.csv",
+    "outages.csv",
+];
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -31,11 +40,52 @@ pub struct PublishArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ReadmeArgs {
-    /// The file whose `<!-- table: NAME -->` blocks are regenerated.
-    #[arg(default_value = "README.md")]
-    pub readme: PathBuf,
+    /// The files whose `<!-- table: NAME -->` blocks are regenerated (default: README.md and
+    /// every page of the book, docs/src/*.md).
+    pub files: Vec<PathBuf>,
     #[arg(long, default_value = "results/published")]
     pub published: PathBuf,
+}
+
+/// README.md and the book's pages (`docs/src/*.md`, sorted), relative to the repository root:
+/// every file that may hold generated tables.
+pub fn documents(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs/src"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    let mut out = vec![root.join("README.md")];
+    out.extend(pages);
+    Ok(out)
+}
+
+/// `YYYY-MM-DD HH:MM UTC` from Unix milliseconds.
+fn utc_date(ms: u64) -> String {
+    let s = crate::run::results_dir::utc_stamp(ms / 1000);
+    format!(
+        "{}-{}-{} {}:{} UTC",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13]
+    )
+}
+
+/// The host as the manifest records it: cores, CPU model, kernel.
+fn host(manifest: &serde_json::Value) -> String {
+    let h = &manifest["host"];
+    match (
+        h["cores"].as_u64(),
+        h["cpu_model"].as_str(),
+        h["kernel"].as_str(),
+    ) {
+        (Some(cores), Some(model), Some(kernel)) => {
+            format!("{cores} cores, {model}, Linux {kernel}")
+        }
+        _ => "host not recorded".to_owned(),
+    }
 }
 
 /// Copies a completed run's summary files to `<to>/<scenario name>/`, replacing an earlier
@@ -189,14 +239,15 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
     let _ = writeln!(
         md,
         "\nMean ± 95 % CI over trials (Student t). Source: `{}/` (run started {}, commit {}, \
-         broker kind {}, CPU per {}).",
+         broker kind {}, CPU per {}; host: {}).",
         dir.display(),
         manifest["start_ms"]
             .as_u64()
-            .map_or_else(|| "?".into(), |ms| format!("{ms} ms since the epoch")),
+            .map_or_else(|| "?".into(), utc_date),
         manifest["git_commit"].as_str().unwrap_or("unknown"),
         manifest["broker_kind"].as_str().unwrap_or("?"),
         manifest["scenario"]["cpu"].as_str().unwrap_or("process"),
+        host(&manifest),
     );
     let calibration = manifest
         .get("calibration")
@@ -341,14 +392,22 @@ pub fn publish_main(args: PublishArgs) -> anyhow::Result<()> {
 }
 
 pub fn readme_main(args: ReadmeArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.readme)
-        .with_context(|| format!("reading {}", args.readme.display()))?;
-    let new = regenerate(&text, &args.published)?;
-    if new != text {
-        std::fs::write(&args.readme, new)?;
-        println!("{}: tables regenerated", args.readme.display());
+    let files = if args.files.is_empty() {
+        documents(Path::new(".")).context("listing docs/src (run from the repository root)")?
     } else {
-        println!("{}: tables already up to date", args.readme.display());
+        args.files
+    };
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let new =
+            regenerate(&text, &args.published).with_context(|| format!("{}", file.display()))?;
+        if new != text {
+            std::fs::write(&file, new)?;
+            println!("{}: tables regenerated", file.display());
+        } else {
+            println!("{}: tables already up to date", file.display());
+        }
     }
     Ok(())
 }
@@ -397,6 +456,8 @@ mod tests {
             !t.contains("Calibration"),
             "no calibration in this manifest: {t}"
         );
+        assert!(t.contains("run started 1970-01-01 00:00 UTC"), "{t}");
+        assert!(t.contains("host: host not recorded"), "{t}");
     }
 
     #[test]
@@ -420,6 +481,16 @@ mod tests {
             t.contains("Mosquitto 2.7 % at 2000 msg/s, 23.5 % at 10000 msg/s (8.8x)"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn dates_are_utc_and_the_host_is_as_recorded() {
+        // 2026-11-27 05:18:08 UTC.
+        assert_eq!(utc_date(1_795_756_688_081), "2026-11-27 05:18 UTC");
+        let m: serde_json::Value =
+            serde_json::from_str(r#"{"host":{"cores":2,"cpu_model":"Xeon","kernel":"6.1.0"}}"#)
+                .unwrap();
+        assert_eq!(host(&m), "2 cores, Xeon, Linux 6.1.0");
     }
 
     #[test]

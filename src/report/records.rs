@@ -1,4 +1,4 @@
-//! The result rows (DESIGN.md, "Results layout"), their streaming writer and their readers.
+//! The result rows (docs/src/outputs.md), their streaming writer and their readers.
 //!
 //! Writing and reading live side by side so the column names exist once: the serde field names of
 //! the row structs *are* the CSV headers. `decisions.csv` has one `load_<broker>` column per
@@ -57,7 +57,7 @@ pub struct PublisherRow {
     pub target_msgs_per_s: f64,
     pub achieved_msgs_per_s: f64,
     pub sent_total: u64,
-    /// Contract extension (after DESIGN.md's columns): seconds this publisher could not publish
+    /// Seconds this publisher could not publish
     /// (fault runs). Files without the column read as 0.
     #[serde(default)]
     pub downtime_s: f64,
@@ -99,7 +99,7 @@ pub struct OutageRow {
     pub not_sent: u64,
 }
 
-/// One live move (`moves.csv`, DESIGN.md).
+/// One live move (`moves.csv`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MoveRow {
     pub trial: u32,

@@ -102,11 +102,8 @@ fn t_cdf(t: f64, nu: f64) -> f64 {
 
 /// Regularised incomplete beta I_x(a, b) by its continued fraction (Numerical Recipes §6.4).
 fn reg_inc_beta(x: f64, a: f64, b: f64) -> f64 {
-    if x <= 0.0 {
-        return 0.0;
-    }
-    if x >= 1.0 {
-        return 1.0;
+    if x <= 0.0 || x >= 1.0 {
+        return if x <= 0.0 { 0.0 } else { 1.0 };
     }
     let front =
         (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();

@@ -84,7 +84,7 @@ pub struct MethodRunDetail {
     pub lateness_p50_ms: Option<f64>,
     #[serde(default)]
     pub lateness_p99_ms: Option<f64>,
-    /// Harness cost and wave placement of this method run (issue 13).
+    /// Harness cost and wave placement of this method run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub harness: Option<super::harness::HarnessMeasures>,
     /// Messages sent against the brokers' own count of messages received.

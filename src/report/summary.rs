@@ -300,6 +300,65 @@ pub fn write_csv(
     w.flush().map_err(|e| ReportError::io(path, e))
 }
 
+/// Reads `summary.csv` back into rows (a published folder keeps it without `brokers.csv`).
+pub fn read_csv(path: &Path) -> Result<Vec<SummaryRow>, ReportError> {
+    let mut r = csv::Reader::from_path(path).map_err(|e| ReportError::csv(path, e))?;
+    let headers = r.headers().map_err(|e| ReportError::csv(path, e))?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| ReportError::Invalid(format!("{}: no column {name}", path.display())))
+    };
+    let (trial, method) = (col("trial")?, col("method")?);
+    let (start, end, gap) = (
+        col("window_start_s")?,
+        col("window_end_s")?,
+        col("gap_msgs_per_s")?,
+    );
+    let (jain, cpu, optimum) = (
+        col("jain_index")?,
+        col("mean_abs_cpu_diff_pct")?,
+        col(OPTIMUM_COL)?,
+    );
+    let brokers: Vec<(usize, String)> = headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            h.strip_prefix("mean_msgs_per_s_")
+                .map(|b| (i, b.to_owned()))
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| ReportError::csv(path, e))?;
+        let bad = |what: &str| {
+            ReportError::Invalid(format!("{}: a row with no valid {what}", path.display()))
+        };
+        let num = |i: usize| rec.get(i).and_then(|v| v.parse::<f64>().ok());
+        let int = |i: usize, what: &str| {
+            rec.get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad(what))
+        };
+        rows.push(SummaryRow {
+            trial: u32::try_from(int(trial, "trial")?).map_err(|_| bad("trial"))?,
+            method: rec.get(method).ok_or_else(|| bad("method"))?.to_owned(),
+            window_start_s: int(start, "window_start_s")?,
+            window_end_s: int(end, "window_end_s")?,
+            gap_msgs_per_s: num(gap).ok_or_else(|| bad("gap_msgs_per_s"))?,
+            jain_index: num(jain),
+            mean_abs_cpu_diff_pct: num(cpu),
+            optimum_gap_msgs_per_s: num(optimum),
+            brokers: brokers
+                .iter()
+                .map(|(i, b)| (b.clone(), num(*i).unwrap_or(0.0)))
+                .collect(),
+        });
+    }
+    Ok(rows)
+}
+
 /// The optimum gap per trial from an existing `summary.csv` (empty if absent or no column).
 pub fn read_optimum(path: &Path) -> Result<HashMap<u32, f64>, ReportError> {
     let mut out = HashMap::new();
@@ -526,7 +585,13 @@ mod tests {
             optimum_gap_msgs_per_s: Some(4000.0),
             brokers: vec![("b1".into(), 5.0), ("b2".into(), 0.0)],
         };
-        write_csv(&path, &[r], &SubscriberFiguresByRun::new()).expect("write");
+        write_csv(
+            &path,
+            std::slice::from_ref(&r),
+            &SubscriberFiguresByRun::new(),
+        )
+        .expect("write");
+        assert_eq!(read_csv(&path).expect("rows read back"), vec![r]);
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(
             text.starts_with(

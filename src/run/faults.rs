@@ -1,4 +1,4 @@
-//! Fault injection during a method run (issue 6): kill or freeze a broker, silence an agent.
+//! Fault injection during a method run: kill or freeze a broker, silence an agent.
 //!
 //! A fault that cannot be injected (or recorded in `faults.csv`) is a failure of the run, not a
 //! log line: [`FaultLog`] keeps it, the runner lists it under Errors in `summary.md` and marks

@@ -1,4 +1,4 @@
-//! Measures one method run from the harness's side (issue 13): where each wave of CONNECTs went,
+//! Measures one method run from the harness's side: where each wave of CONNECTs went,
 //! how long redirects and joins took, and what the harness process itself cost in memory and
 //! CPU per connected publisher.
 

@@ -1,4 +1,4 @@
-//! A method fed through Prometheus (`source: prometheus`, issue 12): every agent serves
+//! A method fed through Prometheus (`source: prometheus`): every agent serves
 //! `/metrics` on a loopback port of its own, a real Prometheus server scrapes them every
 //! `scrape_interval`, and the dispatcher queries it instead of taking reports.
 //!

@@ -1,4 +1,4 @@
-//! The results folder of one run and its manifest (DESIGN.md, "Results layout").
+//! The results folder of one run and its manifest (docs/src/outputs.md).
 //!
 //! `results/<scenario>/<run-id>/` is created with `create_dir` (never `create_dir_all` on the
 //! last component), so two runs can never share, or overwrite, a folder.

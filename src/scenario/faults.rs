@@ -1,4 +1,4 @@
-//! A scenario's `faults:` (issue 6): what breaks when, checked against the brokers.
+//! A scenario's `faults:`: what breaks when, checked against the brokers.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use super::{BrokersPlan, Checker, duration_serde};
 use crate::InputError;
 use crate::broker::BrokerKind;
 
-/// Something broken on purpose during a run (issue 6).
+/// Something broken on purpose during a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FaultPlan {
     #[serde(with = "duration_serde")]

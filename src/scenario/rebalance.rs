@@ -1,4 +1,4 @@
-//! A method's `rebalance:` block (issue 11): parsed with locations, checked, durations scaled.
+//! A method's `rebalance:` block: parsed with locations, checked, durations scaled.
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;

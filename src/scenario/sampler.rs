@@ -1,4 +1,4 @@
-//! The scenario's `sampler:` block and a method's `source:` override (issue 12): how often
+//! The scenario's `sampler:` block and a method's `source:` override: how often
 //! brokers are sampled, over what window the dispatcher averages, what `cpu_pct` measures, and
 //! whether the dispatcher hears the samples from the agents or through a Prometheus server.
 

@@ -470,7 +470,7 @@ async fn redirects_until(
     seen
 }
 
-/// Issue 3: two real brokers, real agents reporting over the socket, the paper's `least-cpu`:
+/// Two real brokers, real agents reporting over the socket, the paper's `least-cpu`:
 /// load one broker and new clients go to the other; then load the other and they come back.
 async fn least_cpu_steers_away_from_the_loaded_broker(kind: BrokerKind) {
     use mqdispatch::dispatcher::{self, BrokerEntry, DispatcherConfig, Policy};
@@ -549,8 +549,8 @@ async fn least_cpu_with_real_agents_steers_mosquitto() {
 }
 
 /// The embedded broker's measured process does no harness work: idle, with 10 idle clients
-/// connected, it uses at most 0.5 % of a core (issue 10: the stats task used to parse
-/// /proc/net/tcp every second inside it).
+/// connected, it uses at most 0.5 % of a core (its connection count is
+/// rumqttd's own, not a parse of /proc/net/tcp inside the broker process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_embedded_broker_with_idle_clients_costs_almost_nothing() {
     use_built_binary();

@@ -459,7 +459,7 @@ async fn a_broker_whose_reports_stop_is_avoided_until_it_reports_again() {
     b2_agent.abort();
 }
 
-/// Issue 7: 1000 clients CONNECT at the same instant, two equally loaded brokers.
+/// 1000 clients CONNECT at the same instant, two equally loaded brokers.
 async fn burst_split(policy: Policy) -> [usize; 2] {
     let mut d = Running::start(DispatcherConfig::new(brokers(), policy)).await;
     let mut agent = TcpStream::connect(&d.reports).await.unwrap();

@@ -1,4 +1,4 @@
-//! Issue 6 end to end: a broker killed mid-run (dispatcher vs dns-rr), and no process or cgroup
+//! End to end: a broker killed mid-run (dispatcher vs dns-rr), and no process or cgroup
 //! left behind by `mqdispatch run`, whether it ends normally or is interrupted.
 //!
 //! Each test runs `mqdispatch run` as a child on a short scenario written to a tempdir, watches

@@ -4,6 +4,7 @@ mod agent;
 mod broker;
 mod cli;
 mod dispatcher;
+mod docs;
 mod faults;
 mod loadgen;
 mod mosquitto_plugin;

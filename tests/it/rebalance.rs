@@ -1,4 +1,4 @@
-//! Live rebalancing (issue 11): the takeover move on the embedded broker, the Mosquitto
+//! Live rebalancing: the takeover move on the embedded broker, the Mosquitto
 //! plugin's control exchange against a fake responder, the redirect-following client API, and a
 //! scaled scenario end to end.
 

@@ -210,7 +210,7 @@ fn column(header: &[String], name: &str) -> usize {
 }
 
 /// `make test` runs the quick scenario end to end and checks what it wrote, not only that it
-/// wrote something (issue 5).
+/// wrote something.
 #[test]
 fn quick_scenario_end_to_end() {
     let out = tempfile::tempdir().unwrap();

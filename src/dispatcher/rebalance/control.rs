@@ -1,4 +1,4 @@
-//! The rebalancer's side of the Mosquitto plugin's control topic (CONTRACT-11): JSON orders on
+//! The rebalancer's side of the Mosquitto plugin's control topic: JSON orders on
 //! [`CONTROL_TOPIC`], answers on [`RESPONSE_TOPIC`], over one rumqttc v5 connection per broker.
 //!
 //! One request at a time per broker (a lock around the exchange): each answer is matched to its

@@ -6,7 +6,7 @@
 //! - [`rates`]: each client's rate from the best source available (broker-reported, declared in
 //!   CONNECT, or the broker's rate split), pure.
 //! - [`mover`]: the move, per broker kind (client-id takeover, or the Mosquitto plugin's DISCONNECT
-//!   0x9C + Server Reference); [`control`]: the plugin's control topic (CONTRACT-11).
+//!   0x9C + Server Reference); [`control`]: the plugin's control topic.
 //!
 //! The load metric is the broker-side message rate (`msgs_in_per_s` in the agents' reports),
 //! whatever metric placement uses: a client's rate adds up across brokers, CPU does not (with

@@ -2,7 +2,7 @@
 //!
 //! - [`MoverKind::Takeover`] (the embedded rumqttd 0.20, or any broker without a control
 //!   channel): the broker has no call to disconnect a chosen client, but a new connection with
-//!   the same client id drops the old one (a bare TCP close, no DISCONNECT; FACTS.md). The
+//!   the same client id drops the old one (a bare TCP close, no DISCONNECT). The
 //!   dispatcher pins the client to its new broker first, then connects to the donor with the
 //!   client's id and leaves at once. The client sees its connection close, reconnects through the
 //!   dispatcher (it has no Server Reference to follow) and is sent to the pinned broker. Cost: one

@@ -102,6 +102,26 @@ pub(crate) struct Run<'a> {
     pub window: Option<(u64, u64)>,
 }
 
+/// The figures `summary.csv` alone gives, for a published folder (which keeps no per-second
+/// rows): `throughput.png` and `gap.png`, drawn into `dir`.
+pub fn draw_summary(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, ReportError> {
+    ensure_font()?;
+    if summary.is_empty() {
+        return Err(ReportError::Invalid(format!(
+            "{}: summary.csv has no rows, nothing to plot",
+            dir.display()
+        )));
+    }
+    let mut out = Vec::new();
+    let path = dir.join(THROUGHPUT_PNG);
+    throughput::draw(&path, summary).map_err(|e| plot_err(&path, e))?;
+    out.push(path);
+    let path = dir.join(GAP_PNG);
+    gap::draw(&path, summary).map_err(|e| plot_err(&path, e))?;
+    out.push(path);
+    Ok(out)
+}
+
 /// Draws every PNG of `dir` from its CSVs and `summary` (its windows and figures, see
 /// [`super::build`]) and returns their paths: `throughput.png`, `gap.png`, and
 /// `cpu-<method>-t<k>.png` + `rate-<method>-t<k>.png` per summarised method and trial.

@@ -1,4 +1,4 @@
-//! Issue 14, item 2: the TLS client port beside the plain one. Certificates come from a
+//! The TLS client port beside the plain one. Certificates come from a
 //! throwaway CA made per test; Paho (Python) checks interoperability.
 
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! Issue 6, items 2 and 3: how fast a silent broker is avoided, and publishing through a
+//! How fast a silent broker is avoided, and publishing through a
 //! dispatcher that dies: connected publishers carry on, new ones use the next dispatcher in
 //! their list or retry with backoff until one is back.
 

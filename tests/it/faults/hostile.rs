@@ -1,4 +1,4 @@
-//! Issue 6, item 4: the hostile-input cases tests/it/dispatcher.rs does not cover, against a
+//! The hostile-input cases tests/it/dispatcher.rs does not cover, against a
 //! `mqdispatch dispatcher` child (so its memory can be read from /proc): thousands of idle
 //! connections, and a report flood. Each checks the outcome, the memory, an honest client's
 //! service meanwhile, and the log line.

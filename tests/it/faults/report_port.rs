@@ -1,4 +1,4 @@
-//! Issue 14, item 1: strangers on the report port cannot starve the agents. The attack of the
+//! Strangers on the report port cannot starve the agents. The attack of the
 //! issue (80 idle connections trickling a byte a second) runs against an in-process dispatcher
 //! while two agents report: one connected before the attack, one joining during it from another
 //! source address. Both stay effective; the attack never makes a broker look down.

@@ -1,4 +1,4 @@
-//! Issue 10 §6: `mqdispatch run` stopped by SIGTERM (`kill`, a service manager) or SIGHUP (the
+//! `mqdispatch run` stopped by SIGTERM (`kill`, a service manager) or SIGHUP (the
 //! SSH session went away) ends as Ctrl-C does: it stops its brokers (and removes their cgroups),
 //! keeps what it measured, says `completed: false` and exits non-zero by itself, rather than
 //! dying of the signal and leaving its broker process groups running.

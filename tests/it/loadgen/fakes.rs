@@ -184,7 +184,7 @@ impl Proxy {
 }
 
 /// A fake broker: accepts one v5 client, lets it publish for a moment, then sends DISCONNECT
-/// `reason` with a Server Reference (how a broker moves a connected client, FACTS.md).
+/// `reason` with a Server Reference (how a broker moves a connected client).
 pub async fn fake_broker_that_moves_us(
     reason: DisconnectReasonCode,
     to: String,

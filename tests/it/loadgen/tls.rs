@@ -1,4 +1,4 @@
-//! Issue 14, item 3: publishers over TLS end to end. Two Mosquitto brokers with a TLS listener
+//! Publishers over TLS end to end. Two Mosquitto brokers with a TLS listener
 //! from a throwaway CA, the dispatcher's TLS port with the same certificate: every publisher is
 //! redirected over TLS to a broker's TLS listener and delivers its target there.
 

@@ -1,4 +1,4 @@
-//! The scaled-down fleet (issue 13): 1,000 publishers in waves of 250 on four brokers, end to
+//! The scaled-down fleet: 1,000 publishers in waves of 250 on four brokers, end to
 //! end, with every publisher accounted for.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! `source: prometheus` end to end (issue 12): the quick scenario with the least-CPU dispatcher
+//! `source: prometheus` end to end: the quick scenario with the least-CPU dispatcher
 //! fed by agent reports and through a real Prometheus server the runner starts and stops.
 
 use super::{column, read_csv, repo_file};
