@@ -346,8 +346,8 @@ async fn run_member(
 enum Subscribed {
     /// Plain TCP: our own reads ([`DirectSubscription`]).
     Direct(DirectSubscription),
-    /// TLS: a rumqttc client.
-    Client(AsyncClient, rumqttc::v5::EventLoop),
+    /// TLS: a rumqttc client (boxed: its event loop is large).
+    Client(AsyncClient, Box<rumqttc::v5::EventLoop>),
 }
 
 impl Subscribed {
@@ -385,7 +385,9 @@ async fn subscribe(ctx: &MemberCtx) -> anyhow::Result<Subscribed> {
     loop {
         if let Event::Incoming(Packet::SubAck(ack)) = eventloop.poll().await? {
             return match ack.return_codes.first() {
-                Some(SubscribeReasonCode::Success(_)) => Ok(Subscribed::Client(client, eventloop)),
+                Some(SubscribeReasonCode::Success(_)) => {
+                    Ok(Subscribed::Client(client, Box::new(eventloop)))
+                }
                 other => Err(anyhow!(
                     "broker refused SUBSCRIBE {}: {other:?}",
                     ctx.spec.topic

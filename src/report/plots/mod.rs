@@ -196,12 +196,15 @@ pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, Repo
     Ok(out)
 }
 
+/// A method's name and its latency histogram (µs) over all its trials.
+type MethodLatency = (String, hdrhistogram::Histogram<u64>);
+
 /// Each summarised method's latency over all its trials (the hlogs' `all` histograms), in
 /// method order; `None` when no method run wrote an hlog.
 fn latency_by_method(
     dir: &Path,
     summary: &[SummaryRow],
-) -> Result<Option<Vec<(String, hdrhistogram::Histogram<u64>)>>, ReportError> {
+) -> Result<Option<Vec<MethodLatency>>, ReportError> {
     let mut found = false;
     let mut out = Vec::new();
     for method in first_seen(summary.iter().map(|s| s.method.as_str())) {
