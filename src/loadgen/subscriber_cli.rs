@@ -185,7 +185,7 @@ fn render(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>7} {:>10} {:>10} {:>8} {:>6} {:>6}  latency p50 / p99 / p99.9 / max (ms)",
+        "{:<12} {:>7} {:>10} {:>10} {:>8} {:>6} {:>6}  latency mean / p50 / p99 / p99.9 / max (ms)",
         "subscriber", "members", "expected", "received", "lost", "dup", "ooo"
     );
     for spec in specs {
@@ -200,10 +200,10 @@ fn render(
         }
         let mine = rows.iter().filter(|r| r.subscriber == spec.name);
         let sum = |f: fn(&StreamRow) -> u64| mine.clone().map(f).sum::<u64>();
-        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
         let _ = writeln!(
             out,
-            "{:<12} {:>7} {:>10} {:>10} {:>8} {:>6} {:>6}  {} / {} / {} / {}",
+            "{:<12} {:>7} {:>10} {:>10} {:>8} {:>6} {:>6}  {} / {} / {} / {} / {}",
             spec.name,
             members.len(),
             sum(|r| r.expected),
@@ -211,6 +211,7 @@ fn render(
             sum(|r| r.lost),
             sum(|r| r.duplicates),
             sum(|r| r.out_of_order),
+            ms((!latency.is_empty()).then(|| latency.mean() / 1000.0)),
             ms(quantile_ms(&latency, 0.5)),
             ms(quantile_ms(&latency, 0.99)),
             ms(quantile_ms(&latency, 0.999)),

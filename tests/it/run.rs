@@ -8,6 +8,7 @@ use crate::util::{bin, run_scenario};
 mod calibration;
 mod fleet;
 mod prometheus;
+mod subscribers;
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -49,6 +50,7 @@ fn shipped_scenarios_validate() {
         "paper-heavy-2nd",
         "paper-heavy-4th",
         "quick",
+        "subscribers-quick",
         "burst",
         "policies",
         "broker-failure",
@@ -119,6 +121,35 @@ fn scenario_errors_name_line_column_and_exit_2() {
             "payload shorter than its header",
             &GOOD.replacen("payload_bytes: 16", "payload_bytes: 8", 1),
             ":6:56: payload_bytes must be at least 16",
+        ),
+        (
+            "subscriber topic filter",
+            &GOOD.replace(
+                "arrival:",
+                "subscribers:\n  - { name: s, count: 2, topic: \"a/#/b\" }\narrival:",
+            ),
+            ":9:33: subscriber `s`: topic `a/#/b`: `#` must be the last level",
+        ),
+        (
+            "subscriber on an unknown broker",
+            &GOOD.replace(
+                "arrival:",
+                "subscribers:\n  - { name: s, count: 2, topic: \"load/#\", broker: b3 }\narrival:",
+            ),
+            ":9:51: broker `b3`: brokers are b1..b2",
+        ),
+        (
+            "subscribers need a topic per publisher",
+            &GOOD
+                .replace(
+                    "payload_bytes: 16, duration: 2s }",
+                    "payload_bytes: 16, duration: 2s, topic: same }",
+                )
+                .replace(
+                    "arrival:",
+                    "subscribers:\n  - { name: s, count: 2, topic: \"load/#\" }\narrival:",
+                ),
+            ":9:33: publishers `light-0` and `light-1` both publish to `same`",
         ),
         (
             "zero brokers",
