@@ -304,10 +304,21 @@ const GOAL_RATIO: f64 = 1.25;
 /// The receive side: the paper's 28,000 msg/s (per message, as in the experiments) into `broker`,
 /// read at once by the plain read loop and by a rumqttc subscriber decoding each header.
 fn receive_cost(rt: &tokio::runtime::Runtime, broker: &RunningBroker, secs: u64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut project = receivers::ProjectSubscriber::spawn(
+        &broker.addr,
+        "load/#",
+        Duration::from_secs(secs + 5),
+        dir.path(),
+    )
+    .expect("mqdispatch load --subscriber");
     let plain = receivers::plain_reader(&broker.addr, "sub-plain", "load/#").expect("plain reader");
     let client =
         receivers::rumqttc_reader(&broker.addr, "sub-rumqttc", "load/#").expect("rumqttc reader");
     let cfg = config(paper_profiles(secs, "per-message"), &broker.addr, "recv-");
+    // The child subscribes within a second of starting (no line to wait for on its stdout).
+    std::thread::sleep(Duration::from_millis(1500));
+    project.measure_from();
     let summary = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -321,9 +332,11 @@ fn receive_cost(rt: &tokio::runtime::Runtime, broker: &RunningBroker, secs: u64)
     });
     let plain = plain.stop().expect("plain reader");
     let client = client.stop().expect("rumqttc reader");
+    let project = project.finish().expect("mqdispatch load --subscriber");
     println!(
-        "\nreceive: {} messages published at 28,000 msg/s (send=per-message) to {}, two subscribers \
-         on load/# at once; CPU of each subscriber's thread",
+        "\nreceive: {} messages published at 28,000 msg/s (send=per-message) to {}, three \
+         subscribers on load/# at once; CPU of each reader's thread, of the whole \
+         `mqdispatch load --subscriber name=s,count=1,topic=load/#,qos=0` process",
         summary.sent_total(),
         broker.addr
     );
@@ -340,6 +353,7 @@ fn receive_cost(rt: &tokio::runtime::Runtime, broker: &RunningBroker, secs: u64)
             &plain,
         ),
         ("rumqttc v5 subscriber decoding the header", &client),
+        ("mqdispatch load --subscriber (whole process)", &project),
     ] {
         let latency = r.latency.as_ref().map_or("–".to_owned(), |l| {
             format!(
@@ -356,7 +370,9 @@ fn receive_cost(rt: &tokio::runtime::Runtime, broker: &RunningBroker, secs: u64)
         );
     }
     println!(
-        "rumqttc subscriber: {:.2}× the plain read loop's CPU per message",
+        "per message, against the plain read loop: the project's subscriber {:.2}×, a rumqttc \
+         subscriber {:.2}× (same run)",
+        per_1000(&project) / per_1000(&plain),
         per_1000(&client) / per_1000(&plain)
     );
 }

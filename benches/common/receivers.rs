@@ -191,3 +191,85 @@ pub fn rumqttc_reader(broker: &str, client_id: &str, filter: &str) -> std::io::R
         .map_err(|_| std::io::Error::other("rumqttc subscriber got no SUBACK within 5 s"))?;
     Ok(Subscriber { stop, thread })
 }
+
+/// The project's subscriber, `mqdispatch load --subscriber name=s,count=1,topic=FILTER,qos=0`,
+/// as a child process receiving for `receive_for`; its CPU is sampled from /proc around the
+/// load ([`ProjectSubscriber::measure_from`], [`ProjectSubscriber::finish`]).
+pub struct ProjectSubscriber {
+    child: std::process::Child,
+    csv: std::path::PathBuf,
+    sampler: mqdispatch::agent::cpu::CpuSampler,
+    since: Option<std::time::Instant>,
+}
+
+impl ProjectSubscriber {
+    pub fn spawn(
+        broker: &str,
+        filter: &str,
+        receive_for: Duration,
+        dir: &std::path::Path,
+    ) -> std::io::Result<ProjectSubscriber> {
+        let csv = dir.join("subscriber-seconds.csv");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqdispatch"))
+            .args(["load", "--broker", broker, "--subscriber"])
+            .arg(format!("name=s,count=1,topic={filter},qos=0"))
+            .arg("--subscribe-for")
+            .arg(format!("{}ms", receive_for.as_millis()))
+            .arg("--subscribers-out")
+            .arg(&csv)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let sampler = mqdispatch::agent::cpu::CpuSampler::new(
+            mqdispatch::agent::cpu::CpuSource::Pid(child.id()),
+            None,
+        );
+        Ok(ProjectSubscriber {
+            child,
+            csv,
+            sampler,
+            since: None,
+        })
+    }
+
+    /// Starts the CPU measurement (call once it has subscribed, right before the load).
+    pub fn measure_from(&mut self) {
+        let _ = self.sampler.sample();
+        self.since = Some(std::time::Instant::now());
+    }
+
+    /// Ends the CPU measurement, waits for the child to exit, and reads what it received.
+    pub fn finish(mut self) -> std::io::Result<Received> {
+        let pct = self
+            .sampler
+            .sample()
+            .map_err(std::io::Error::other)?
+            .ok_or_else(|| std::io::Error::other("no CPU sample of the subscriber"))?;
+        let wall = self.since.map_or(Duration::ZERO, |s| s.elapsed());
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "subscriber exited with {status}"
+            )));
+        }
+        // `t_s,subscriber,broker,received,...`: the received column summed.
+        let messages = std::fs::read_to_string(&self.csv)?
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split(',').nth(3)?.parse::<u64>().ok())
+            .sum();
+        Ok(Received {
+            messages,
+            cpu: wall.mul_f64(pct / 100.0),
+            latency: None,
+        })
+    }
+}
+
+impl Drop for ProjectSubscriber {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
