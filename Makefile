@@ -32,7 +32,7 @@ lint:
 # Each benchmark's output is kept in results/bench/<UTC time>/ (never overwritten), headed by
 # the commit it ran at; `cp` a folder's files to results/published/bench/ to publish them.
 BENCH_DIR := results/bench/$(shell date -u +%Y%m%dT%H%M%SZ)
-BENCHES   := dispatcher loadgen send_modes neighbours fleet
+BENCHES   := dispatcher loadgen send_modes neighbours fleet capacity
 
 bench: build
 	mkdir -p $(BENCH_DIR)

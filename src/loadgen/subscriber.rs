@@ -417,7 +417,8 @@ async fn receive(
             biased;
             _ = stop.cancelled() => return None,
             () = &mut tick => {
-                second.emit(ctx, crate::now_ms());
+                // Closes the second unless a message already did (and started the next).
+                second.roll(ctx, crate::now_ms());
                 tick.as_mut().reset(tokio::time::Instant::now() + second.until_next());
                 Ok(())
             }

@@ -200,15 +200,26 @@ fn render(
         }
         let mine = rows.iter().filter(|r| r.subscriber == spec.name);
         let sum = |f: fn(&StreamRow) -> u64| mine.clone().map(f).sum::<u64>();
+        // Without planned publishers nothing is expected: count what arrived.
+        let (expected, received, lost) = if rows.is_empty() {
+            let got = members.iter().map(|m| m.received).sum::<u64>();
+            ("-".to_owned(), got, "-".to_owned())
+        } else {
+            (
+                sum(|r| r.expected).to_string(),
+                sum(|r| r.received),
+                sum(|r| r.lost).to_string(),
+            )
+        };
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
         let _ = writeln!(
             out,
             "{:<12} {:>7} {:>10} {:>10} {:>8} {:>6} {:>6}  {} / {} / {} / {} / {}",
             spec.name,
             members.len(),
-            sum(|r| r.expected),
-            sum(|r| r.received),
-            sum(|r| r.lost),
+            expected,
+            received,
+            lost,
             sum(|r| r.duplicates),
             sum(|r| r.out_of_order),
             ms((!latency.is_empty()).then(|| latency.mean() / 1000.0)),

@@ -20,13 +20,16 @@ pub const PUBLISHED_FILES: [&str; 3] = ["manifest.json", "summary.csv", "summary
 /// Records published too when the run has them: the dispatcher's decisions (the tables'
 /// decision-input ages come from them), the live moves, and what `mqdispatch plot` redraws the
 /// per-second figures from (brokers, publishers, faults, outages).
-pub const PUBLISHED_IF_PRESENT: [&str; 6] = [
+pub const PUBLISHED_IF_PRESENT: [&str; 9] = [
     "decisions.csv",
     "moves.csv",
     "brokers.csv",
     "publishers.csv",
     "faults.csv",
     "outages.csv",
+    "subscribers.csv",
+    "latency.csv",
+    "receipts.csv",
 ];
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +119,16 @@ pub fn publish(args: &PublishArgs) -> anyhow::Result<PathBuf> {
         if from.exists() {
             std::fs::copy(&from, dest.join(file))
                 .with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    // The subscribers' latency histograms (`latency-<method>-t<k>.hlog`): the CDF redraws
+    // from them.
+    for entry in std::fs::read_dir(&args.results)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("latency-") && name.ends_with(".hlog") {
+            std::fs::copy(args.results.join(&*name), dest.join(&*name))
+                .with_context(|| format!("copying {name}"))?;
         }
     }
     Ok(dest)
