@@ -240,6 +240,15 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
         );
     }
     md.push_str(&harness_table(&manifest));
+    let received = crate::report::subscribers::figures(dir)?;
+    if !received.is_empty() {
+        let present: Vec<&String> = methods.iter().collect();
+        let _ = write!(
+            md,
+            "\nSubscribers (receipts.csv; latency over every message, the run's hlogs):\n\n{}",
+            crate::report::subscribers::render_tables(&received, &present)
+        );
+    }
     let decided = crate::report::decisions::read_optional(dir)?;
     let inputs = crate::report::decisions::input_age_table(&decided);
     if !inputs.is_empty() {

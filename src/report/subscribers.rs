@@ -399,7 +399,6 @@ pub fn render_markdown(
 ) -> String {
     use std::fmt::Write as _;
 
-    use super::stats::Estimate;
     if figures.is_empty() {
         return String::new();
     }
@@ -407,6 +406,28 @@ pub fn render_markdown(
         .iter()
         .filter(|m| figures.keys().any(|(_, x)| x == *m))
         .collect();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Subscribers\n\nExpected = messages the publishers wrote to the brokers a delivery \
+         unit hears from (a shared group: every broker; a plain subscriber: its own); delivered \
+         = distinct sequence numbers received; lost = expected − delivered. Latency = receipt \
+         time − the send time in the payload's first 8 bytes, every message of the method run \
+         (receipts.csv, latency-<method>-t<k>.hlog). Across trials: mean ± 95 % CI.\n"
+    );
+    md.push_str(&render_tables(figures, &methods));
+    md
+}
+
+/// The tables of [`render_markdown`] without its heading: per method, per broker, and the
+/// paired p99 differences (also under each published run's generated table).
+pub fn render_tables(
+    figures: &BTreeMap<(u32, String), SubscriberFigures>,
+    methods: &[&String],
+) -> String {
+    use std::fmt::Write as _;
+
+    use super::stats::Estimate;
     let of = |m: &str| -> Vec<(u32, &SubscriberFigures)> {
         figures
             .iter()
@@ -420,14 +441,6 @@ pub fn render_markdown(
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "## Subscribers\n\nExpected = messages the publishers wrote to the brokers a delivery \
-         unit hears from (a shared group: every broker; a plain subscriber: its own); delivered \
-         = distinct sequence numbers received; lost = expected − delivered. Latency = receipt \
-         time − the send time in the payload's first 8 bytes, every message of the method run \
-         (receipts.csv, latency-<method>-t<k>.hlog). Across trials: mean ± 95 % CI.\n"
-    );
-    let _ = writeln!(
-        md,
         "| method | trials | delivered of expected | lost | duplicates | latency p50 (ms) | p99 \
          (ms) | p99.9 (ms) | max (ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
@@ -436,7 +449,7 @@ pub fn render_markdown(
             .filter_map(|(_, x)| x.latency.as_ref().map(f))
             .collect::<Vec<f64>>()
     };
-    for m in &methods {
+    for m in methods {
         let rs = of(m);
         let (delivered, expected) = rs
             .iter()
@@ -459,7 +472,7 @@ pub fn render_markdown(
          | method | broker | latency p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) |\n\
          |---|---|---:|---:|---:|---:|"
     );
-    for m in &methods {
+    for m in methods {
         let rs = of(m);
         let brokers = super::records::first_seen(
             rs.iter()
