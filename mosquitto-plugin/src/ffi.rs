@@ -280,6 +280,7 @@ mod tests {
             r#"
 #include <stdio.h>
 #include <stddef.h>
+#include <stdlib.h>
 typedef struct mqtt5__property mosquitto_property;
 struct mosquitto;
 #include <mosquitto_broker.h>
@@ -297,7 +298,7 @@ int main(void) {
   F(mosquitto_evt_disconnect, client); F(mosquitto_evt_disconnect, reason);
   printf("MOSQ_EVT_CONTROL %d\nMOSQ_EVT_MESSAGE %d\nMOSQ_EVT_DISCONNECT %d\nMOSQ_PLUGIN_VERSION %d\n",
          MOSQ_EVT_CONTROL, MOSQ_EVT_MESSAGE, MOSQ_EVT_DISCONNECT, MOSQ_PLUGIN_VERSION);
-  return 0;
+  return EXIT_SUCCESS;
 }
 "#,
         )

@@ -185,8 +185,9 @@ impl Incoming {
 
     /// The packet id of the next PUBLISH (1..=65535, cycling; 0 at QoS 0), counted in flight.
     fn next_pkid(&mut self) -> u16 {
+        const NO_PACKET_ID: u16 = 0;
         if !self.qos1 {
-            return 0;
+            return NO_PACKET_ID;
         }
         self.inflight += 1;
         self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);

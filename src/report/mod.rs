@@ -32,6 +32,7 @@ pub mod published;
 pub mod records;
 pub mod stats;
 pub mod status;
+pub mod subscriber_tables;
 pub mod subscribers;
 pub mod summary;
 pub mod tables;

@@ -246,7 +246,7 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
         let _ = write!(
             md,
             "\nSubscribers (receipts.csv; latency over every message, the run's hlogs):\n\n{}",
-            crate::report::subscribers::render_tables(&received, &present)
+            crate::report::subscriber_tables::render_tables(&received, &present)
         );
     }
     let decided = crate::report::decisions::read_optional(dir)?;

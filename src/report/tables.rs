@@ -115,7 +115,7 @@ pub fn render_markdown(report: &Report) -> String {
     write_per_trial(&mut md, rows);
     md.push('\n');
     let methods: Vec<String> = groups.iter().map(|(m, _)| m.clone()).collect();
-    md.push_str(&super::subscribers::render_markdown(
+    md.push_str(&super::subscriber_tables::render_markdown(
         &report.subscribers,
         &methods,
     ));
