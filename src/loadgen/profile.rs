@@ -95,6 +95,21 @@ pub struct Profile {
     pub batch_tick: Duration,
 }
 
+/// A profile's or subscriber's name becomes part of client ids and file names: letters,
+/// digits, `_` and `-` only (`kind` names it in the error).
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "{kind} name `{name}` must be non-empty letters, digits, `_` or `-`"
+        ));
+    }
+    Ok(())
+}
+
 impl Profile {
     /// Parses `name=light,count=9,rate=2000,bytes=600,duration=100s[,qos=0][,topic=PATTERN]`
     /// (`payload_bytes=` is accepted for `bytes=`). The result is validated.
@@ -171,15 +186,7 @@ impl Profile {
     /// Checks every field; the error names the profile and the field.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(format!(
-                "profile name `{name}` must be non-empty letters, digits, `_` or `-`"
-            ));
-        }
+        check_name("profile", name)?;
         let fail = |msg: String| Err(format!("profile `{name}`: {msg}"));
         if self.count == 0 || self.count > MAX_COUNT {
             return fail(format!("count must be 1..={MAX_COUNT}, got {}", self.count));

@@ -126,15 +126,7 @@ impl SubscriberSpec {
 
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(format!(
-                "subscriber name `{name}` must be non-empty letters, digits, `_` or `-`"
-            ));
-        }
+        super::profile::check_name("subscriber", name)?;
         let fail = |msg: String| Err(format!("subscriber `{name}`: {msg}"));
         if self.count == 0 || self.count > MAX_MEMBERS {
             return fail(format!(

@@ -139,14 +139,7 @@ pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, Repo
     let moves = records::read_moves(dir)?;
     let brokers = first_seen(rows.iter().map(|r| r.broker.as_str()));
     let latency = subscribers::read_latency(dir)?;
-    let mut out = Vec::new();
-
-    let path = dir.join(THROUGHPUT_PNG);
-    throughput::draw(&path, summary).map_err(|e| plot_err(&path, e))?;
-    out.push(path);
-    let path = dir.join(GAP_PNG);
-    gap::draw(&path, summary).map_err(|e| plot_err(&path, e))?;
-    out.push(path);
+    let mut out = draw_summary(dir, summary)?;
 
     for s in summary {
         let run = Run {
