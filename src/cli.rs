@@ -37,6 +37,9 @@ pub enum Command {
     Broker(crate::broker::Args),
     /// Run fixed-rate publishers against a dispatcher or brokers.
     Load(crate::loadgen::Args),
+    /// Run a command for as long as this process's stdin stays open (roles started over ssh).
+    #[command(hide = true)]
+    Lifeline(crate::remote::LifelineArgs),
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -50,6 +53,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Agent(args) => crate::agent::cli_main(args).await,
         Command::Broker(args) => crate::broker::cli_main(args).await,
         Command::Load(args) => crate::loadgen::cli_main(args).await,
+        Command::Lifeline(args) => crate::remote::lifeline::cli_main(args).await,
     }
 }
 
