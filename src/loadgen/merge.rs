@@ -521,7 +521,7 @@ mod tests {
             "{err}"
         );
 
-        let err = merge_shards(&dir.path().join("m.txt"), &[json_path.clone()])
+        let err = merge_shards(&dir.path().join("m.txt"), std::slice::from_ref(&json_path))
             .unwrap_err()
             .to_string();
         assert!(err.contains(".json"), "{err}");
