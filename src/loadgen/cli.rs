@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::ArgGroup;
 use tokio_util::sync::CancellationToken;
 
-use super::merge::{LoadRecord, record_json};
+use super::merge::{LoadRecord, SECONDS_HEADER, record_json};
 use super::shard::{self, Shard};
 use super::streams::SentByBroker;
 use super::subscriber_cli;
@@ -305,7 +305,7 @@ fn write_csv(
     let mut sent_by_broker = SentByBroker::new();
     let mut csv = out.map(csv::Writer::from_writer);
     if let Some(w) = csv.as_mut() {
-        w.write_record(["t_s", "publisher", "profile", "broker", "sent"])?;
+        w.write_record(SECONDS_HEADER)?;
         w.flush()?;
     }
     while let Some(event) = rx.blocking_recv() {

@@ -64,6 +64,9 @@ pub struct PublisherRecord {
     pub skipped: u64,
 }
 
+/// The per-second CSV's header (`mqdispatch load --out`).
+pub const SECONDS_HEADER: [&str; 5] = ["t_s", "publisher", "profile", "broker", "sent"];
+
 /// One row of the per-second CSV.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecondRow {
@@ -262,7 +265,7 @@ pub fn record_json(record: &LoadRecord) -> Vec<u8> {
 pub fn seconds_csv(rows: &[SecondRow]) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     if rows.is_empty() {
-        w.write_record(["t_s", "publisher", "profile", "broker", "sent"])?;
+        w.write_record(SECONDS_HEADER)?;
     }
     for row in rows {
         w.serialize(row)?;
