@@ -11,7 +11,7 @@
 //! - [`subscription`]: subscriber kinds (`--subscriber` specs, scenario `subscribers` entries);
 //!   [`subscriber`]: the members, connected before the first publisher; [`receipts`]: latency
 //!   histograms and sequence tracking (pure); [`streams`]: delivered against expected (pure).
-//! - [`shard`]: one plan shared out over N loaders that start at an agreed instant (pure);
+//! - [`shard`]: one plan shared out over N loaders that start at an agreed instant;
 //!   [`merge`]: their output files made into one loader's.
 //!
 //! [`run`] starts every planned publisher at its join time and streams [`LoadEvent`]s;
