@@ -37,6 +37,10 @@ pub enum Command {
     Broker(crate::broker::Args),
     /// Run fixed-rate publishers against a dispatcher or brokers.
     Load(crate::loadgen::Args),
+    /// Merge the output files of `load --shard K/N` runs into one loader's.
+    LoadMerge(crate::loadgen::merge::MergeArgs),
+    /// Serve this host's clock, or measure another host's clock offset from this one.
+    Clock(crate::clock::Args),
     /// Run a command for as long as this process's stdin stays open (roles started over ssh).
     #[command(hide = true)]
     Lifeline(crate::remote::LifelineArgs),
@@ -53,6 +57,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Agent(args) => crate::agent::cli_main(args).await,
         Command::Broker(args) => crate::broker::cli_main(args).await,
         Command::Load(args) => crate::loadgen::cli_main(args).await,
+        Command::LoadMerge(args) => crate::loadgen::merge::merge_main(args),
+        Command::Clock(args) => crate::clock::cli_main(args).await,
         Command::Lifeline(args) => crate::remote::lifeline::cli_main(args).await,
     }
 }

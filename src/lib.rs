@@ -9,6 +9,8 @@
 //! - [`run`]: one experiment from a [`scenario`] file; [`report`] writes CSVs, summaries, plots.
 //!
 //! [`client`]: redirect-following connect for your own rumqttc v5 devices.
+//! [`clock`]: clock offsets between hosts (a time service and an NTP-style probe), for loader
+//! shards on hosts whose clocks differ.
 //!
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
@@ -25,6 +27,7 @@ pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod dispatcher;
 pub mod duration;
 pub mod fdlimit;

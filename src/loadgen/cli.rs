@@ -1,5 +1,6 @@
 //! `mqdispatch load`: the generator on its own, with a streamed per-second CSV
-//! (`t_s,publisher,profile,broker,sent`) and a final per-publisher summary on stdout.
+//! (`t_s,publisher,profile,broker,sent`), a final per-publisher summary on stdout and, on
+//! request, in a JSON file; one shard of a load shared out over several loaders.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -11,11 +12,13 @@ use anyhow::Context;
 use clap::ArgGroup;
 use tokio_util::sync::CancellationToken;
 
+use super::merge::{LoadRecord, SECONDS_HEADER, record_json};
+use super::shard::{self, Shard};
 use super::streams::SentByBroker;
 use super::subscriber_cli;
 use super::{
     ArrivalOrder, ArrivalSpec, LoadConfig, LoadEvent, LoadSummary, Placement, Profile,
-    SubscriberSpec, plan_arrivals, run,
+    SubscriberSpec, plan_arrivals, run_at,
 };
 use crate::InputError;
 
@@ -62,6 +65,20 @@ pub struct Args {
     /// Per-second CSV to create (never overwritten).
     #[arg(long, value_name = "FILE.csv")]
     out: Option<PathBuf>,
+    /// Summary JSON to create (never overwritten): seed, shard, start and one entry per
+    /// publisher with its arrival index (`mqdispatch load-merge` joins shards' files).
+    #[arg(long, value_name = "FILE.json")]
+    summary_out: Option<PathBuf>,
+    /// Run shard K of N of the arrival plan: the publishers whose arrival index i has
+    /// i mod N = K-1, each with the join instant and broker the whole plan gives it. With
+    /// N > 1 it needs --seed and --start-at, and subscribers run in a loader of their own.
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse_arg)]
+    shard: Option<Shard>,
+    /// Count join offsets from this instant (milliseconds since the Unix epoch) instead of
+    /// from now; every shard of a load gets the same. Up to 3 s in the past is run (whoever's
+    /// join instant has passed joins at once), further back is refused.
+    #[arg(long, value_name = "UNIX_MS")]
+    start_at: Option<u64>,
     /// QoS for every profile (overrides the profiles' `qos=`).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: Option<u8>,
@@ -87,6 +104,8 @@ pub struct Args {
 }
 
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
+    let shard = args.shard.unwrap_or_else(Shard::whole);
+    check_shard_args(&args, shard)?;
     let mut profiles = args.profiles;
     if let Some(qos) = args.qos {
         profiles.iter_mut().for_each(|p| p.qos = qos);
@@ -97,6 +116,10 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         args.subscribe_for,
         &args.broker,
     )?;
+    if let Some(ms) = args.start_at {
+        shard::check_start(ms, crate::now_ms())
+            .map_err(|e| InputError(format!("--start-at: {e}")))?;
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let spec = ArrivalSpec {
         order: args.order,
@@ -107,8 +130,11 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     let publishers = if profiles.is_empty() {
         Vec::new()
     } else {
-        plan_arrivals(&profiles, &spec, seed).map_err(InputError)?
+        shard.select(plan_arrivals(&profiles, &spec, seed).map_err(InputError)?)
     };
+    if publishers.is_empty() && !profiles.is_empty() {
+        tracing::warn!(%shard, "this shard has no publishers (more shards than publishers)");
+    }
     let wave = args.burst.unwrap_or(1).min(publishers.len());
     crate::fdlimit::raise(
         crate::fdlimit::needed_for((publishers.len() + 2 * wave) as u64),
@@ -150,13 +176,17 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         Some(path) => Some(create_new(path)?),
         None => None,
     };
-    tracing::info!(seed, publishers = cfg.publishers.len(), "load starting");
+    let summary_out = match &args.summary_out {
+        Some(path) => Some((create_new(path)?, path.clone())),
+        None => None,
+    };
+    tracing::info!(seed, %shard, publishers = cfg.publishers.len(), "load starting");
     let profile_of: HashMap<String, String> = cfg
         .publishers
         .iter()
         .map(|p| (p.name.clone(), cfg.profiles[p.profile].name.clone()))
         .collect();
-    let start_s = crate::now_ms() / 1000;
+    let start_s = args.start_at.unwrap_or_else(crate::now_ms) / 1000;
     let cancel = CancellationToken::new();
     let signals = crate::shutdown::cancel_on_signal(
         &cancel,
@@ -179,7 +209,8 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::task::spawn_blocking(move || write_csv(rx, out, profile_of, start_s));
-    let result = if cfg.publishers.is_empty() {
+    let plan = cfg.publishers.clone();
+    let result = if cfg.profiles.is_empty() {
         drop(tx);
         let listen = args.subscribe_for.unwrap_or_default();
         tokio::select! {
@@ -188,7 +219,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         }
         None
     } else {
-        Some(run(cfg, tx, cancel.clone()).await)
+        Some(run_at(cfg, args.start_at, tx, cancel.clone()).await)
     };
     // `run` has dropped every sender: the writer drains the rest and ends.
     let sent = writer.await.context("csv writer task")??;
@@ -198,10 +229,53 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     };
     drop(signals);
     if let Some(result) = result {
-        print!("{}", render_summary(&result?, seed));
+        let summary = match result {
+            Ok(summary) => summary,
+            Err(e) => {
+                if let Some((_, path)) = &summary_out {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
+        if let Some((mut file, path)) = summary_out {
+            file.write_all(&record_json(&LoadRecord::new(&summary, &plan, seed, shard)))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        print!("{}", render_summary(&summary, seed));
     }
     if let Some(table) = received {
         print!("{table}");
+    }
+    Ok(())
+}
+
+/// Shards of one load must draw one plan and start together; subscribers would count only
+/// their own shard's publishers as expected.
+fn check_shard_args(args: &Args, shard: Shard) -> Result<(), InputError> {
+    if shard.n() == 1 {
+        return Ok(());
+    }
+    let fail = |m: String| Err(InputError(m));
+    if args.seed.is_none() {
+        return fail(format!(
+            "--shard {shard} needs --seed N: every shard must draw the same arrival plan"
+        ));
+    }
+    if args.start_at.is_none() {
+        return fail(format!(
+            "--shard {shard} needs --start-at UNIX_MS: the instant all shards count join              offsets from"
+        ));
+    }
+    if !args.subscribers.is_empty() {
+        return fail(format!(
+            "--shard {shard} runs no subscribers (they would expect only this shard's              messages): run them in a loader of their own, `mqdispatch load --broker ...              --subscriber ... --subscribe-for DURATION`"
+        ));
+    }
+    if args.profiles.is_empty() {
+        return fail(format!(
+            "--shard {shard} needs --profile: shards share out publishers"
+        ));
     }
     Ok(())
 }
@@ -231,7 +305,7 @@ fn write_csv(
     let mut sent_by_broker = SentByBroker::new();
     let mut csv = out.map(csv::Writer::from_writer);
     if let Some(w) = csv.as_mut() {
-        w.write_record(["t_s", "publisher", "profile", "broker", "sent"])?;
+        w.write_record(SECONDS_HEADER)?;
         w.flush()?;
     }
     while let Some(event) = rx.blocking_recv() {

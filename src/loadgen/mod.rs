@@ -11,8 +11,11 @@
 //! - [`subscription`]: subscriber kinds (`--subscriber` specs, scenario `subscribers` entries);
 //!   [`subscriber`]: the members, connected before the first publisher; [`receipts`]: latency
 //!   histograms and sequence tracking (pure); [`streams`]: delivered against expected (pure).
+//! - [`shard`]: one plan shared out over N loaders that start at an agreed instant;
+//!   [`merge`]: their output files made into one loader's.
 //!
-//! [`run`] starts every planned publisher at its join time and streams [`LoadEvent`]s.
+//! [`run`] starts every planned publisher at its join time and streams [`LoadEvent`]s;
+//! [`run_at`] does the same from an agreed start instant.
 
 use std::sync::Arc;
 
@@ -20,7 +23,6 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub mod arrival;
@@ -28,6 +30,7 @@ mod cli;
 mod direct;
 mod frame;
 pub mod lateness;
+pub mod merge;
 pub mod placement;
 pub mod precise_timer;
 pub mod profile;
@@ -37,6 +40,7 @@ pub mod schedule;
 pub mod seconds;
 mod send_job;
 mod send_thread;
+pub mod shard;
 pub mod streams;
 pub mod subscriber;
 mod subscriber_cli;
@@ -46,9 +50,11 @@ pub mod subscription;
 pub use arrival::{ArrivalOrder, ArrivalSpec, PlannedPublisher, plan_arrivals};
 pub use cli::{Args, cli_main};
 pub use lateness::Lateness;
+pub use merge::{LoadRecord, merge_shards};
 pub use placement::{Placement, PlacementError};
 pub use profile::{Profile, SendMode};
 pub use publisher::PublisherSummary;
+pub use shard::Shard;
 pub use subscriber::{SubscriberConfig, SubscriberEvent, Subscribers, SubscribersSummary};
 pub use subscription::SubscriberSpec;
 
@@ -173,7 +179,21 @@ pub async fn run(
     events: UnboundedSender<LoadEvent>,
     cancel: CancellationToken,
 ) -> anyhow::Result<LoadSummary> {
+    run_at(cfg, None, events, cancel).await
+}
+
+/// [`run`] with join offsets counted from `start_ms` (epoch ms, the instant the shards of one
+/// load agreed on) instead of from now; see [`shard::check_start`] for how far off it may be.
+pub async fn run_at(
+    cfg: LoadConfig,
+    start_ms: Option<u64>,
+    events: UnboundedSender<LoadEvent>,
+    cancel: CancellationToken,
+) -> anyhow::Result<LoadSummary> {
     cfg.validate().map_err(crate::InputError)?;
+    if let Some(ms) = start_ms {
+        shard::check_start(ms, crate::now_ms()).map_err(crate::InputError)?;
+    }
     let stop = cancel.child_token();
     let _stop_on_drop = stop.clone().drop_guard();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -185,7 +205,7 @@ pub async fn run(
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run_here(cfg, events, stop, cancel)));
+                .and_then(|rt| rt.block_on(run_here(cfg, start_ms, events, stop, cancel)));
             let _ = done_tx.send(result);
         })?;
     done_rx
@@ -210,16 +230,16 @@ pub(super) fn raise_priority() {
     }
 }
 
-/// [`run`] on the current runtime. `stop` ends the publishers; `cancel` is what the caller
+/// [`run_at`] on the current runtime. `stop` ends the publishers; `cancel` is what the caller
 /// cancelled (for [`LoadSummary::cancelled`]).
 async fn run_here(
     cfg: LoadConfig,
+    start_at: Option<u64>,
     events: UnboundedSender<LoadEvent>,
     stop: CancellationToken,
     cancel: CancellationToken,
 ) -> anyhow::Result<LoadSummary> {
-    let clock = seconds::Clock::start();
-    let start = Instant::now();
+    let (clock, start) = shard::anchor(start_at);
     let start_ms = clock.ms_at(start);
     let payloads: Vec<Bytes> = cfg
         .profiles

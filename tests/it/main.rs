@@ -3,6 +3,7 @@
 mod agent;
 mod broker;
 mod cli;
+mod clock;
 mod dispatcher;
 mod docs;
 mod faults;
