@@ -300,8 +300,15 @@ impl Sender {
         match active.step() {
             Step::Finished(ended) => self.finish(id, ended),
             Step::Next { at, blocked } => {
-                if blocked && !self.blocked.contains(&id) {
-                    self.blocked.push(id);
+                // Only sockets still short of a whole packet are polled for room: a writable
+                // socket in the poll set would wake the thread at once, every time.
+                let listed = self.blocked.iter().position(|&b| b == id);
+                match (blocked, listed) {
+                    (true, None) => self.blocked.push(id),
+                    (false, Some(index)) => {
+                        self.blocked.swap_remove(index);
+                    }
+                    _ => {}
                 }
                 self.reschedule(id, at);
             }
