@@ -37,6 +37,8 @@ pub enum Command {
     Broker(crate::broker::Args),
     /// Run fixed-rate publishers against a dispatcher or brokers.
     Load(crate::loadgen::Args),
+    /// Hosts on this machine for multi-host runs: network namespaces with sshd.
+    Testbed(crate::testbed::Args),
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -50,6 +52,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Agent(args) => crate::agent::cli_main(args).await,
         Command::Broker(args) => crate::broker::cli_main(args).await,
         Command::Load(args) => crate::loadgen::cli_main(args).await,
+        Command::Testbed(args) => crate::testbed::cli_main(args).await,
     }
 }
 

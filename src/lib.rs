@@ -9,6 +9,7 @@
 //! - [`run`]: one experiment from a [`scenario`] file; [`report`] writes CSVs, summaries, plots.
 //!
 //! [`client`]: redirect-following connect for your own rumqttc v5 devices.
+//! [`testbed`]: hosts on one machine (network namespaces with sshd) for multi-host runs.
 //!
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
@@ -40,6 +41,7 @@ pub mod run;
 pub mod scenario;
 pub mod seeds;
 pub mod shutdown;
+pub mod testbed;
 pub mod tls;
 
 /// Bad input from the user (scenario, flags): reported in one line, exit code 2.

@@ -12,4 +12,5 @@ mod prometheus;
 mod rebalance;
 mod report;
 mod run;
+mod testbed;
 mod util;
