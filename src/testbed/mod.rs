@@ -8,6 +8,22 @@
 //!
 //! Links have no added delay: this kernel has no `netem` qdisc. The round trip from the root
 //! namespace to each host is measured and recorded instead.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use mqdispatch::testbed::{Options, Testbed};
+//!
+//! let mut opts = Options::new(2);
+//! opts.cpu_limit = Some(0.5);
+//! let bed = Testbed::up(&opts)?.into_guard(); // `down` when dropped, also on panic
+//! for host in bed.hosts() {
+//!     let out = host.ssh("hostname -I").output()?; // ssh -F DIR/ssh_config hK -- CMD
+//!     println!("{} {} {}", host.name, host.address, String::from_utf8_lossy(&out.stdout));
+//! }
+//! bed.down()?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cgroup;
 pub mod net;
