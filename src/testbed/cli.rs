@@ -75,7 +75,7 @@ fn run(action: Action) -> anyhow::Result<()> {
             );
             for h in bed.hosts() {
                 println!(
-                    "{} {} rtt_min_us {} (ssh {})",
+                    "{} {} rtt_min_us {:.1} (ssh {})",
                     h.name,
                     h.address,
                     h.rtt_min_us.unwrap_or(f64::NAN),

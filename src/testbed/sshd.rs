@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use super::TestbedError;
 use super::state::Host;
@@ -185,13 +186,18 @@ pub fn start(
     })
 }
 
-/// The pid sshd wrote into its PidFile.
-pub fn read_pid(files: &SshdFiles) -> Option<u32> {
-    std::fs::read_to_string(&files.pid_file)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The pid sshd writes into its PidFile (after it listens), waiting up to `timeout` for it.
+pub fn wait_pid(files: &SshdFiles, timeout: Duration) -> Option<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pid = std::fs::read_to_string(&files.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        if pid.is_some() || Instant::now() >= deadline {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Logs in once (`ssh ... true`): proves the key, the known host key and the shell.
