@@ -97,7 +97,7 @@ pub fn sshd_config(host: &Host, files: &SshdFiles, authorized_keys: &Path) -> St
          PubkeyAuthentication yes\n\
          PasswordAuthentication no\n\
          KbdInteractiveAuthentication no\n\
-         # The bed's directory may sit under /tmp (world-writable), which StrictModes refuses.\n\
+         # The bed's directory may sit in a world-writable temp dir, which StrictModes refuses.\n\
          StrictModes no\n\
          UseDNS no\n\
          PrintMotd no\n\
