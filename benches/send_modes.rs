@@ -8,9 +8,9 @@
 //!   embedded broker child; CPU of this process (getrusage), lateness of every message against
 //!   its deadline, and the kernel's own counters of the publishers' sockets (TCP_INFO:
 //!   data segments sent and bytes sent, read from this process's fds while they run).
-//!   `send=per-message` (each publisher writes pre-encoded PUBLISHes on its own socket) is
-//!   measured against the floor (one plain thread: sleep to the deadline + write; goal: at most
-//!   1.25× its CPU) and against the same schedule through a rumqttc client
+//!   `send=per-message` (the loader's send thread writes each publisher's pre-encoded
+//!   PUBLISHes) is measured against the floor (one plain thread: sleep to the deadline + write;
+//!   goal: at most 1.25× its CPU) and against the same schedule through a rumqttc client
 //!   (`send=per-message-via-client`, the path TLS publishers take), in the same run.
 //! - Receive: the same 28,000 msg/s into one broker, read by a plain read loop (raw CONNECT and
 //!   SUBSCRIBE, `read`s counting frames) and by a rumqttc v5 subscriber decoding each payload
@@ -425,7 +425,7 @@ fn main() {
     );
     let p99 = |row: &GeneratorRow| ms(row.lateness.quantile(0.99));
     println!(
-        "per-message lateness p99: {:.3} ms on its own socket vs {:.3} ms through rumqttc \
+        "per-message lateness p99: {:.3} ms from the send thread vs {:.3} ms through rumqttc \
          ({}; floor {:.3} ms)",
         p99(ours),
         p99(via_client),

@@ -39,6 +39,9 @@ pub enum Command {
     Load(crate::loadgen::Args),
     /// Hosts on this machine for multi-host runs: network namespaces with sshd.
     Testbed(crate::testbed::Args),
+    /// Run a command for as long as this process's stdin stays open (roles started over ssh).
+    #[command(hide = true)]
+    Lifeline(crate::remote::LifelineArgs),
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Broker(args) => crate::broker::cli_main(args).await,
         Command::Load(args) => crate::loadgen::cli_main(args).await,
         Command::Testbed(args) => crate::testbed::cli_main(args).await,
+        Command::Lifeline(args) => crate::remote::lifeline::cli_main(args).await,
     }
 }
 

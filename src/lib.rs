@@ -36,6 +36,7 @@ pub mod payload;
 pub mod process;
 pub mod prom_server;
 pub mod proto;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -74,6 +74,10 @@ impl ManagedChild {
         self.child.as_mut().and_then(|c| c.stdout.take())
     }
 
+    pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.child.as_mut().and_then(|c| c.stdin.take())
+    }
+
     pub fn take_stderr(&mut self) -> Option<tokio::process::ChildStderr> {
         self.child.as_mut().and_then(|c| c.stderr.take())
     }

@@ -35,6 +35,8 @@ mod publisher;
 pub mod receipts;
 pub mod schedule;
 pub mod seconds;
+mod send_job;
+mod send_thread;
 pub mod streams;
 pub mod subscriber;
 mod subscriber_cli;
@@ -197,7 +199,7 @@ pub async fn run(
 /// without it the thread keeps its default priority.
 const GENERATOR_NICE: libc::c_int = -10;
 
-fn raise_priority() {
+pub(super) fn raise_priority() {
     // SAFETY: gettid and setpriority on our own thread id change only this thread's nice.
     let rc = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
@@ -225,6 +227,8 @@ async fn run_here(
         .map(|p| Bytes::from(crate::payload::template(p.payload_bytes)))
         .collect();
     let profiles = Arc::new(cfg.profiles);
+    // Joined when this function returns, after every publisher has handed its job back.
+    let send_thread = send_thread::SendThread::spawn()?;
     let mut tasks = JoinSet::new();
     for planned in &cfg.publishers {
         let profile = &profiles[planned.profile];
@@ -261,6 +265,7 @@ async fn run_here(
                 declared_rate: Some(profile.rate),
             },
             clock,
+            send_thread: send_thread.handle(),
         };
         let (events, stop) = (events.clone(), stop.clone());
         let index = planned.index;

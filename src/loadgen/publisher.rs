@@ -1,9 +1,9 @@
 //! One publisher: wait for its join time, get placed on a broker, publish at its rate for its
 //! duration, reconnect with backoff when the connection drops, then disconnect cleanly.
 //!
-//! Two send paths share this life cycle. A per-message publisher on plain TCP owns its socket
-//! (`super::direct`: one `write(2)` of a pre-encoded PUBLISH per message, from the task its
-//! timer wakes). TLS and batched publishers go through a rumqttc client: there a message counts
+//! Two send paths share this life cycle. A per-message publisher on plain TCP keeps its socket
+//! and reads from it while the loader's send thread writes a pre-encoded PUBLISH per message on
+//! it (`super::direct`, `super::send_thread`: one `send(2)` per message at its deadline). TLS and batched publishers go through a rumqttc client: there a message counts
 //! as sent when rumqttc has written it to the socket (`Outgoing::Publish` from the event loop),
 //! and its payload header's send time is taken when it is handed to rumqttc's request channel.
 //! Either way `sent` is what the broker will see, not what was queued, and every payload
@@ -11,6 +11,7 @@
 //! moves). Messages owed while disconnected are skipped, not sent late in a burst, and take no
 //! sequence number: the target stays, the achieved count drops, and the gap shows as downtime.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,9 +37,9 @@ use crate::proto::RedirectReason;
 /// A publisher behind schedule (broker back-pressure) catches up for at most this long past its
 /// end; whatever is still owed then is not sent.
 pub(super) const PACE_OVERRUN: Duration = Duration::from_secs(1);
-/// Per-message publishers with messages closer than this sleep on their own timerfd; slower
-/// ones on tokio's timer (1 ms resolution is nothing next to their interval, and a fleet of
-/// slow publishers then needs no file descriptor each).
+/// Per-message publishers on a rumqttc client (TLS) with messages closer than this sleep on their
+/// own timerfd; slower ones on tokio's timer (1 ms resolution is nothing next to their interval,
+/// and a fleet of slow publishers then needs no file descriptor each).
 const PRECISE_BELOW: Duration = Duration::from_millis(20);
 /// Time allowed for the queued messages and the DISCONNECT to go out at the end.
 pub(super) const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
@@ -61,6 +62,8 @@ pub(crate) struct PublisherCtx {
     pub entry: Entry,
     pub connector: Connector,
     pub clock: Clock,
+    /// Where the direct path's writes happen.
+    pub send_thread: super::send_thread::SendThreadHandle,
 }
 
 /// What one publisher did.
@@ -165,14 +168,12 @@ async fn publish_all(
         lateness: Lateness::default(),
         timer: timer.as_ref(),
     };
-    let written = AtomicU64::new(0);
-    let mut seconds = Seconds {
-        counter: SecondCounter::new(t_ms, 0, placed.session.broker.clone()),
-        clock: ctx.clock,
-        publisher: &ctx.name,
-        events,
-        written: &written,
-    };
+    let mut seconds = Seconds::new(
+        ctx.clock,
+        &ctx.name,
+        placed.session.broker.clone(),
+        events.clone(),
+    );
     let result = loop {
         let end_reason = drive(
             ctx,
@@ -232,7 +233,7 @@ async fn publish_all(
     };
     seconds.finish();
     summary.lateness = pacing.lateness;
-    summary.sent_total = written.load(Ordering::Relaxed);
+    summary.sent_total = seconds.written.load(Ordering::Relaxed);
     result
 }
 
@@ -307,7 +308,7 @@ async fn drive(
     ctx: &PublisherCtx,
     session: &mut super::placement::Session,
     pacing: &mut Pacing<'_>,
-    seconds: &mut Seconds<'_>,
+    seconds: &mut Seconds,
     end: Instant,
     cancel: &CancellationToken,
 ) -> SessionEnd {
@@ -327,11 +328,11 @@ async fn drive_client(
     client: &AsyncClient,
     eventloop: &mut EventLoop,
     pacing: &mut Pacing<'_>,
-    seconds: &mut Seconds<'_>,
+    seconds: &mut Seconds,
     end: Instant,
     cancel: &CancellationToken,
 ) -> SessionEnd {
-    let written = seconds.written;
+    let written = Arc::clone(&seconds.written);
     let pace = async {
         let _ =
             tokio::time::timeout_at(end + PACE_OVERRUN, pace(ctx, client, pacing, seconds)).await;
@@ -343,7 +344,7 @@ async fn drive_client(
     let end_reason = tokio::select! {
         biased;
         _ = cancel.cancelled() => SessionEnd::Cancelled,
-        r = poll_until_disconnect(eventloop, written) => match r {
+        r = poll_until_disconnect(eventloop, &written) => match r {
             Ok(()) => SessionEnd::Done,
             Err(e) => SessionEnd::Dropped {
                 error: e.to_string(),
@@ -355,7 +356,7 @@ async fn drive_client(
     if matches!(end_reason, SessionEnd::Cancelled) {
         let close = async {
             let _ = client.disconnect().await;
-            let _ = poll_until_disconnect(eventloop, written).await;
+            let _ = poll_until_disconnect(eventloop, &written).await;
         };
         let _ = tokio::time::timeout(CANCEL_GRACE, close).await;
     }
@@ -369,7 +370,7 @@ async fn pace(
     ctx: &PublisherCtx,
     client: &AsyncClient,
     pacing: &mut Pacing<'_>,
-    seconds: &mut Seconds<'_>,
+    seconds: &mut Seconds,
 ) {
     let mut periodic = start_periodic(ctx, pacing);
     let Pacing {
@@ -457,10 +458,15 @@ fn whole_ns_interval(rate: f64) -> Option<Duration> {
     (ns >= 1.0 && (ns - ns.round()).abs() < 1e-9).then(|| Duration::from_nanos(ns.round() as u64))
 }
 
-/// The precise timer a per-message publisher sleeps on, when its messages are close together
-/// (else, or if the timerfd cannot be had, tokio's timer).
+/// The precise timer a per-message publisher on a rumqttc client sleeps on, when its messages
+/// are close together (else, or if the timerfd cannot be had, tokio's timer). The direct path
+/// needs none: the send thread sleeps for all of its publishers.
 fn precise_timer_for(ctx: &PublisherCtx) -> Option<PreciseTimer> {
-    if ctx.send == SendMode::Batched || Duration::from_secs_f64(1.0 / ctx.rate) >= PRECISE_BELOW {
+    let direct = ctx.connector.direct && ctx.connector.tls.is_none();
+    if direct
+        || ctx.send == SendMode::Batched
+        || Duration::from_secs_f64(1.0 / ctx.rate) >= PRECISE_BELOW
+    {
         return None;
     }
     PreciseTimer::new()
@@ -487,21 +493,39 @@ async fn poll_until_disconnect(
     }
 }
 
-/// The per-second counter wired to the event stream.
-pub(super) struct Seconds<'a> {
+/// The per-second counter wired to the event stream. Owned, so the direct path can lend it to
+/// the send thread (which cuts the seconds while it writes) and get it back.
+#[derive(Clone)]
+pub(super) struct Seconds {
     counter: SecondCounter,
     clock: Clock,
-    publisher: &'a str,
-    events: &'a UnboundedSender<LoadEvent>,
+    publisher: Arc<str>,
+    events: UnboundedSender<LoadEvent>,
     /// Messages written to the socket so far (every connection).
-    pub written: &'a AtomicU64,
+    pub written: Arc<AtomicU64>,
 }
 
-impl Seconds<'_> {
+impl Seconds {
+    /// Starts counting now, on `broker`.
+    pub fn new(
+        clock: Clock,
+        publisher: &str,
+        broker: String,
+        events: UnboundedSender<LoadEvent>,
+    ) -> Seconds {
+        Seconds {
+            counter: SecondCounter::new(clock.now_ms(), 0, broker),
+            clock,
+            publisher: Arc::from(publisher),
+            events,
+            written: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     fn emit(&self, counts: Vec<super::seconds::SecondCount>) {
         for c in counts {
             let _ = self.events.send(LoadEvent::Second {
-                publisher: self.publisher.to_owned(),
+                publisher: self.publisher.to_string(),
                 broker: c.broker,
                 t_ms: c.t_ms,
                 sent: c.sent,
@@ -514,6 +538,11 @@ impl Seconds<'_> {
             .counter
             .observe(self.clock.now_ms(), self.written.load(Ordering::Relaxed));
         self.emit(closed);
+    }
+
+    /// The instant the wall-clock second after the one containing `t` begins.
+    pub fn next_second(&self, t: std::time::Instant) -> std::time::Instant {
+        self.clock.next_second(Instant::from_std(t)).into_std()
     }
 
     fn switch_broker(&mut self, broker: String) {

@@ -48,7 +48,7 @@ pub struct SecondCount {
 }
 
 /// Cuts a monotonically growing `written` counter into wall-clock seconds.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SecondCounter {
     bucket_ms: u64,
     written_at_start: u64,

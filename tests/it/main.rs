@@ -10,6 +10,7 @@ mod loadgen;
 mod mosquitto_plugin;
 mod prometheus;
 mod rebalance;
+mod remote;
 mod report;
 mod run;
 mod testbed;

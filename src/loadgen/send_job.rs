@@ -1,0 +1,242 @@
+//! One publisher's work while the send thread has it ([`super::send_thread`]): its schedule,
+//! its pre-encoded PUBLISH, its QoS 1 window and its per-second counter, and the step that
+//! issues what is owed by now and says when to come back.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::frame::PublishFrame;
+use super::lateness::Lateness;
+use super::placement::PING_AFTER;
+use super::publisher::Seconds;
+use super::schedule::Pacer;
+use crate::payload::{Header, now_us};
+
+const PINGREQ: [u8; 2] = [0xC0, 0x00];
+
+/// What a publisher lends the thread for one connection.
+pub(super) struct Job {
+    /// The connection's socket. The task that lends it keeps it open (and reads from it) until
+    /// the job is handed back: [`super::send_thread::Ticket`] waits for that even when dropped.
+    pub socket: RawFd,
+    pub frame: PublishFrame,
+    pub pacer: Pacer,
+    pub lateness: Lateness,
+    pub seconds: Seconds,
+    pub window: Window,
+    /// No message is issued after this instant (the schedule's end plus its overrun).
+    pub stop_issuing_at: Instant,
+}
+
+/// Why the thread handed a job back.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// Every message was issued, or the end passed.
+    Done,
+    /// The task asked ([`Ticket::stop`]), or the loader is shutting down.
+    Stopped,
+    /// A write failed: the connection is over.
+    WriteFailed(io::Error),
+}
+
+/// A job back from the thread, with the bytes it had not yet written.
+pub(super) struct Handback {
+    pub pacer: Pacer,
+    pub lateness: Lateness,
+    pub seconds: Seconds,
+    pub ended: Ended,
+    /// The rest of a packet the socket had not taken: written by the task before anything else.
+    pub unsent: Vec<u8>,
+    /// `unsent` ends a PUBLISH (count it as written once it is).
+    pub unsent_is_publish: bool,
+}
+
+/// At QoS 1, how many PUBLISHes may await their PUBACK; the task's reader counts PUBACKs down.
+pub(super) struct Window {
+    qos1: bool,
+    limit: u16,
+    last_pkid: u16,
+    inflight: Arc<AtomicU16>,
+}
+
+impl Window {
+    pub fn new(qos1: bool, limit: u16, inflight: Arc<AtomicU16>) -> Window {
+        Window {
+            qos1,
+            limit: limit.max(1),
+            last_pkid: 0,
+            inflight,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.qos1 && self.inflight.load(Ordering::Acquire) >= self.limit
+    }
+
+    /// The packet id of the next PUBLISH (1..=65535, cycling; 0 at QoS 0), counted in flight.
+    fn next_pkid(&mut self) -> u16 {
+        const NO_PACKET_ID: u16 = 0;
+        if !self.qos1 {
+            return NO_PACKET_ID;
+        }
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+        self.last_pkid
+    }
+}
+
+/// One lent job and what the thread keeps about it.
+pub(super) struct Lent {
+    pub job: Job,
+    pub done: oneshot::Sender<Handback>,
+    pub window_waiting: Arc<AtomicBool>,
+    /// The instant its entry in the deadline heap is for (older entries are stale).
+    pub scheduled: Instant,
+    pub next_cut: Instant,
+    pub last_write: Instant,
+    /// The socket took less than a whole packet: wait for it to be writable.
+    pub blocked: bool,
+    pub unsent: Vec<u8>,
+    pub unsent_is_publish: bool,
+}
+
+pub(super) enum Step {
+    Finished(Ended),
+    Next { at: Instant, blocked: bool },
+}
+
+impl Lent {
+    pub fn step(&mut self) -> Step {
+        let now = Instant::now();
+        if now >= self.next_cut {
+            self.job.seconds.observe();
+            self.next_cut = self.job.seconds.next_second(now);
+        }
+        if let Err(error) = self.flush() {
+            return Step::Finished(Ended::WriteFailed(error));
+        }
+        if !self.blocked
+            && let Err(error) = self.issue_owed()
+        {
+            return Step::Finished(Ended::WriteFailed(error));
+        }
+        if !self.blocked
+            && now.saturating_duration_since(self.last_write) >= PING_AFTER
+            && let Err(error) = self.write(&PINGREQ, false)
+        {
+            return Step::Finished(Ended::WriteFailed(error));
+        }
+        let all_written = self.job.pacer.done() && self.unsent.is_empty();
+        if all_written || now >= self.job.stop_issuing_at {
+            return Step::Finished(Ended::Done);
+        }
+        let mut at = self.next_cut.min(self.job.stop_issuing_at);
+        if !self.blocked {
+            at = at.min(self.last_write + PING_AFTER);
+            let waiting = self.window_waiting.load(Ordering::Acquire);
+            if let Some(due) = self.job.pacer.next_due().filter(|_| !waiting) {
+                at = at.min(due.into_std());
+            }
+        }
+        Step::Next {
+            at,
+            blocked: self.blocked,
+        }
+    }
+
+    /// Stamps and writes every message due by now, while the window has room.
+    fn issue_owed(&mut self) -> io::Result<()> {
+        let owed = self
+            .job
+            .pacer
+            .owed(tokio::time::Instant::from_std(Instant::now()));
+        for _ in 0..owed {
+            if self.job.window.full() {
+                // Say so before looking again: a PUBACK counted in between then wakes us.
+                self.window_waiting.store(true, Ordering::Release);
+                if self.job.window.full() {
+                    return Ok(());
+                }
+                self.window_waiting.store(false, Ordering::Release);
+            }
+            if let Some(due) = self.job.pacer.next_due() {
+                let late = Instant::now().saturating_duration_since(due.into_std());
+                self.job.lateness.record(late);
+            }
+            let pkid = self.job.window.next_pkid();
+            let header = Header {
+                sent_us: now_us(),
+                seq: self.job.pacer.sequence(),
+            };
+            self.job.pacer.issue();
+            let fd = self.job.socket;
+            let packet = self.job.frame.stamp(header, pkid);
+            let taken = send(fd, packet)?;
+            if taken < packet.len() {
+                self.unsent = packet[taken..].to_vec();
+                self.unsent_is_publish = true;
+                self.blocked = true;
+                return Ok(());
+            }
+            self.last_write = Instant::now();
+            self.job.seconds.written.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Writes a whole packet or keeps its rest for later.
+    fn write(&mut self, packet: &[u8], is_publish: bool) -> io::Result<()> {
+        let taken = send(self.job.socket, packet);
+        match taken {
+            Ok(n) if n < packet.len() => {
+                self.unsent = packet[n..].to_vec();
+                self.unsent_is_publish = is_publish;
+                self.blocked = true;
+                Ok(())
+            }
+            Ok(_) => {
+                self.last_write = Instant::now();
+                if is_publish {
+                    self.job.seconds.written.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Writes what the socket did not take before; `Ok` with `blocked` still set if it takes
+    /// only part again.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.unsent.is_empty() {
+            self.blocked = false;
+            return Ok(());
+        }
+        let rest = std::mem::take(&mut self.unsent);
+        self.blocked = false;
+        let is_publish = self.unsent_is_publish;
+        self.write(&rest, is_publish)
+    }
+}
+
+/// One `send(2)` without SIGPIPE; a full socket takes 0 bytes (`Ok(0)`), EINTR is retried.
+fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: sends at most `bytes.len()` bytes from a live slice on a socket we hold open.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(error),
+        }
+    }
+}

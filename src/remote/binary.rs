@@ -1,0 +1,104 @@
+//! This build's `mqdispatch` on a remote host: kept under `~/.cache/mqdispatch/<sha256>/` so a
+//! host that already has the same build (same checksum) gets nothing copied, and two builds never
+//! overwrite each other. The copy streams over the existing master connection and is checked
+//! against the checksum on arrival, then renamed into place (no half-copied binary is ever run).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::ssh::{Connection, SshError, shell_quote};
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+const COPY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a build with checksum `sha` lives on a host (relative to the login's home).
+pub fn remote_path(sha: &str) -> String {
+    format!(".cache/mqdispatch/{sha}/mqdispatch")
+}
+
+/// Whether the binary was already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    AlreadyThere,
+    Copied,
+}
+
+/// Makes sure the host has `local` (this build); returns its path on the host and whether it
+/// had to be copied.
+pub async fn ensure_binary(conn: &Connection, local: &Path) -> Result<(String, Placed), SshError> {
+    let host = conn.target().name.clone();
+    let bytes = tokio::fs::read(local)
+        .await
+        .map_err(|e| SshError::Io(e, host.clone()))?;
+    let sha = sha256_hex(&bytes);
+    let path = remote_path(&sha);
+    let quoted = shell_quote(&path);
+    let present = conn
+        .run(
+            &format!("test -x {quoted} && sha256sum {quoted} || true"),
+            CHECK_TIMEOUT,
+        )
+        .await?;
+    if present.split_whitespace().next() == Some(sha.as_str()) {
+        return Ok((path, Placed::AlreadyThere));
+    }
+    let partial = format!("{path}.partial.{}", std::process::id());
+    let script = format!(
+        "set -e; mkdir -p {dir}; cat > {part}; \
+         test \"$(sha256sum < {part} | cut -d' ' -f1)\" = {sha} || {{ rm -f {part}; echo checksum mismatch >&2; exit 1; }}; \
+         chmod 755 {part}; mv -f {part} {quoted}",
+        dir = shell_quote(path.rsplit_once('/').map_or(".", |(d, _)| d)),
+        part = shell_quote(&partial),
+    );
+    let mut cmd = conn.command(&script);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let copy = async {
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin.write_all(&bytes).await?;
+        drop(stdin);
+        child.wait_with_output().await
+    };
+    let output = tokio::time::timeout(COPY_TIMEOUT, copy)
+        .await
+        .map_err(|_| SshError::Command {
+            host: host.clone(),
+            command: "copy mqdispatch".into(),
+            detail: format!("not done within {COPY_TIMEOUT:?}"),
+        })?
+        .map_err(|e| SshError::Io(e, host.clone()))?;
+    if !output.status.success() {
+        return Err(SshError::Command {
+            host,
+            command: "copy mqdispatch".into(),
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok((path, Placed::Copied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_name_the_build() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(remote_path("ab12"), ".cache/mqdispatch/ab12/mqdispatch");
+    }
+}

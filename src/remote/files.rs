@@ -1,0 +1,66 @@
+//! A role's files brought back: the remote directory is packed by `tar` on the host and unpacked
+//! by `tar` here, over the master connection, so nothing needs to be installed on either side.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::ssh::{Connection, SshError, shell_quote};
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Copies every file under `remote_dir` on the host into `local_dir` (created if missing),
+/// keeping relative paths.
+pub async fn fetch_dir(
+    conn: &Connection,
+    remote_dir: &str,
+    local_dir: &Path,
+) -> Result<(), SshError> {
+    let host = conn.target().name.clone();
+    std::fs::create_dir_all(local_dir).map_err(|e| SshError::Io(e, host.clone()))?;
+    let mut pack = conn.command(&format!("tar -C {} -cf - .", shell_quote(remote_dir)));
+    pack.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut pack = pack.spawn().map_err(|e| SshError::Io(e, host.clone()))?;
+    let stdout = pack.stdout.take().expect("stdout is piped");
+    let stdout: std::process::Stdio = stdout
+        .try_into()
+        .map_err(|e| SshError::Io(e, host.clone()))?;
+    let mut unpack = tokio::process::Command::new("tar");
+    unpack
+        .arg("-C")
+        .arg(local_dir)
+        .args(["-xf", "-"])
+        .stdin(stdout)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let both = async {
+        let unpacked = unpack.output().await?;
+        let packed = pack.wait_with_output().await?;
+        std::io::Result::Ok((packed, unpacked))
+    };
+    let (packed, unpacked) = tokio::time::timeout(FETCH_TIMEOUT, both)
+        .await
+        .map_err(|_| SshError::Command {
+            host: host.clone(),
+            command: format!("fetch {remote_dir}"),
+            detail: format!("not done within {FETCH_TIMEOUT:?}"),
+        })?
+        .map_err(|e| SshError::Io(e, host.clone()))?;
+    for (what, output) in [("remote tar", &packed), ("local tar", &unpacked)] {
+        if !output.status.success() {
+            return Err(SshError::Command {
+                host,
+                command: format!("fetch {remote_dir}"),
+                detail: format!(
+                    "{what}: {}: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! One role (a broker, an agent, a dispatcher, a loader shard) running on a remote host under a
+//! [`super::lifeline`]: the local `ssh` session's stdin is the role's life line. A clean stop
+//! closes it and waits for the session to end (the lifeline stops the role and exits); if that
+//! takes too long, or on drop, the local `ssh` is killed, which ends the session just the same.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{ChildStdin, Command};
+
+use super::ssh::{Connection, SshError, shell_quote};
+use crate::process::ManagedChild;
+
+/// How long a stopped role's session may take to end (the lifeline's SIGTERM grace is 2 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A role running on a host.
+pub struct RemoteRole {
+    name: String,
+    session: Option<ManagedChild>,
+    lifeline: Option<ChildStdin>,
+}
+
+impl RemoteRole {
+    /// Starts `binary lifeline -- binary args...` on the host over `conn`, in `workdir` (created
+    /// if missing); the role's stdout and stderr go to `log` on this machine.
+    pub fn start(
+        conn: &Connection,
+        name: &str,
+        binary: &str,
+        args: &[String],
+        workdir: &str,
+        log: &Path,
+    ) -> Result<RemoteRole, SshError> {
+        let host = conn.target().name.clone();
+        let mut line = format!(
+            "mkdir -p {dir} && cd {dir} && exec {bin} lifeline -- {bin}",
+            dir = shell_quote(workdir),
+            bin = shell_quote(binary),
+        );
+        for arg in args {
+            line.push(' ');
+            line.push_str(&shell_quote(arg));
+        }
+        let out = std::fs::File::create(log).map_err(|e| SshError::Io(e, host.clone()))?;
+        let err = out.try_clone().map_err(|e| SshError::Io(e, host.clone()))?;
+        let mut cmd: Command = conn.command(&line);
+        cmd.stdin(Stdio::piped()).stdout(out).stderr(err);
+        let mut session = ManagedChild::spawn(cmd, &format!("{name} on {host}"))
+            .map_err(|e| SshError::Io(e, host))?;
+        let lifeline = session.take_stdin();
+        Ok(RemoteRole {
+            name: name.to_owned(),
+            session: Some(session),
+            lifeline,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True once the session has ended (the role exited, or the connection dropped).
+    pub fn has_ended(&self) -> bool {
+        self.session.as_ref().is_none_or(ManagedChild::has_exited)
+    }
+
+    /// Stops the role: closes its life line and waits for the session to end, killing the local
+    /// ssh if it has not after [`STOP_TIMEOUT`].
+    pub async fn stop(mut self) {
+        drop(self.lifeline.take());
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        while !session.has_exited() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = session.stop().await;
+    }
+}
