@@ -54,6 +54,18 @@ impl Host {
         ]
     }
 
+    /// The host for [`crate::remote::Connection`]: its name as the destination, resolved by
+    /// the bed's ssh_config (address, key, known_hosts).
+    pub fn ssh_target(&self) -> crate::remote::SshTarget {
+        crate::remote::SshTarget {
+            name: self.name.clone(),
+            destination: self.name.clone(),
+            port: None,
+            identity: None,
+            config: Some(self.ssh_config.clone()),
+        }
+    }
+
     /// `ssh -F DIR/ssh_config NAME -- REMOTE` (the remote shell parses `remote`).
     pub fn ssh(&self, remote: &str) -> Command {
         let mut cmd = Command::new("ssh");

@@ -267,3 +267,48 @@ fn the_command_line_brings_a_host_up_and_down() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--hosts 0 is not 1-240"));
     assert!(!opts.dir.exists());
 }
+
+/// What the runner does with a bed: a multiplexed ssh connection ([`mqdispatch::remote`]) to a
+/// host, commands over it running in the host's namespace and cgroup.
+#[tokio::test]
+async fn remote_connections_reach_a_host_through_its_ssh_target() {
+    let test = "remote_connections_reach_a_host_through_its_ssh_target";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = options(b'e', 1, tmp.path());
+    opts.cpu_limit = Some(0.5);
+    let up = tokio::task::spawn_blocking({
+        let opts = opts.clone();
+        move || Testbed::up(&opts)
+    });
+    let bed = match up.await.unwrap() {
+        Ok(bed) => bed.into_guard(),
+        Err(e) if unsupported(test, &e) => return,
+        Err(e) => panic!("{e}"),
+    };
+    let host = bed.hosts()[0].clone();
+    let control = tempfile::tempdir().unwrap();
+    let connection = mqdispatch::remote::Connection::open(host.ssh_target(), control.path())
+        .await
+        .unwrap();
+    let out = connection
+        .run(
+            "ip -o -4 addr show eth0; cat /proc/self/cgroup",
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.contains(&format!(" inet {}/24 ", host.address)),
+        "{out}"
+    );
+    assert!(
+        cgroup::cgroup_file_names(&out, host.cgroup.as_deref().unwrap()),
+        "{out}"
+    );
+    drop(connection);
+    tokio::task::spawn_blocking(move || bed.down())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_nothing_left(&opts.prefix, &opts.dir);
+}
