@@ -41,6 +41,8 @@ pub enum Command {
     LoadMerge(crate::loadgen::merge::MergeArgs),
     /// Serve this host's clock, or measure another host's clock offset from this one.
     Clock(crate::clock::Args),
+    /// Hosts on this machine for multi-host runs: network namespaces with sshd.
+    Testbed(crate::testbed::Args),
     /// Run a command for as long as this process's stdin stays open (roles started over ssh).
     #[command(hide = true)]
     Lifeline(crate::remote::LifelineArgs),
@@ -59,6 +61,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Load(args) => crate::loadgen::cli_main(args).await,
         Command::LoadMerge(args) => crate::loadgen::merge::merge_main(args),
         Command::Clock(args) => crate::clock::cli_main(args).await,
+        Command::Testbed(args) => crate::testbed::cli_main(args).await,
         Command::Lifeline(args) => crate::remote::lifeline::cli_main(args).await,
     }
 }

@@ -11,6 +11,7 @@
 //! [`client`]: redirect-following connect for your own rumqttc v5 devices.
 //! [`clock`]: clock offsets between hosts (a time service and an NTP-style probe), for loader
 //! shards on hosts whose clocks differ.
+//! [`testbed`]: hosts on one machine (network namespaces with sshd) for multi-host runs.
 //!
 //! Shared pieces: [`proto`] (the redirect handshake), [`load_report`] (the agent wire format),
 //! [`duration`] (`5s`/`100ms` parsing), [`addr`] (`HOST:PORT` parsing), [`backoff`] (reconnect
@@ -44,6 +45,7 @@ pub mod run;
 pub mod scenario;
 pub mod seeds;
 pub mod shutdown;
+pub mod testbed;
 pub mod tls;
 
 /// Bad input from the user (scenario, flags): reported in one line, exit code 2.

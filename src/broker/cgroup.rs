@@ -5,6 +5,7 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub enum CgroupError {
     },
     #[error("cpu limit {0} cores is not a positive number")]
     BadLimit(f64),
+    #[error("`{0}` is not a cgroup name (one path component)")]
+    BadName(String),
 }
 
 /// Where the CPU controller lives on this host.
@@ -123,10 +126,6 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
 impl CpuCgroup {
     /// Creates a group limited to `cores` (e.g. 0.25) for broker `broker_id`.
     pub fn create(broker_id: &str, cores: f64) -> Result<Self, CgroupError> {
-        if !(cores.is_finite() && cores > 0.0) {
-            return Err(CgroupError::BadLimit(cores));
-        }
-        let layout = detect()?;
         let safe_id: String = broker_id
             .chars()
             .map(|c| {
@@ -142,6 +141,17 @@ impl CpuCgroup {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        Self::create_named(&name, cores)
+    }
+
+    /// Creates the group `name` (one path component) limited to `cores`. Call [`Self::keep`]
+    /// for a group that outlives this process, and [`remove_named`] to remove it later.
+    pub fn create_named(name: &str, cores: f64) -> Result<Self, CgroupError> {
+        if !(cores.is_finite() && cores > 0.0) {
+            return Err(CgroupError::BadLimit(cores));
+        }
+        check_name(name)?;
+        let layout = detect()?;
         let quota_us = ((cores * PERIOD_US as f64).round() as u64).max(1000);
         let mut group = CpuCgroup {
             dirs: Vec::new(),
@@ -154,7 +164,7 @@ impl CpuCgroup {
         match layout {
             Layout::V1 { cpu, cpuacct } => {
                 sweep_stale(&cpu);
-                let cpu_dir = cpu.join(&name);
+                let cpu_dir = cpu.join(name);
                 mkdir(&cpu_dir)?;
                 group.add_dir(&cpu, &cpu_dir);
                 write(&cpu_dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
@@ -162,7 +172,7 @@ impl CpuCgroup {
                 group.usage_dir = cpu_dir;
                 if cpuacct != cpu {
                     sweep_stale(&cpuacct);
-                    let acct_dir = cpuacct.join(&name);
+                    let acct_dir = cpuacct.join(name);
                     mkdir(&acct_dir)?;
                     group.add_dir(&cpuacct, &acct_dir);
                     group.usage_dir = acct_dir;
@@ -175,7 +185,7 @@ impl CpuCgroup {
                 if !control.split_ascii_whitespace().any(|c| c == "cpu") {
                     write(&root.join("cgroup.subtree_control"), "+cpu")?;
                 }
-                let dir = root.join(&name);
+                let dir = root.join(name);
                 mkdir(&dir)?;
                 group.add_dir(&root, &dir);
                 write(&dir.join("cpu.max"), &format!("{quota_us} {PERIOD_US}"))?;
@@ -213,9 +223,20 @@ impl CpuCgroup {
             .try_for_each(|f| write(f, &pid.to_string()))
     }
 
+    /// Leaves the group in place when this handle drops (for groups that outlive the process
+    /// that made them, e.g. a test bed's hosts).
+    pub fn keep(mut self) {
+        self.removed = true;
+    }
+
     /// Makes `cmd`'s process join the group between fork and exec, so the broker never runs a
     /// single instruction (or starts a thread) outside its cap.
     pub fn apply_to(&self, cmd: &mut tokio::process::Command) -> Result<(), CgroupError> {
+        self.apply_to_std(cmd.as_std_mut())
+    }
+
+    /// [`Self::apply_to`] for a blocking [`std::process::Command`].
+    pub fn apply_to_std(&self, cmd: &mut std::process::Command) -> Result<(), CgroupError> {
         let paths: Vec<CString> = self
             .procs_files
             .iter()
@@ -269,6 +290,44 @@ impl Drop for CpuCgroup {
     fn drop(&mut self) {
         let _ = self.remove();
     }
+}
+
+/// The directories groups are made in on this host (one per hierarchy).
+pub fn hierarchies() -> Result<Vec<PathBuf>, CgroupError> {
+    Ok(match detect()? {
+        Layout::V1 { cpu, cpuacct } if cpu == cpuacct => vec![cpu],
+        Layout::V1 { cpu, cpuacct } => vec![cpu, cpuacct],
+        Layout::V2 { root } => vec![root],
+    })
+}
+
+fn check_name(name: &str) -> Result<(), CgroupError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(CgroupError::BadName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// The directories group `name` has or would have on this host (one per hierarchy).
+pub fn dirs_named(name: &str) -> Result<Vec<PathBuf>, CgroupError> {
+    check_name(name)?;
+    Ok(hierarchies()?.iter().map(|h| h.join(name)).collect())
+}
+
+/// Removes group `name` made by [`CpuCgroup::create_named`], moving any task still in it to
+/// the parent group. Nothing to do when it does not exist.
+pub fn remove_named(name: &str) -> Result<(), CgroupError> {
+    for dir in dirs_named(name)?.iter().rev() {
+        let parent_procs = dir
+            .parent()
+            .map(|p| p.join("cgroup.procs"))
+            .unwrap_or_default();
+        remove_dir(dir, &parent_procs).map_err(|source| CgroupError::NotWritable {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 fn remove_dir(dir: &Path, parent_procs: &Path) -> std::io::Result<()> {
@@ -360,6 +419,17 @@ mod tests {
             })
         );
         assert_eq!(parse_layout(text, |_| false), None);
+    }
+
+    #[test]
+    fn names_are_one_path_component() {
+        for bad in ["", ".", "..", "a/b", "../x"] {
+            assert!(matches!(
+                CpuCgroup::create_named(bad, 0.5),
+                Err(CgroupError::BadName(_))
+            ));
+            assert!(matches!(dirs_named(bad), Err(CgroupError::BadName(_))));
+        }
     }
 
     #[test]

@@ -14,4 +14,5 @@ mod rebalance;
 mod remote;
 mod report;
 mod run;
+mod testbed;
 mod util;
