@@ -1,5 +1,5 @@
-//! This build's `mqdispatch` on a remote host: kept under `~/.cache/mqdispatch/<sha256>/` so a
-//! host that already has the same build (same checksum) gets nothing copied, and two builds never
+//! This build's `mqdispatch` on a remote host: kept under `<cache>/<sha256>/` (by default
+//! `~/.cache/mqdispatch`, [`DEFAULT_CACHE`]) so a host that already has the same build (same checksum) gets nothing copied, and two builds never
 //! overwrite each other. The copy streams over the existing master connection and is checked
 //! against the checksum on arrival, then renamed into place (no half-copied binary is ever run).
 
@@ -20,9 +20,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Where a build with checksum `sha` lives on a host (relative to the login's home).
-pub fn remote_path(sha: &str) -> String {
-    format!(".cache/mqdispatch/{sha}/mqdispatch")
+/// Where builds are kept on a host, relative to the login's home.
+pub const DEFAULT_CACHE: &str = ".cache/mqdispatch";
+
+/// Where a build with checksum `sha` lives on a host, under `cache`.
+pub fn remote_path(cache: &str, sha: &str) -> String {
+    format!("{cache}/{sha}/mqdispatch")
 }
 
 /// Whether the binary was already there.
@@ -32,15 +35,19 @@ pub enum Placed {
     Copied,
 }
 
-/// Makes sure the host has `local` (this build); returns its path on the host and whether it
-/// had to be copied.
-pub async fn ensure_binary(conn: &Connection, local: &Path) -> Result<(String, Placed), SshError> {
+/// Makes sure the host has `local` (this build) under `cache` (e.g. [`DEFAULT_CACHE`]); returns
+/// its path on the host and whether it had to be copied.
+pub async fn ensure_binary(
+    conn: &Connection,
+    local: &Path,
+    cache: &str,
+) -> Result<(String, Placed), SshError> {
     let host = conn.target().name.clone();
     let bytes = tokio::fs::read(local)
         .await
         .map_err(|e| SshError::Io(e, host.clone()))?;
     let sha = sha256_hex(&bytes);
-    let path = remote_path(&sha);
+    let path = remote_path(cache, &sha);
     let quoted = shell_quote(&path);
     let present = conn
         .run(
@@ -99,6 +106,9 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(remote_path("ab12"), ".cache/mqdispatch/ab12/mqdispatch");
+        assert_eq!(
+            remote_path(DEFAULT_CACHE, "ab12"),
+            ".cache/mqdispatch/ab12/mqdispatch"
+        );
     }
 }

@@ -23,25 +23,26 @@ pub struct RemoteRole {
 }
 
 impl RemoteRole {
-    /// Starts `binary lifeline -- binary args...` on the host over `conn`, in `workdir` (created
-    /// if missing); the role's stdout and stderr go to `log` on this machine.
+    /// Starts `command` (program first) on the host over `conn` under `binary`'s lifeline
+    /// (`binary lifeline -- command...`), in `workdir` (created if missing, relative to the
+    /// login's home unless absolute); the role's stdout and stderr go to `log` on this machine.
     pub fn start(
         conn: &Connection,
         name: &str,
         binary: &str,
-        args: &[String],
+        command: &[String],
         workdir: &str,
         log: &Path,
     ) -> Result<RemoteRole, SshError> {
         let host = conn.target().name.clone();
         let mut line = format!(
-            "mkdir -p {dir} && cd {dir} && exec {bin} lifeline -- {bin}",
+            "mkdir -p {dir} && cd {dir} && exec {bin} lifeline --",
             dir = shell_quote(workdir),
             bin = shell_quote(binary),
         );
-        for arg in args {
+        for word in command {
             line.push(' ');
-            line.push_str(&shell_quote(arg));
+            line.push_str(&shell_quote(word));
         }
         let out = std::fs::File::create(log).map_err(|e| SshError::Io(e, host.clone()))?;
         let err = out.try_clone().map_err(|e| SshError::Io(e, host.clone()))?;

@@ -312,3 +312,143 @@ async fn remote_connections_reach_a_host_through_its_ssh_target() {
         .unwrap();
     assert_nothing_left(&opts.prefix, &opts.dir);
 }
+
+/// Live pids in a namespace whose command line mentions `needle` (zombies count as gone: this
+/// machine's pid 1 may not reap orphans).
+fn pids_in_namespace_mentioning(netns: &str, needle: &str) -> Vec<u32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !zombie
+                && String::from_utf8_lossy(&cmdline)
+                    .replace('\0', " ")
+                    .contains(needle)
+        })
+        .collect()
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The runner's building blocks on a bed host: this build's binary put there once, a role run
+/// in the host's namespace under its lifeline, its files brought back, and the role gone when
+/// it is stopped or when the connection it hangs on drops.
+#[tokio::test]
+async fn roles_over_ssh_run_in_the_host_and_never_outlive_their_session() {
+    use mqdispatch::remote::binary::{Placed, ensure_binary};
+    use mqdispatch::remote::{Connection, RemoteRole, files::fetch_dir};
+
+    let test = "roles_over_ssh_run_in_the_host_and_never_outlive_their_session";
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(b'f', 1, tmp.path());
+    let up = tokio::task::spawn_blocking({
+        let opts = opts.clone();
+        move || Testbed::up(&opts)
+    });
+    let bed = match up.await.unwrap() {
+        Ok(bed) => bed.into_guard(),
+        Err(e) if unsupported(test, &e) => return,
+        Err(e) => panic!("{e}"),
+    };
+    let host = bed.hosts()[0].clone();
+    let control = tempfile::tempdir().unwrap();
+    let conn = Connection::open(host.ssh_target(), control.path())
+        .await
+        .unwrap();
+
+    // The namespace shares this machine's file system: keep the copy out of the real home.
+    let home = tmp.path().join("home");
+    let cache = home.join("cache").display().to_string();
+    let binary = std::path::Path::new(util::bin());
+    let (path, placed) = ensure_binary(&conn, binary, &cache).await.unwrap();
+    assert_eq!(placed, Placed::Copied);
+    let (again, placed) = ensure_binary(&conn, binary, &cache).await.unwrap();
+    assert_eq!(
+        (again.as_str(), placed),
+        (path.as_str(), Placed::AlreadyThere)
+    );
+
+    // A role that writes a file and stays: stopped cleanly, its file brought back.
+    let workdir = home.join("role").display().to_string();
+    let log = tmp.path().join("role.log");
+    let marker = format!("mqd-role-{}", std::process::id());
+    let role = RemoteRole::start(
+        &conn,
+        "writer",
+        &path,
+        &[
+            "sh".into(),
+            "-c".into(),
+            format!("echo written > out.txt; sleep 600; : {marker}"),
+        ],
+        &workdir,
+        &log,
+    )
+    .unwrap();
+    until("the role runs in the host's namespace", || {
+        !pids_in_namespace_mentioning(&host.netns, &marker).is_empty()
+    })
+    .await;
+    let local = tmp.path().join("fetched");
+    until("the role wrote its file", || {
+        std::path::Path::new(&workdir).join("out.txt").exists()
+    })
+    .await;
+    fetch_dir(&conn, &workdir, &local).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(local.join("out.txt")).unwrap(),
+        "written\n"
+    );
+    role.stop().await;
+    until("a stopped role is gone", || {
+        pids_in_namespace_mentioning(&host.netns, &marker).is_empty()
+    })
+    .await;
+
+    // A role whose connection drops (the master killed, as when the runner dies) is gone too.
+    let dropped = format!("{marker}-dropped");
+    let role = RemoteRole::start(
+        &conn,
+        "sleeper",
+        &path,
+        &["sh".into(), "-c".into(), format!("sleep 600; : {dropped}")],
+        &workdir,
+        &tmp.path().join("sleeper.log"),
+    )
+    .unwrap();
+    until("the second role runs", || {
+        !pids_in_namespace_mentioning(&host.netns, &dropped).is_empty()
+    })
+    .await;
+    drop(conn);
+    until("a role whose connection dropped is gone", || {
+        pids_in_namespace_mentioning(&host.netns, &dropped).is_empty()
+    })
+    .await;
+    assert!(role.has_ended());
+    drop(role);
+
+    tokio::task::spawn_blocking(move || bed.down())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_nothing_left(&opts.prefix, &opts.dir);
+}
