@@ -212,6 +212,18 @@ pub fn redirect_disconnect(reason: RedirectReason, server_reference: &str) -> By
     buf
 }
 
+/// Where a server DISCONNECT sends its client: its reason (0x9C/0x9D) and Server Reference;
+/// `None` for any other reason or without a reference.
+pub fn disconnect_redirect(d: &Disconnect) -> Option<(RedirectReason, String)> {
+    let reason = match d.reason_code {
+        DisconnectReasonCode::UseAnotherServer => RedirectReason::UseAnotherServer,
+        DisconnectReasonCode::ServerMoved => RedirectReason::ServerMoved,
+        _ => return None,
+    };
+    let reference = d.properties.as_ref()?.server_reference.clone()?;
+    Some((reason, reference))
+}
+
 /// A server DISCONNECT with `code` and no properties (e.g. 0x89 Server busy).
 pub fn disconnect_packet(code: DisconnectReasonCode) -> BytesMut {
     let mut buf = BytesMut::with_capacity(4);
@@ -575,11 +587,15 @@ mod tests {
         let Ok(Packet::Disconnect(d)) = Packet::read(&mut bytes, None) else {
             panic!("not a DISCONNECT");
         };
-        assert_eq!(d.reason_code, DisconnectReasonCode::UseAnotherServer);
         assert_eq!(
-            d.properties.and_then(|p| p.server_reference).as_deref(),
-            Some("h:1884")
+            disconnect_redirect(&d),
+            Some((RedirectReason::UseAnotherServer, "h:1884".into()))
         );
+        let mut bare = disconnect_packet(DisconnectReasonCode::ServerMoved);
+        let Ok(Packet::Disconnect(d)) = Packet::read(&mut bare, None) else {
+            panic!("not a DISCONNECT");
+        };
+        assert_eq!(disconnect_redirect(&d), None, "0x9D without a reference");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod streams;
 pub mod subscriber;
 mod subscriber_cli;
 mod subscriber_direct;
+mod subscriber_work;
 pub mod subscription;
 
 pub use arrival::{ArrivalOrder, ArrivalSpec, PlannedPublisher, plan_arrivals};
