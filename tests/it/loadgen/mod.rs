@@ -21,6 +21,7 @@ use crate::util::bin;
 pub mod fakes;
 mod header;
 mod interop_subscribers;
+mod subscribers_via_dispatcher;
 mod tls;
 use fakes::{Broker, FakeDispatcher, Proxy, Reply, fake_broker_that_moves_us};
 
