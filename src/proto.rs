@@ -310,16 +310,6 @@ pub fn connect_packet(client_id: &str) -> BytesMut {
     connect_packet_with(client_id, &Hints::default())
 }
 
-/// A v5 CONNECT for `client_id` that declares its publish rate in the [`RATE_PROPERTY`] user
-/// property (none when `rate` is `None`).
-pub fn connect_packet_declaring(client_id: &str, rate: Option<f64>) -> BytesMut {
-    let hints = Hints {
-        rate,
-        subscribe: Vec::new(),
-    };
-    connect_packet_with(client_id, &hints)
-}
-
 /// A v5 CONNECT for `client_id` carrying `hints` as user properties (none when empty).
 pub fn connect_packet_with(client_id: &str, hints: &Hints) -> BytesMut {
     let user_properties = hints.user_properties();
@@ -375,22 +365,7 @@ pub async fn request_redirect_via(
     client_id: &str,
     timeout: Duration,
 ) -> Result<Redirect, ProtoError> {
-    request_redirect_declaring(dispatcher, tls, client_id, None, timeout).await
-}
-
-/// [`request_redirect_via`], declaring the client's publish rate ([`RATE_PROPERTY`]) when known.
-pub async fn request_redirect_declaring(
-    dispatcher: &str,
-    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
-    client_id: &str,
-    rate: Option<f64>,
-    timeout: Duration,
-) -> Result<Redirect, ProtoError> {
-    let hints = Hints {
-        rate,
-        subscribe: Vec::new(),
-    };
-    request_redirect_with(dispatcher, tls, client_id, &hints, timeout).await
+    request_redirect_with(dispatcher, tls, client_id, &Hints::default(), timeout).await
 }
 
 /// [`request_redirect_via`], telling the dispatcher `hints` in the CONNECT's user properties.
@@ -478,7 +453,11 @@ mod tests {
                 subscribe: vec![],
             }
         );
-        let hello = hello_of(&connect_packet_declaring("pub-8", Some(2000.0)))
+        let rate = Hints {
+            rate: Some(2000.0),
+            subscribe: vec![],
+        };
+        let hello = hello_of(&connect_packet_with("pub-8", &rate))
             .await
             .unwrap();
         assert_eq!(

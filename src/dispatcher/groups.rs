@@ -170,6 +170,20 @@ impl Groups {
         self.member_of.insert(client_id.to_owned(), groups.to_vec());
     }
 
+    /// `client_id` was moved to `broker` (by the rebalancer): it counts there in each of its
+    /// groups, without joining anew. Unknown client ids are ignored.
+    pub fn relocate(&mut self, client_id: &str, broker: usize) {
+        for name in self.member_of.get(client_id).into_iter().flatten() {
+            if let Some(g) = self.groups.get_mut(name)
+                && let Some(at) = g.members.get_mut(client_id)
+            {
+                g.counts[*at] -= 1;
+                g.counts[broker] += 1;
+                *at = broker;
+            }
+        }
+    }
+
     /// Drops `client_id` from every group it was recorded in.
     pub fn forget(&mut self, client_id: &str) {
         for name in self.member_of.remove(client_id).unwrap_or_default() {
@@ -305,6 +319,11 @@ mod tests {
         assert_eq!(g.counts("alerts/#"), [0, 1]);
         assert_eq!(g.counts(&share[0]), [1, 2]);
         assert_eq!(g.names(), ["$share/g/load/#", "alerts/#"]);
+        g.relocate("c", 0);
+        assert_eq!(g.counts("alerts/#"), [1, 0]);
+        assert_eq!(g.counts(&share[0]), [2, 1]);
+        assert_eq!(g.joined("alerts/#"), 1, "a move is not a new member");
+        g.relocate("stranger", 0);
         g.forget("c");
         assert_eq!(g.counts("alerts/#"), [0, 0]);
         assert_eq!(g.counts(&share[0]), [1, 1]);

@@ -301,6 +301,7 @@ impl Placer {
     pub fn pin(&self, client_id: &str, to: usize) {
         let mut inner = self.lock();
         inner.pins.insert(client_id.to_owned(), to);
+        inner.groups.relocate(client_id, to);
         if let Some(c) = inner.clients.as_mut().and_then(|c| c.get_mut(client_id)) {
             c.0 = to;
         }
@@ -478,6 +479,45 @@ mod tests {
         let spread = burst_split(Policy::LeastLoad);
         assert!(spread.iter().all(|&c| c <= 520), "least-load {spread:?}");
         assert_eq!(burst_split(Policy::LeastCpu), [1000, 0]);
+    }
+
+    #[test]
+    fn subscribers_follow_the_inflow_and_the_rebalancer_can_ask_about_a_group() {
+        let (p, mut rx) = placer(Policy::RoundRobin, Metric::Cpu);
+        for (broker, rate) in [("b1", 1000.0), ("b2", 3000.0)] {
+            let mut r = report(broker);
+            r.msgs_in_per_s = Some(rate);
+            p.record(&r).unwrap();
+        }
+        let group = ["$share/g/load/#".to_owned()];
+        let who = Client::Subscriber { filters: &group };
+        let on: Vec<usize> = (0..4)
+            .map(|k| {
+                let answer = p.answer(&format!("s{k}"), &who, Transport::Plain, Answer::Connack);
+                let i = p.redirects.iter().position(|r| *r == answer).unwrap();
+                let d = rx.try_recv().unwrap();
+                assert_eq!(
+                    (d.role, d.group.as_deref()),
+                    (Role::Subscriber, Some(&*group[0]))
+                );
+                i
+            })
+            .collect();
+        assert_eq!(on, [0, 1, 1, 1]);
+        assert_eq!(p.group_members_on(&group[0], 1), ["s1", "s2", "s3"]);
+        // b1: 1000/s for one member, b2: 1000/s each: the tie goes to fewer members.
+        assert_eq!(p.where_next_member(&group[0]), Some(0));
+        // A member the rebalancer moves counts where it went.
+        p.pin("s3", 0);
+        assert_eq!(p.group_members_on(&group[0], 0), ["s0", "s3"]);
+        assert_eq!(p.where_next_member(&group[0]), Some(1));
+        // Without a hint a publisher still goes by `--policy`; a DISCONNECT answer names the
+        // same broker.
+        let pubr = Client::Publisher {
+            declared_rate: None,
+        };
+        let answer = p.answer("pub", &pubr, Transport::Plain, Answer::Disconnect);
+        assert_eq!(answer, p.disconnects[0], "round-robin's first");
     }
 
     /// Paused clock: the placer stamps placements and reports with `Instant::now()`.

@@ -39,6 +39,7 @@ pub mod streams;
 pub mod subscriber;
 mod subscriber_cli;
 mod subscriber_direct;
+mod subscriber_session;
 mod subscriber_work;
 pub mod subscription;
 

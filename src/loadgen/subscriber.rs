@@ -13,22 +13,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use hdrhistogram::Histogram;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
-use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::placement::{Connector, DEFAULT_MAX_HOPS, Entry, Link, place_with, server_moved_us};
+use super::placement::{Connector, DEFAULT_MAX_HOPS, Entry};
 use super::receipts::{SeqStats, SeqTracker, latency_histogram, latency_us};
-use super::subscriber_direct::{DirectSubscription, Dropped};
+use super::subscriber_direct::Dropped;
+use super::subscriber_session::{self as session, Subscribed};
 use super::subscriber_work::Work;
 use super::subscription::{MemberPlacement, SubscriberSpec};
 use crate::payload::{Header, now_us};
-use crate::proto::{Hints, RedirectReason};
+use crate::proto::RedirectReason;
 
 /// Bound on one member's CONNECT + SUBSCRIBE + SUBACK.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -418,71 +416,12 @@ async fn run_member(
     Ok(summary)
 }
 
-/// A member's connection with its SUBSCRIBE acknowledged.
-enum Subscribed {
-    /// Plain TCP: our own reads ([`DirectSubscription`]).
-    Direct(DirectSubscription),
-    /// TLS: a rumqttc client (boxed: its event loop is large).
-    Client(AsyncClient, Box<rumqttc::v5::EventLoop>),
-}
-
-impl Subscribed {
-    async fn disconnect(&mut self) {
-        match self {
-            Subscribed::Direct(d) => d.disconnect().await,
-            Subscribed::Client(c, _) => {
-                let _ = c.disconnect().await;
-            }
-        }
-    }
-}
-
 /// Connects from `start` (a broker a server named) or the member's entry, and subscribes;
 /// returns the session and the broker's label.
 async fn subscribe(ctx: &MemberCtx, start: Option<&str>) -> anyhow::Result<(Subscribed, String)> {
-    let entry = match start {
-        Some(addr) => Entry::Broker {
-            addr: addr.to_owned(),
-            max_hops: ctx.entry.max_hops(),
-        },
-        None => ctx.entry.clone(),
-    };
-    let hints = Hints {
-        rate: None,
-        subscribe: vec![ctx.spec.topic.clone()],
-    };
-    let placed = place_with(&entry, &ctx.connector, &hints)
-        .await
-        .with_context(|| format!("connecting via {entry:?}"))?;
-    let broker = (ctx.id_of.get(&placed.session.broker))
-        .cloned()
-        .unwrap_or_else(|| placed.session.broker.clone());
-    let qos = if ctx.spec.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
-    let (client, mut eventloop) = match placed.session.link {
-        Link::Direct(stream) => {
-            let sub = DirectSubscription::subscribe(stream, &ctx.spec.topic, qos).await?;
-            return Ok((Subscribed::Direct(sub), broker));
-        }
-        Link::Client { client, eventloop } => (client, eventloop),
-    };
-    client.subscribe(ctx.spec.topic.clone(), qos).await?;
-    loop {
-        if let Event::Incoming(Packet::SubAck(ack)) = eventloop.poll().await? {
-            return match ack.return_codes.first() {
-                Some(SubscribeReasonCode::Success(_)) => {
-                    Ok((Subscribed::Client(client, Box::new(eventloop)), broker))
-                }
-                other => Err(anyhow!(
-                    "broker refused SUBSCRIBE {}: {other:?}",
-                    ctx.spec.topic
-                )),
-            };
-        }
-    }
+    let (session, addr) = session::subscribe(&ctx.entry, start, &ctx.connector, &ctx.spec).await?;
+    let broker = ctx.id_of.get(&addr).cloned().unwrap_or(addr);
+    Ok((session, broker))
 }
 
 /// Receives until `stop` (`None`) or the connection ends (why, and where to go if a server
@@ -511,32 +450,11 @@ async fn receive(
                 tick.as_mut().reset(tokio::time::Instant::now() + second.until_next());
                 Ok(())
             }
-            r = receive_once(session, &mut on_publish) => r,
+            r = session.receive_once(&mut on_publish) => r,
         };
         if let Err(e) = received {
             return Some(e);
         }
-    }
-}
-
-/// One read's worth of messages (direct), or one event (rumqttc).
-async fn receive_once(
-    session: &mut Subscribed,
-    on_publish: &mut impl FnMut(&rumqttc::v5::mqttbytes::v5::Publish),
-) -> Result<(), Dropped> {
-    match session {
-        Subscribed::Direct(d) => d.receive(on_publish).await,
-        Subscribed::Client(_, eventloop) => match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                on_publish(&p);
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(e) => Err(Dropped {
-                error: e.to_string(),
-                moved: server_moved_us(eventloop),
-            }),
-        },
     }
 }
 

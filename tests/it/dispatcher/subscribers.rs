@@ -27,6 +27,14 @@ fn inflow(broker: &str, cpu: f64, msgs_in_per_s: f64) -> String {
     r.to_line()
 }
 
+/// What a publisher that declares its rate tells the dispatcher.
+fn publisher() -> Hints {
+    Hints {
+        rate: Some(10.0),
+        subscribe: vec![],
+    }
+}
+
 /// A dispatcher whose brokers reported `b1`, `b2` inflows; returns once both reports are in
 /// (probed with publishers under least-cpu: b2 reports the lower CPU).
 async fn with_inflows(mut cfg: DispatcherConfig, b1: f64, b2: f64) -> Running {
@@ -37,7 +45,8 @@ async fn with_inflows(mut cfg: DispatcherConfig, b1: f64, b2: f64) -> Running {
     agent.write_all(lines.as_bytes()).await.unwrap();
     // A declared rate makes the probe a publisher under `--unhinted accept` too.
     eventually("both reports in", BOUND, || async {
-        let r = proto::request_redirect_declaring(&d.addr, None, "probe", Some(1.0), BOUND);
+        let hints = publisher();
+        let r = proto::request_redirect_with(&d.addr, None, "probe", &hints, BOUND);
         (r.await.unwrap().server_reference == B2).then_some(())
     })
     .await;
@@ -190,7 +199,7 @@ async fn without_a_hint_the_first_subscribe_or_publish_decides_with_disconnect_0
     );
 
     // A publisher that declared its rate is redirected at once, as ever.
-    let r = proto::request_redirect_declaring(&d.addr, None, "loud-pub", Some(10.0), BOUND)
+    let r = proto::request_redirect_with(&d.addr, None, "loud-pub", &publisher(), BOUND)
         .await
         .unwrap();
     assert_eq!(r.server_reference, B2);
