@@ -110,22 +110,26 @@ pub async fn read_hello_into<S: AsyncRead + Unpin>(
         {
             return Err(ProtoError::NotConnect(first));
         }
-        match v5::check(buf.iter(), Some(max_bytes)) {
-            Ok(header) => {
-                return classify(buf, header.frame_length());
-            }
-            Err(CodecError::InsufficientBytes(_)) => {}
-            Err(CodecError::PayloadSizeLimitExceeded { pkt_size, max }) => {
-                return Err(ProtoError::TooLarge {
-                    claimed: pkt_size,
-                    limit: max,
-                });
-            }
-            Err(e) => return Err(ProtoError::Malformed(e)),
+        if let Some(frame_len) = whole_frame(buf, max_bytes)? {
+            return classify(buf, frame_len);
         }
         if stream.read_buf(buf).await? == 0 {
             return Err(ProtoError::Truncated);
         }
+    }
+}
+
+/// The length of the packet at the front of `buf` once it is all there (`None`: read more). A
+/// fixed header claiming more than `max_bytes` is refused at once.
+pub fn whole_frame(buf: &BytesMut, max_bytes: u32) -> Result<Option<usize>, ProtoError> {
+    match v5::check(buf.iter(), Some(max_bytes)) {
+        Ok(header) => Ok(Some(header.frame_length())),
+        Err(CodecError::InsufficientBytes(_)) => Ok(None),
+        Err(CodecError::PayloadSizeLimitExceeded { pkt_size, max }) => Err(ProtoError::TooLarge {
+            claimed: pkt_size,
+            limit: max,
+        }),
+        Err(e) => Err(ProtoError::Malformed(e)),
     }
 }
 
@@ -224,16 +228,11 @@ pub fn disconnect_redirect(d: &Disconnect) -> Option<(RedirectReason, String)> {
     Some((reason, reference))
 }
 
-/// A server DISCONNECT with `code` and no properties (e.g. 0x89 Server busy).
+/// A server DISCONNECT with `code` and an empty property list (e.g. 0x89 Server busy). Written by
+/// hand: rumqttc 0.25 encodes it with remaining length 1 followed by two bytes, and cannot read
+/// the spec's short form (remaining length 1, no property length) either.
 pub fn disconnect_packet(code: DisconnectReasonCode) -> BytesMut {
-    let mut buf = BytesMut::with_capacity(4);
-    Packet::Disconnect(Disconnect {
-        reason_code: code,
-        properties: None,
-    })
-    .write(&mut buf, None)
-    .expect("invariant: a bare DISCONNECT always encodes");
-    buf
+    BytesMut::from(&[0xE0, 0x02, code as u8, 0x00][..])
 }
 
 /// A v5 CONNACK refusal without a reference, e.g. 0x88 Server unavailable; with `Success`, the
@@ -571,8 +570,9 @@ mod tests {
             Some((RedirectReason::UseAnotherServer, "h:1884".into()))
         );
         let mut bare = disconnect_packet(DisconnectReasonCode::ServerMoved);
-        let Ok(Packet::Disconnect(d)) = Packet::read(&mut bare, None) else {
-            panic!("not a DISCONNECT");
+        let read = Packet::read(&mut bare, None);
+        let Ok(Packet::Disconnect(d)) = read else {
+            panic!("not a DISCONNECT: {read:?}");
         };
         assert_eq!(disconnect_redirect(&d), None, "0x9D without a reference");
     }

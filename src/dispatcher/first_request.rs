@@ -5,11 +5,10 @@
 //! caller bounds the time; each packet read is bounded by `max_bytes`.
 
 use bytes::BytesMut;
-use rumqttc::v5::mqttbytes::Error as CodecError;
-use rumqttc::v5::mqttbytes::v5::{self as v5, Packet};
+use rumqttc::v5::mqttbytes::v5::Packet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::proto::ProtoError;
+use crate::proto::{self, ProtoError};
 
 /// PINGREQs answered before the first SUBSCRIBE or PUBLISH; more close the connection.
 const MAX_PINGS: u32 = 4;
@@ -40,17 +39,15 @@ pub async fn read_first_request<S: AsyncRead + AsyncWrite + Unpin>(
             Some(3) => return Ok(FirstRequest::Publish),
             // Whatever its reason, the client is leaving.
             Some(14) => return Ok(FirstRequest::Disconnect),
-            Some(8 | 12) => match v5::check(buf.iter(), Some(max_bytes)) {
-                Ok(_) => match Packet::read(buf, Some(max_bytes)) {
+            Some(8 | 12) if proto::whole_frame(buf, max_bytes)?.is_some() => {
+                match Packet::read(buf, Some(max_bytes)) {
                     Ok(Packet::Subscribe(s)) if s.filters.is_empty() => {
-                        return Err(ProtoError::UnexpectedPacket(
-                            "SUBSCRIBE without a filter".into(),
-                        ));
+                        let why = "SUBSCRIBE without a filter".into();
+                        return Err(ProtoError::UnexpectedPacket(why));
                     }
                     Ok(Packet::Subscribe(s)) => {
-                        return Ok(FirstRequest::Subscribe(
-                            s.filters.into_iter().map(|f| f.path).collect(),
-                        ));
+                        let filters = s.filters.into_iter().map(|f| f.path).collect();
+                        return Ok(FirstRequest::Subscribe(filters));
                     }
                     Ok(Packet::PingReq(_)) if pings < MAX_PINGS => {
                         pings += 1;
@@ -59,16 +56,9 @@ pub async fn read_first_request<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Ok(other) => return Err(ProtoError::UnexpectedPacket(format!("{other:?}"))),
                     Err(e) => return Err(ProtoError::Malformed(e)),
-                },
-                Err(CodecError::InsufficientBytes(_)) => {}
-                Err(CodecError::PayloadSizeLimitExceeded { pkt_size, max }) => {
-                    return Err(ProtoError::TooLarge {
-                        claimed: pkt_size,
-                        limit: max,
-                    });
                 }
-                Err(e) => return Err(ProtoError::Malformed(e)),
-            },
+            }
+            Some(8 | 12) => {}
             Some(t) => {
                 return Err(ProtoError::UnexpectedPacket(format!(
                     "packet type {t} before SUBSCRIBE or PUBLISH"

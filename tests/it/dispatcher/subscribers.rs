@@ -6,8 +6,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mqdispatch::dispatcher::{DispatcherConfig, Policy, Role, SubscriberPolicy, Unhinted};
-use mqdispatch::proto::{self, Hints};
+use mqdispatch::dispatcher::{
+    Decision, DispatcherConfig, Policy, Role, SubscriberPolicy, Unhinted,
+};
+use mqdispatch::proto::{self, Hints, ProtoError};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, DisconnectReasonCode, Filter, Packet, Subscribe,
@@ -160,6 +162,20 @@ async fn disconnect_of(s: &mut TcpStream) -> (DisconnectReasonCode, Option<Strin
     }
 }
 
+/// An accepted client sends `first`: DISCONNECT 0x9C naming `to`, and the decision behind it.
+async fn redirected_by_disconnect(d: &mut Running, id: &str, first: &[u8], to: &str) -> Decision {
+    let mut s = accepted(d, id).await;
+    s.write_all(first).await.unwrap();
+    let got = disconnect_of(&mut s).await;
+    assert_eq!(
+        got,
+        (DisconnectReasonCode::UseAnotherServer, Some(to.into()))
+    );
+    let dec = timeout(BOUND, d.decisions.recv()).await.unwrap().unwrap();
+    assert_eq!(dec.client_id, id);
+    dec
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_hint_the_first_subscribe_or_publish_decides_with_disconnect_0x9c() {
     let mut cfg = DispatcherConfig::new(brokers(), Policy::LeastCpu);
@@ -169,34 +185,15 @@ async fn without_a_hint_the_first_subscribe_or_publish_decides_with_disconnect_0
     while d.decisions.try_recv().is_ok() {}
 
     // A subscriber: no SUBACK, DISCONNECT 0x9C to the inflow broker.
-    let mut s = accepted(&d, "quiet-sub").await;
-    s.write_all(&subscribe_packet(GROUP)).await.unwrap();
-    assert_eq!(
-        disconnect_of(&mut s).await,
-        (DisconnectReasonCode::UseAnotherServer, Some(B2.into()))
-    );
-    let dec = timeout(BOUND, d.decisions.recv()).await.unwrap().unwrap();
-    assert_eq!(
-        (dec.client_id.as_str(), dec.role),
-        ("quiet-sub", Role::Subscriber)
-    );
-
+    let subscribe = subscribe_packet(GROUP);
+    let dec = redirected_by_disconnect(&mut d, "quiet-sub", &subscribe, B2).await;
+    assert_eq!(dec.role, Role::Subscriber);
     // A publisher that gave no hint: the publisher policy (least-cpu: b2), its PUBLISH dropped.
-    let mut s = accepted(&d, "quiet-pub").await;
-    s.write_all(&[
+    let publish = [
         0x30, 0x09, 0x00, 0x04, b'l', b'o', b'a', b'd', 0x00, b'h', b'i',
-    ])
-    .await
-    .unwrap();
-    assert_eq!(
-        disconnect_of(&mut s).await,
-        (DisconnectReasonCode::UseAnotherServer, Some(B2.into()))
-    );
-    let dec = timeout(BOUND, d.decisions.recv()).await.unwrap().unwrap();
-    assert_eq!(
-        (dec.client_id.as_str(), dec.role),
-        ("quiet-pub", Role::Publisher)
-    );
+    ];
+    let dec = redirected_by_disconnect(&mut d, "quiet-pub", &publish, B2).await;
+    assert_eq!(dec.role, Role::Publisher);
 
     // A publisher that declared its rate is redirected at once, as ever.
     let r = proto::request_redirect_with(&d.addr, None, "loud-pub", &publisher(), BOUND)
@@ -218,6 +215,40 @@ async fn without_a_hint_the_first_subscribe_or_publish_decides_with_disconnect_0
     assert_eq!(
         disconnect_of(&mut s).await.0,
         DisconnectReasonCode::UseAnotherServer
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_live_broker_means_0x88_with_a_hint_and_disconnect_0x89_without() {
+    let mut cfg = DispatcherConfig::new(brokers()[..1].to_vec(), Policy::LeastCpu);
+    cfg.report_interval = Duration::from_millis(100);
+    cfg.unhinted = Unhinted::Accept;
+    let d = Running::start(cfg).await;
+    let mut agent = TcpStream::connect(&d.reports).await.unwrap();
+    agent
+        .write_all(inflow("b1", 1.0, 10.0).as_bytes())
+        .await
+        .unwrap();
+    // b1 reported once and then went silent: after 3 intervals nothing is live.
+    let hints = Hints {
+        rate: None,
+        subscribe: vec![GROUP.into()],
+    };
+    eventually("0x88 for a subscriber", BOUND, || async {
+        let r = proto::request_redirect_with(&d.addr, None, "late-sub", &hints, BOUND).await;
+        match r {
+            Err(ProtoError::Refused(ConnectReturnCode::ServerUnavailable)) => Some(()),
+            Ok(_) => None,
+            Err(e) => panic!("{e}"),
+        }
+    })
+    .await;
+    let mut s = accepted(&d, "late-quiet").await;
+    s.write_all(&subscribe_packet(GROUP)).await.unwrap();
+    assert_eq!(
+        disconnect_of(&mut s).await,
+        (DisconnectReasonCode::ServerBusy, None)
     );
     d.stop().await;
 }
