@@ -1,8 +1,8 @@
 //! The redirect handshake, on rumqttc's public `mqttbytes` packet types.
 //!
-//! Server side ([`read_hello`], [`redirect_connack`], [`refusal_connack`], [`legacy_refusal`]):
-//! what the dispatcher reads and answers. Client side ([`request_redirect`]): what a publisher
-//! sends to a dispatcher to learn its broker. rumqttc's event loop cannot be used for the client
+//! Server side ([`read_hello`], [`redirect_connack`], [`redirect_disconnect`],
+//! [`refusal_connack`], [`legacy_refusal`]): what the dispatcher reads and answers. Client side
+//! ([`request_redirect`], [`Hints`]): what a client sends to a dispatcher to learn its broker. rumqttc's event loop cannot be used for the client
 //! side because it drops a refused CONNACK's properties, Server Reference included.
 
 use std::time::Duration;
@@ -11,7 +11,8 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::Error as CodecError;
 use rumqttc::v5::mqttbytes::v5::{
-    self as v5, ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, Packet,
+    self as v5, ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode,
+    Disconnect, DisconnectProperties, DisconnectReasonCode, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,6 +25,10 @@ pub const DEFAULT_MAX_CONNECT_BYTES: u32 = 16 * 1024;
 /// number) to the dispatcher; the rebalancer weighs it by this when the broker cannot measure it
 /// (`dispatcher::rebalance::rates`). The project's load generator sends its target rate.
 pub const RATE_PROPERTY: &str = "mqdispatch-rate";
+
+/// CONNECT user property by which a subscriber names a topic filter it will subscribe to
+/// (repeatable, e.g. `$share/g/load/#`): the dispatcher places it by its subscriber policy.
+pub const SUBSCRIBE_PROPERTY: &str = "subscribe";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
@@ -57,6 +62,8 @@ pub enum Hello {
         client_id: String,
         /// The [`RATE_PROPERTY`] user property, if present, finite and not negative.
         declared_rate: Option<f64>,
+        /// Every [`SUBSCRIBE_PROPERTY`] user property, in order: a subscriber's filters.
+        subscribe: Vec<String>,
     },
     /// MQTT 3.1.1 (level 4) or 3.1 (level 3): no redirection exists in these versions.
     Legacy { level: u8 },
@@ -87,7 +94,15 @@ pub async fn read_hello<S: AsyncRead + Unpin>(
     stream: &mut S,
     max_bytes: u32,
 ) -> Result<Hello, ProtoError> {
-    let mut buf = BytesMut::with_capacity(512);
+    read_hello_into(stream, &mut BytesMut::with_capacity(512), max_bytes).await
+}
+
+/// [`read_hello`] through `buf`: whatever the client sent after its CONNECT stays in `buf`.
+pub async fn read_hello_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max_bytes: u32,
+) -> Result<Hello, ProtoError> {
     loop {
         // Only CONNECT may come first: refuse anything else from its first byte.
         if let Some(&first) = buf.first()
@@ -95,22 +110,26 @@ pub async fn read_hello<S: AsyncRead + Unpin>(
         {
             return Err(ProtoError::NotConnect(first));
         }
-        match v5::check(buf.iter(), Some(max_bytes)) {
-            Ok(header) => {
-                return classify(&mut buf, header.frame_length());
-            }
-            Err(CodecError::InsufficientBytes(_)) => {}
-            Err(CodecError::PayloadSizeLimitExceeded { pkt_size, max }) => {
-                return Err(ProtoError::TooLarge {
-                    claimed: pkt_size,
-                    limit: max,
-                });
-            }
-            Err(e) => return Err(ProtoError::Malformed(e)),
+        if let Some(frame_len) = whole_frame(buf, max_bytes)? {
+            return classify(buf, frame_len);
         }
-        if stream.read_buf(&mut buf).await? == 0 {
+        if stream.read_buf(buf).await? == 0 {
             return Err(ProtoError::Truncated);
         }
+    }
+}
+
+/// The length of the packet at the front of `buf` once it is all there (`None`: read more). A
+/// fixed header claiming more than `max_bytes` is refused at once.
+pub fn whole_frame(buf: &BytesMut, max_bytes: u32) -> Result<Option<usize>, ProtoError> {
+    match v5::check(buf.iter(), Some(max_bytes)) {
+        Ok(header) => Ok(Some(header.frame_length())),
+        Err(CodecError::InsufficientBytes(_)) => Ok(None),
+        Err(CodecError::PayloadSizeLimitExceeded { pkt_size, max }) => Err(ProtoError::TooLarge {
+            claimed: pkt_size,
+            limit: max,
+        }),
+        Err(e) => Err(ProtoError::Malformed(e)),
     }
 }
 
@@ -140,6 +159,9 @@ fn classify(buf: &mut BytesMut, frame_len: usize) -> Result<Hello, ProtoError> {
         (Some(b"MQTT"), Some(5)) => match Packet::read(buf, None) {
             Ok(Packet::Connect(connect, _, _)) => Ok(Hello::V5 {
                 declared_rate: declared_rate(&connect),
+                subscribe: user_properties(&connect, SUBSCRIBE_PROPERTY)
+                    .map(str::to_owned)
+                    .collect(),
                 client_id: connect.client_id,
             }),
             Ok(other) => Err(ProtoError::UnexpectedPacket(format!("{other:?}"))),
@@ -151,13 +173,14 @@ fn classify(buf: &mut BytesMut, frame_len: usize) -> Result<Hello, ProtoError> {
     }
 }
 
+fn user_properties<'a>(connect: &'a Connect, key: &'a str) -> impl Iterator<Item = &'a str> {
+    let all = connect.properties.iter().flat_map(|p| &p.user_properties);
+    all.filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
 fn declared_rate(connect: &Connect) -> Option<f64> {
-    let props = connect.properties.as_ref()?;
-    let (_, value) = props
-        .user_properties
-        .iter()
-        .find(|(k, _)| k == RATE_PROPERTY)?;
-    value
+    user_properties(connect, RATE_PROPERTY)
+        .next()?
         .parse::<f64>()
         .ok()
         .filter(|r| r.is_finite() && *r >= 0.0)
@@ -170,7 +193,50 @@ pub fn redirect_connack(reason: RedirectReason, server_reference: &str) -> Bytes
     encode_v5_connack(reason.code(), Some(props))
 }
 
-/// A v5 CONNACK refusal without a reference, e.g. 0x88 Server unavailable.
+/// A server DISCONNECT with a redirect reason and the Server Reference `host:port`: how a
+/// connected client is sent elsewhere.
+pub fn redirect_disconnect(reason: RedirectReason, server_reference: &str) -> BytesMut {
+    let code = match reason {
+        RedirectReason::UseAnotherServer => DisconnectReasonCode::UseAnotherServer,
+        RedirectReason::ServerMoved => DisconnectReasonCode::ServerMoved,
+    };
+    let disconnect = Disconnect {
+        reason_code: code,
+        properties: Some(DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: Some(server_reference.to_owned()),
+        }),
+    };
+    let mut buf = BytesMut::with_capacity(64);
+    Packet::Disconnect(disconnect)
+        .write(&mut buf, None)
+        .expect("invariant: a DISCONNECT with one short string property always encodes");
+    buf
+}
+
+/// Where a server DISCONNECT sends its client: its reason (0x9C/0x9D) and Server Reference;
+/// `None` for any other reason or without a reference.
+pub fn disconnect_redirect(d: &Disconnect) -> Option<(RedirectReason, String)> {
+    let reason = match d.reason_code {
+        DisconnectReasonCode::UseAnotherServer => RedirectReason::UseAnotherServer,
+        DisconnectReasonCode::ServerMoved => RedirectReason::ServerMoved,
+        _ => return None,
+    };
+    let reference = d.properties.as_ref()?.server_reference.clone()?;
+    Some((reason, reference))
+}
+
+/// A server DISCONNECT with `code` and an empty property list (e.g. 0x89 Server busy). Written by
+/// hand: rumqttc 0.25 encodes it with remaining length 1 followed by two bytes, and cannot read
+/// the spec's short form (remaining length 1, no property length) either.
+pub fn disconnect_packet(code: DisconnectReasonCode) -> BytesMut {
+    BytesMut::from(&[0xE0, 0x02, code as u8, 0x00][..])
+}
+
+/// A v5 CONNACK refusal without a reference, e.g. 0x88 Server unavailable; with `Success`, the
+/// plain acceptance.
 pub fn refusal_connack(code: ConnectReturnCode) -> BytesMut {
     encode_v5_connack(code, None)
 }
@@ -221,22 +287,39 @@ fn empty_connack_properties() -> ConnAckProperties {
     }
 }
 
-/// A v5 CONNECT for `client_id` (clean start, 60 s keep-alive).
-pub fn connect_packet(client_id: &str) -> BytesMut {
-    connect_packet_declaring(client_id, None)
+/// What a client tells a dispatcher about itself in its CONNECT's user properties.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hints {
+    /// Its publish rate ([`RATE_PROPERTY`]).
+    pub rate: Option<f64>,
+    /// The filters it will subscribe to ([`SUBSCRIBE_PROPERTY`], one property each).
+    pub subscribe: Vec<String>,
 }
 
-/// A v5 CONNECT for `client_id` that declares its publish rate in the [`RATE_PROPERTY`] user
-/// property (none when `rate` is `None`).
-pub fn connect_packet_declaring(client_id: &str, rate: Option<f64>) -> BytesMut {
-    let properties = rate.map(|r| ConnectProperties {
+impl Hints {
+    fn user_properties(&self) -> Vec<(String, String)> {
+        let rate = self.rate.map(|r| (RATE_PROPERTY.to_owned(), r.to_string()));
+        let filters = (self.subscribe.iter()).map(|f| (SUBSCRIBE_PROPERTY.to_owned(), f.clone()));
+        rate.into_iter().chain(filters).collect()
+    }
+}
+
+/// A v5 CONNECT for `client_id` (clean start, 60 s keep-alive).
+pub fn connect_packet(client_id: &str) -> BytesMut {
+    connect_packet_with(client_id, &Hints::default())
+}
+
+/// A v5 CONNECT for `client_id` carrying `hints` as user properties (none when empty).
+pub fn connect_packet_with(client_id: &str, hints: &Hints) -> BytesMut {
+    let user_properties = hints.user_properties();
+    let properties = (!user_properties.is_empty()).then(|| ConnectProperties {
         session_expiry_interval: None,
         receive_maximum: None,
         max_packet_size: None,
         topic_alias_max: None,
         request_response_info: None,
         request_problem_info: None,
-        user_properties: vec![(RATE_PROPERTY.to_owned(), r.to_string())],
+        user_properties,
         authentication_method: None,
         authentication_data: None,
     });
@@ -281,25 +364,25 @@ pub async fn request_redirect_via(
     client_id: &str,
     timeout: Duration,
 ) -> Result<Redirect, ProtoError> {
-    request_redirect_declaring(dispatcher, tls, client_id, None, timeout).await
+    request_redirect_with(dispatcher, tls, client_id, &Hints::default(), timeout).await
 }
 
-/// [`request_redirect_via`], declaring the client's publish rate ([`RATE_PROPERTY`]) when known.
-pub async fn request_redirect_declaring(
+/// [`request_redirect_via`], telling the dispatcher `hints` in the CONNECT's user properties.
+pub async fn request_redirect_with(
     dispatcher: &str,
     tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     client_id: &str,
-    rate: Option<f64>,
+    hints: &Hints,
     timeout: Duration,
 ) -> Result<Redirect, ProtoError> {
     let exchange = async {
         let mut stream = TcpStream::connect(dispatcher).await?;
         stream.set_nodelay(true)?;
         match tls {
-            None => redirect_exchange(&mut stream, client_id, rate).await,
+            None => redirect_exchange(&mut stream, client_id, hints).await,
             Some(config) => {
                 let mut stream = crate::tls::connect(stream, dispatcher, config).await?;
-                redirect_exchange(&mut stream, client_id, rate).await
+                redirect_exchange(&mut stream, client_id, hints).await
             }
         }
     };
@@ -324,10 +407,10 @@ pub async fn request_redirect_declaring(
 async fn redirect_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     client_id: &str,
-    rate: Option<f64>,
+    hints: &Hints,
 ) -> Result<ConnAck, ProtoError> {
     stream
-        .write_all(&connect_packet_declaring(client_id, rate))
+        .write_all(&connect_packet_with(client_id, hints))
         .await?;
     stream.flush().await?;
     read_connack(stream).await
@@ -366,9 +449,14 @@ mod tests {
             Hello::V5 {
                 client_id: "pub-7".into(),
                 declared_rate: None,
+                subscribe: vec![],
             }
         );
-        let hello = hello_of(&connect_packet_declaring("pub-8", Some(2000.0)))
+        let rate = Hints {
+            rate: Some(2000.0),
+            subscribe: vec![],
+        };
+        let hello = hello_of(&connect_packet_with("pub-8", &rate))
             .await
             .unwrap();
         assert_eq!(
@@ -376,6 +464,22 @@ mod tests {
             Hello::V5 {
                 client_id: "pub-8".into(),
                 declared_rate: Some(2000.0),
+                subscribe: vec![],
+            }
+        );
+        let hints = Hints {
+            rate: None,
+            subscribe: vec!["$share/g/load/#".into(), "other/+".into()],
+        };
+        let hello = hello_of(&connect_packet_with("sub-1", &hints))
+            .await
+            .unwrap();
+        assert_eq!(
+            hello,
+            Hello::V5 {
+                client_id: "sub-1".into(),
+                declared_rate: None,
+                subscribe: hints.subscribe.clone(),
             }
         );
     }
@@ -453,6 +557,24 @@ mod tests {
             connack.properties.unwrap().server_reference.as_deref(),
             Some("127.0.0.1:1884")
         );
+    }
+
+    #[test]
+    fn redirect_disconnect_carries_reason_and_reference() {
+        let mut bytes = redirect_disconnect(RedirectReason::UseAnotherServer, "h:1884");
+        let Ok(Packet::Disconnect(d)) = Packet::read(&mut bytes, None) else {
+            panic!("not a DISCONNECT");
+        };
+        assert_eq!(
+            disconnect_redirect(&d),
+            Some((RedirectReason::UseAnotherServer, "h:1884".into()))
+        );
+        let mut bare = disconnect_packet(DisconnectReasonCode::ServerMoved);
+        let read = Packet::read(&mut bare, None);
+        let Ok(Packet::Disconnect(d)) = read else {
+            panic!("not a DISCONNECT: {read:?}");
+        };
+        assert_eq!(disconnect_redirect(&d), None, "0x9D without a reference");
     }
 
     #[test]

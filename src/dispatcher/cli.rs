@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BrokerEntry, DispatcherConfig, Extras, LoadSource, Metric, Policy, PrometheusSource, SourceArg,
-    Stale, bind_listener, events, rebalance, reports, run_with, tls,
+    Stale, SubscriberPolicy, Unhinted, bind_listener, events, rebalance, reports, run_with, tls,
 };
 use crate::InputError;
 use crate::proto::RedirectReason;
@@ -47,6 +47,15 @@ pub struct Args {
     pub brokers: Vec<BrokerEntry>,
     #[arg(long, value_enum)]
     pub policy: Policy,
+    /// How subscribers are placed (clients whose CONNECT carries the user property
+    /// `subscribe` = a topic filter): by the brokers' inflow, or round-robin per group.
+    #[arg(long, value_enum, default_value_t = SubscriberPolicy::Inflow)]
+    pub subscriber_policy: SubscriberPolicy,
+    /// A v5 client whose CONNECT gives no hint: `redirect` it as a publisher (CONNACK 0x9C), or
+    /// `accept` it (CONNACK 0x00) and redirect it by its first SUBSCRIBE or PUBLISH
+    /// (DISCONNECT 0x9C).
+    #[arg(long, value_enum, default_value_t = Unhinted::Redirect)]
+    pub unhinted: Unhinted,
     #[arg(long, value_enum, default_value_t = Metric::Cpu)]
     pub metric: Metric,
     /// Port for the agents' load reports (loopback unless a token is set).
@@ -147,6 +156,8 @@ fn load_source(args: &Args) -> Result<LoadSource, InputError> {
 pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     let load_source = load_source(&args)?;
     let mut cfg = DispatcherConfig::new(args.brokers, args.policy);
+    cfg.subscriber_policy = args.subscriber_policy;
+    cfg.unhinted = args.unhinted;
     cfg.metric = args.metric;
     cfg.window = args.window;
     cfg.report_interval = args.interval;

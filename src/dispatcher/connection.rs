@@ -1,4 +1,7 @@
-//! One client: read its CONNECT within the handshake timeout, answer, close. Over TLS, the TLS
+//! One client: read its CONNECT within the handshake timeout, answer, close. A subscriber (its
+//! CONNECT names a `subscribe` filter) is placed by the subscriber policy; with `--unhinted
+//! accept` a client that gives no hint is accepted and its first request decides
+//! ([`first_request`]), all within the same timeout. Over TLS, the TLS
 //! handshake counts against the same timeout: a client that opens TLS and stalls holds its slot
 //! for at most that long.
 
@@ -10,8 +13,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use bytes::{Bytes, BytesMut};
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+
+use super::Unhinted;
+use super::first_request::{self, FirstRequest};
 use super::metrics::Refusal;
-use super::placer::{Placer, Transport};
+use super::placer::{Answer, Client, Placer, Transport};
 use crate::proto::{self, Hello};
 
 /// After answering a client that sent more than its CONNECT, how long to wait for it to close.
@@ -69,16 +77,38 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     deadline: Instant,
     transport: Transport,
 ) -> bool {
+    let mut buf = BytesMut::with_capacity(512);
     let hello = tokio::time::timeout_at(
         deadline,
-        proto::read_hello(&mut *stream, placer.max_packet_bytes),
+        proto::read_hello_into(&mut *stream, &mut buf, placer.max_packet_bytes),
     )
     .await;
     let answer = match hello {
         Ok(Ok(Hello::V5 {
             client_id,
             declared_rate,
-        })) => placer.place_over(&client_id, declared_rate, transport),
+            subscribe,
+        })) => {
+            if !subscribe.is_empty() {
+                let who = Client::Subscriber {
+                    filters: &subscribe,
+                };
+                placer.answer(&client_id, &who, transport, Answer::Connack)
+            } else if declared_rate.is_none() && placer.unhinted == Unhinted::Accept {
+                let accepted = Accepted {
+                    peer,
+                    client_id,
+                    deadline,
+                    transport,
+                };
+                match accept_then_redirect(stream, buf, placer, accepted).await {
+                    Some(answer) => answer,
+                    None => return false,
+                }
+            } else {
+                placer.place_over(&client_id, declared_rate, transport)
+            }
+        }
         Ok(Ok(Hello::Legacy { level })) => {
             placer.metrics.refused(Refusal::LegacyProtocol);
             tracing::debug!(%peer, level, "MQTT 3.x client: refused (no redirection before v5)");
@@ -95,16 +125,77 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             return false;
         }
     };
+    write_answer(stream, peer, placer, &answer).await
+}
+
+async fn write_answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    peer: SocketAddr,
+    placer: &Placer,
+    answer: &[u8],
+) -> bool {
     let answered = tokio::time::timeout(placer.handshake_timeout, async {
-        stream.write_all(&answer).await?;
+        stream.write_all(answer).await?;
         stream.flush().await
     })
     .await;
     if !matches!(answered, Ok(Ok(()))) {
-        tracing::debug!(%peer, "client went away before its CONNACK was sent");
+        tracing::debug!(%peer, "client went away before its answer was sent");
         return false;
     }
     true
+}
+
+/// A v5 client that gave no hint, with the deadline of its whole exchange.
+struct Accepted {
+    peer: SocketAddr,
+    client_id: String,
+    deadline: Instant,
+    transport: Transport,
+}
+
+/// `--unhinted accept`: CONNACK 0x00, then the client's first SUBSCRIBE or PUBLISH (by the same
+/// deadline as its CONNECT) chooses the policy; returns the DISCONNECT that redirects it, or
+/// `None` when the connection is to be closed without one.
+async fn accept_then_redirect<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut buf: BytesMut,
+    placer: &Placer,
+    c: Accepted,
+) -> Option<Bytes> {
+    let peer = c.peer;
+    let success = proto::refusal_connack(ConnectReturnCode::Success);
+    if !write_answer(stream, peer, placer, &success).await {
+        return None;
+    }
+    let max = placer.max_packet_bytes;
+    let first = tokio::time::timeout_at(
+        c.deadline,
+        first_request::read_first_request(&mut *stream, &mut buf, max),
+    )
+    .await;
+    let who = match first {
+        Ok(Ok(FirstRequest::Subscribe(filters))) => filters,
+        Ok(Ok(FirstRequest::Publish)) => {
+            let who = Client::Publisher {
+                declared_rate: None,
+            };
+            return Some(placer.answer(&c.client_id, &who, c.transport, Answer::Disconnect));
+        }
+        Ok(Ok(FirstRequest::Disconnect)) => return None,
+        Ok(Err(error)) => {
+            placer.metrics.refused(Refusal::Malformed);
+            tracing::debug!(%peer, %error, "bad request after CONNACK: closed");
+            return None;
+        }
+        Err(_) => {
+            placer.metrics.refused(Refusal::HandshakeTimeout);
+            tracing::debug!(%peer, "no SUBSCRIBE or PUBLISH in time: closed");
+            return None;
+        }
+    };
+    let who = Client::Subscriber { filters: &who };
+    Some(placer.answer(&c.client_id, &who, c.transport, Answer::Disconnect))
 }
 
 /// Reads until the client closes, for at most [`LINGER`].

@@ -1,5 +1,5 @@
 //! `--events FILE.csv`: one row per placement, columns in this order:
-//! `t_s,client_id,broker,load_<id>...,pred_<id>...,age_<id>...,source`
+//! `t_s,client_id,broker,load_<id>...,pred_<id>...,age_<id>...,source,role,group`
 //! (`decisions.csv` without the runner's `trial,method`), one `load_`, one `pred_` and one `age_`
 //! column per broker in config order; `source` says what fed the loads: `reports`, `prometheus`, or `prometheus-last-known`
 //! (Prometheus not answering: its last answer held).
@@ -7,7 +7,9 @@
 //! that its samples cannot show yet, both as the policy saw them before this client; `age_` the
 //! age in ms of the broker's newest sample (empty before its first): the inputs' decision lag.
 //! `broker` is empty when the client was refused with 0x88; `t_s` is seconds since the
-//! dispatcher started.
+//! dispatcher started. `role` is `publisher` (placed by `--policy`) or `subscriber` (by
+//! `--subscriber-policy`, from the brokers' inflow, not the `load_` columns); `group` is the
+//! subscriber's filter it was placed by (empty for a publisher).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -29,6 +31,8 @@ pub fn header(ids: &[String]) -> Vec<String> {
     row.extend(ids.iter().map(|id| format!("pred_{id}")));
     row.extend(ids.iter().map(|id| format!("age_{id}")));
     row.push("source".to_owned());
+    row.push("role".to_owned());
+    row.push("group".to_owned());
     row
 }
 
@@ -48,6 +52,8 @@ pub fn record(d: &Decision, start_ms: u64) -> Vec<String> {
             .map(|(_, age)| age.map(|ms| ms.to_string()).unwrap_or_default()),
     );
     row.push(d.fed_by.as_str().to_owned());
+    row.push(d.role.as_str().to_owned());
+    row.push(d.group.clone().unwrap_or_default());
     row
 }
 
@@ -97,6 +103,8 @@ mod tests {
             predicted: predicted.clone(),
             sample_ages_ms: vec![("b1".to_owned(), Some(250)), ("b2".to_owned(), None)],
             fed_by: crate::dispatcher::FedBy::Reports,
+            role: crate::dispatcher::Role::Publisher,
+            group: None,
         })
         .unwrap();
         tx.send(Decision {
@@ -107,6 +115,8 @@ mod tests {
             predicted,
             sample_ages_ms: vec![("b1".to_owned(), Some(4_000)), ("b2".to_owned(), Some(3))],
             fed_by: crate::dispatcher::FedBy::PrometheusLastKnown,
+            role: crate::dispatcher::Role::Subscriber,
+            group: Some("$share/g/load/#".into()),
         })
         .unwrap();
         drop(tx);
@@ -114,9 +124,9 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
-            "t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2,age_b1,age_b2,source\n\
-             2.500,p1,b2,12.5,0,0.25,1.5,250,,reports\n\
-             3.000,p2,,12.5,0,0.25,1.5,4000,3,prometheus-last-known\n"
+            "t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2,age_b1,age_b2,source,role,group\n\
+             2.500,p1,b2,12.5,0,0.25,1.5,250,,reports,publisher,\n\
+             3.000,p2,,12.5,0,0.25,1.5,4000,3,prometheus-last-known,subscriber,$share/g/load/#\n"
         );
     }
 }

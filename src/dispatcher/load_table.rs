@@ -296,6 +296,15 @@ impl LoadTable {
             .collect()
     }
 
+    /// The subscriber policy's view, config order: live, and the window average of the
+    /// broker-side received msgs/s (0 while it reports none).
+    pub fn inflows(&self, now: Instant) -> Vec<(bool, f64)> {
+        self.brokers
+            .iter()
+            .map(|b| (self.live(b, now), b.average().rate))
+            .collect()
+    }
+
     /// Time since broker `i`'s last sample arrived; `None` before its first.
     pub fn sample_age(&self, i: usize, now: Instant) -> Option<Duration> {
         self.brokers[i]

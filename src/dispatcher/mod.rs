@@ -3,6 +3,8 @@
 //!
 //! - [`listener`]: backlog-4096 listener, connection cap, one task per client.
 //! - [`connection`]: one client's handshake (timeout, size cap, v5 / legacy / malformed).
+//! - [`first_request`]: an accepted client without a hint: its first SUBSCRIBE or PUBLISH.
+//! - [`groups`]: subscriber policies (pure) and the members placed per group.
 //! - [`placer`]: the shared state behind a short lock; precomputed answers.
 //! - [`load_table`]: window averages, liveness, predicted (pending) load.
 //! - [`policy`]: the placement policies, pure functions of a load-table snapshot.
@@ -16,6 +18,8 @@
 mod cli;
 pub mod connection;
 pub mod events;
+pub mod first_request;
+pub mod groups;
 pub mod listener;
 pub mod load_table;
 pub mod metrics;
@@ -39,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use cli::{Args, ReasonArg, cli_main};
+pub use groups::SubscriberPolicy;
 pub use listener::bind_listener;
 pub use source::{FedBy, LoadSource, PrometheusSource, SourceArg, Stale};
 
@@ -124,6 +129,10 @@ pub enum Metric {
 pub struct DispatcherConfig {
     pub brokers: Vec<BrokerEntry>,
     pub policy: Policy,
+    /// How subscribers (clients naming a filter) are spread: independent of `policy`.
+    pub subscriber_policy: SubscriberPolicy,
+    /// What a v5 client that names no filter and declares no rate gets.
+    pub unhinted: Unhinted,
     pub metric: Metric,
     /// Moving-average window over the reports' arrival times (the paper: 5 s).
     pub window: Duration,
@@ -155,6 +164,8 @@ impl DispatcherConfig {
         Self {
             brokers,
             policy,
+            subscriber_policy: SubscriberPolicy::default(),
+            unhinted: Unhinted::default(),
             metric: Metric::Cpu,
             window: Duration::from_secs(5),
             report_interval: Duration::from_secs(1),
@@ -198,6 +209,34 @@ impl DispatcherConfig {
     }
 }
 
+/// What the dispatcher does with a v5 client whose CONNECT gives no hint (no `subscribe` filter,
+/// no declared rate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unhinted {
+    /// A publisher: CONNACK 0x9C/0x9D to the `--policy` choice (the paper's method).
+    #[default]
+    Redirect,
+    /// CONNACK 0x00, then its first SUBSCRIBE (a subscriber) or PUBLISH (a publisher) decides:
+    /// DISCONNECT 0x9C/0x9D to the subscriber or publisher policy's choice.
+    Accept,
+}
+
+/// Whom a placement was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publisher,
+    Subscriber,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Publisher => "publisher",
+            Role::Subscriber => "subscriber",
+        }
+    }
+}
+
 /// One placement, as sent to the `decisions` channel of [`run`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -217,6 +256,10 @@ pub struct Decision {
     pub sample_ages_ms: Vec<(String, Option<u64>)>,
     /// What fed `loads`: agents' reports, Prometheus, or Prometheus's last answer held.
     pub fed_by: FedBy,
+    /// Placed by `--policy` (publisher) or `--subscriber-policy` (subscriber).
+    pub role: Role,
+    /// A subscriber's group: the filter it was placed by.
+    pub group: Option<String>,
 }
 
 /// Serves clients on `listener` (and agents on `report_listener`) until `cancel`; then waits for

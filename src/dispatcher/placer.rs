@@ -8,15 +8,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
+use super::groups::{self, Groups, Slot, SubscriberPolicy};
 use super::load_table::{LoadTable, TableError};
 use super::metrics::{BrokerLabel, DispatcherMetrics, Refusal};
 use super::policy::{self, BrokerView, PolicyState};
 use super::rebalance::rates::KnownClient;
-use super::{Decision, DispatcherConfig, FedBy, Policy};
+use super::{BrokerEntry, Decision, DispatcherConfig, FedBy, Policy, Role, Unhinted};
 use crate::load_report::LoadReport;
 use crate::proto;
 
@@ -29,6 +30,27 @@ struct Inner {
     clients: Option<HashMap<String, (usize, Option<f64>)>>,
     /// Clients the rebalancer moved: their next CONNECT goes to this broker (if live).
     pins: HashMap<String, usize>,
+    /// Subscriber group members placed so far.
+    groups: Groups,
+}
+
+/// Who is being placed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Client<'a> {
+    /// By `--policy`; it may have declared its publish rate.
+    Publisher { declared_rate: Option<f64> },
+    /// By `--subscriber-policy`, as a member of the group of its first filter (and recorded as
+    /// a member of every group it names).
+    Subscriber { filters: &'a [String] },
+}
+
+/// How the client is sent to its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// CONNACK 0x9C/0x9D to its CONNECT.
+    Connack,
+    /// DISCONNECT 0x9C/0x9D to a client that was accepted with CONNACK 0x00.
+    Disconnect,
 }
 
 /// How the client reached the dispatcher: it is sent to the broker's address for the same.
@@ -46,7 +68,13 @@ pub struct Placer {
     /// CONNACK redirect to each broker's TLS address (its plain address when it has none; the
     /// TLS port refuses to start then), config order.
     tls_redirects: Vec<Bytes>,
+    /// DISCONNECT redirect per broker (plain and TLS addresses), config order.
+    disconnects: Vec<Bytes>,
+    tls_disconnects: Vec<Bytes>,
     unavailable: Bytes,
+    /// DISCONNECT 0x89 Server busy: no live broker for an accepted client.
+    busy: Bytes,
+    subscriber_policy: SubscriberPolicy,
     decisions: Option<UnboundedSender<Decision>>,
     /// [`FedBy`] of the loads the policy sees now (changes when Prometheus stops answering).
     fed_by: AtomicU8,
@@ -55,6 +83,7 @@ pub struct Placer {
     pub metrics: DispatcherMetrics,
     pub handshake_timeout: Duration,
     pub max_packet_bytes: u32,
+    pub unhinted: Unhinted,
 }
 
 impl Placer {
@@ -67,11 +96,21 @@ impl Placer {
             .iter()
             .map(|b| proto::redirect_connack(cfg.reason, &b.addr).freeze())
             .collect();
+        let tls_addr = |b: &BrokerEntry| b.tls_addr.clone().unwrap_or_else(|| b.addr.clone());
         let tls_redirects = cfg
             .brokers
             .iter()
-            .map(|b| proto::redirect_connack(cfg.reason, b.tls_addr.as_ref().unwrap_or(&b.addr)))
-            .map(bytes::BytesMut::freeze)
+            .map(|b| proto::redirect_connack(cfg.reason, &tls_addr(b)).freeze())
+            .collect();
+        let disconnects = cfg
+            .brokers
+            .iter()
+            .map(|b| proto::redirect_disconnect(cfg.reason, &b.addr).freeze())
+            .collect();
+        let tls_disconnects = cfg
+            .brokers
+            .iter()
+            .map(|b| proto::redirect_disconnect(cfg.reason, &tls_addr(b)).freeze())
             .collect();
         Self {
             inner: Mutex::new(Inner {
@@ -80,17 +119,23 @@ impl Placer {
                 views: Vec::with_capacity(cfg.brokers.len()),
                 clients: cfg.rebalance.as_ref().map(|_| HashMap::new()),
                 pins: HashMap::new(),
+                groups: Groups::new(cfg.brokers.len()),
             }),
             policy: cfg.policy,
             redirects,
             tls_redirects,
+            disconnects,
+            tls_disconnects,
             unavailable: proto::refusal_connack(ConnectReturnCode::ServerUnavailable).freeze(),
+            busy: proto::disconnect_packet(DisconnectReasonCode::ServerBusy).freeze(),
+            subscriber_policy: cfg.subscriber_policy,
             decisions,
             fed_by: AtomicU8::new(fed_by as u8),
             fed: cfg.fed.clone(),
             metrics,
             handshake_timeout: cfg.handshake_timeout,
             max_packet_bytes: cfg.max_packet_bytes,
+            unhinted: cfg.unhinted,
         }
     }
 
@@ -115,6 +160,46 @@ impl Placer {
         declared_rate: Option<f64>,
         transport: Transport,
     ) -> Bytes {
+        let who = Client::Publisher { declared_rate };
+        self.answer(client_id, &who, transport, Answer::Connack)
+    }
+
+    /// Places `who` and returns the packet that sends it there: a CONNACK (0x9C/0x9D, or 0x88
+    /// when no broker is live) to a CONNECT, or a DISCONNECT (0x9C/0x9D, or 0x89 Server busy)
+    /// to a client already accepted.
+    pub fn answer(
+        &self,
+        client_id: &str,
+        who: &Client<'_>,
+        transport: Transport,
+        answer: Answer,
+    ) -> Bytes {
+        let chosen = self.decide(client_id, who);
+        match chosen {
+            Some(i) => {
+                self.metrics.redirected(i);
+                tracing::debug!(client_id, broker = i, ?answer, "redirected");
+                let table = match (answer, transport) {
+                    (Answer::Connack, Transport::Plain) => &self.redirects,
+                    (Answer::Connack, Transport::Tls) => &self.tls_redirects,
+                    (Answer::Disconnect, Transport::Plain) => &self.disconnects,
+                    (Answer::Disconnect, Transport::Tls) => &self.tls_disconnects,
+                };
+                table[i].clone()
+            }
+            None => {
+                self.metrics.refused(Refusal::ServerUnavailable);
+                tracing::warn!(client_id, "no live broker: refused");
+                match answer {
+                    Answer::Connack => self.unavailable.clone(),
+                    Answer::Disconnect => self.busy.clone(),
+                }
+            }
+        }
+    }
+
+    /// The policy's (or the pin's) choice for `who`, recorded, and its decision sent.
+    fn decide(&self, client_id: &str, who: &Client<'_>) -> Option<usize> {
         let now = Instant::now();
         let (chosen, decision) = {
             let mut guard = self.lock();
@@ -124,12 +209,23 @@ impl Placer {
                 .pins
                 .remove(client_id)
                 .filter(|&i| inner.views.get(i).is_some_and(|v| v.live));
-            let chosen =
-                pinned.or_else(|| policy::choose(self.policy, &inner.views, &mut inner.state));
+            let chosen = match who {
+                Client::Publisher { .. } => {
+                    pinned.or_else(|| policy::choose(self.policy, &inner.views, &mut inner.state))
+                }
+                Client::Subscriber { filters } => pinned.or_else(|| {
+                    subscriber_choice(self.subscriber_policy, inner, filters.first()?, now)
+                }),
+            };
             if let Some(i) = chosen {
                 inner.table.place(i, now);
-                if let Some(clients) = &mut inner.clients {
-                    clients.insert(client_id.to_owned(), (i, declared_rate));
+                match who {
+                    Client::Publisher { declared_rate } => {
+                        if let Some(clients) = &mut inner.clients {
+                            clients.insert(client_id.to_owned(), (i, *declared_rate));
+                        }
+                    }
+                    Client::Subscriber { filters } => inner.groups.record(client_id, filters, i),
                 }
             }
             let decision = self.decisions.as_ref().map(|_| {
@@ -142,6 +238,10 @@ impl Placer {
                 };
                 let t_ms = crate::now_ms();
                 let ages = inner.table.sample_ages_ms(t_ms);
+                let (role, group) = match who {
+                    Client::Publisher { .. } => (Role::Publisher, None),
+                    Client::Subscriber { filters } => (Role::Subscriber, filters.first().cloned()),
+                };
                 Decision {
                     t_ms,
                     client_id: client_id.to_owned(),
@@ -150,6 +250,8 @@ impl Placer {
                     predicted: per_broker(|v| v.pending),
                     sample_ages_ms: inner.table.ids().iter().cloned().zip(ages).collect(),
                     fed_by: self.fed_by(),
+                    role,
+                    group,
                 }
             });
             (chosen, decision)
@@ -158,24 +260,20 @@ impl Placer {
             // The receiver going away (its owner stopped listening) must not stop placement.
             let _ = tx.send(d);
         }
-        match chosen {
-            Some(i) => {
-                self.metrics.redirected(i);
-                tracing::debug!(client_id, broker = i, "redirected");
-                match transport {
-                    Transport::Plain => self.redirects[i].clone(),
-                    Transport::Tls => self.tls_redirects[i].clone(),
-                }
-            }
-            None => {
-                self.metrics.refused(Refusal::ServerUnavailable);
-                tracing::warn!(
-                    client_id,
-                    "no live broker: answered 0x88 server unavailable"
-                );
-                self.unavailable.clone()
-            }
-        }
+        chosen
+    }
+
+    /// Members of subscriber group `group` (a topic filter) this dispatcher placed on broker
+    /// `broker` (config index), sorted by client id.
+    pub fn group_members_on(&self, group: &str, broker: usize) -> Vec<String> {
+        self.lock().groups.members_on(group, broker)
+    }
+
+    /// Where the subscriber policy would send one more member of `group` now (`None`: no live
+    /// broker).
+    pub fn where_next_member(&self, group: &str) -> Option<usize> {
+        let inner = self.lock();
+        subscriber_choice(self.subscriber_policy, &inner, group, Instant::now())
     }
 
     /// The rebalancer's inputs at `now`: per broker (live, newest msgs/s), and every client this
@@ -203,6 +301,7 @@ impl Placer {
     pub fn pin(&self, client_id: &str, to: usize) {
         let mut inner = self.lock();
         inner.pins.insert(client_id.to_owned(), to);
+        inner.groups.relocate(client_id, to);
         if let Some(c) = inner.clients.as_mut().and_then(|c| c.get_mut(client_id)) {
             c.0 = to;
         }
@@ -212,6 +311,7 @@ impl Placer {
     pub fn forget(&self, client_id: &str) {
         let mut inner = self.lock();
         inner.pins.remove(client_id);
+        inner.groups.forget(client_id);
         if let Some(c) = inner.clients.as_mut() {
             c.remove(client_id);
         }
@@ -269,10 +369,28 @@ impl Placer {
     }
 }
 
+/// The subscriber policy's choice for one more member of `group` at `now`.
+fn subscriber_choice(
+    policy: SubscriberPolicy,
+    inner: &Inner,
+    group: &str,
+    now: Instant,
+) -> Option<usize> {
+    let inflows = inner.table.inflows(now);
+    let slots: Vec<Slot> = (inflows.into_iter().zip(inner.groups.counts(group)))
+        .map(|((live, inflow), members)| Slot {
+            live,
+            inflow,
+            members,
+        })
+        .collect();
+    groups::choose(policy, &slots, inner.groups.joined(group))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatcher::{BrokerEntry, Metric};
+    use crate::dispatcher::Metric;
 
     fn two_brokers(policy: Policy) -> DispatcherConfig {
         let brokers = ["b1", "b2"]
@@ -361,6 +479,45 @@ mod tests {
         let spread = burst_split(Policy::LeastLoad);
         assert!(spread.iter().all(|&c| c <= 520), "least-load {spread:?}");
         assert_eq!(burst_split(Policy::LeastCpu), [1000, 0]);
+    }
+
+    #[test]
+    fn subscribers_follow_the_inflow_and_the_rebalancer_can_ask_about_a_group() {
+        let (p, mut rx) = placer(Policy::RoundRobin, Metric::Cpu);
+        for (broker, rate) in [("b1", 1000.0), ("b2", 3000.0)] {
+            let mut r = report(broker);
+            r.msgs_in_per_s = Some(rate);
+            p.record(&r).unwrap();
+        }
+        let group = ["$share/g/load/#".to_owned()];
+        let who = Client::Subscriber { filters: &group };
+        let on: Vec<usize> = (0..4)
+            .map(|k| {
+                let answer = p.answer(&format!("s{k}"), &who, Transport::Plain, Answer::Connack);
+                let i = p.redirects.iter().position(|r| *r == answer).unwrap();
+                let d = rx.try_recv().unwrap();
+                assert_eq!(
+                    (d.role, d.group.as_deref()),
+                    (Role::Subscriber, Some(&*group[0]))
+                );
+                i
+            })
+            .collect();
+        assert_eq!(on, [0, 1, 1, 1]);
+        assert_eq!(p.group_members_on(&group[0], 1), ["s1", "s2", "s3"]);
+        // b1: 1000/s for one member, b2: 1000/s each: the tie goes to fewer members.
+        assert_eq!(p.where_next_member(&group[0]), Some(0));
+        // A member the rebalancer moves counts where it went.
+        p.pin("s3", 0);
+        assert_eq!(p.group_members_on(&group[0], 0), ["s0", "s3"]);
+        assert_eq!(p.where_next_member(&group[0]), Some(1));
+        // Without a hint a publisher still goes by `--policy`; a DISCONNECT answer names the
+        // same broker.
+        let pubr = Client::Publisher {
+            declared_rate: None,
+        };
+        let answer = p.answer("pub", &pubr, Transport::Plain, Answer::Disconnect);
+        assert_eq!(answer, p.disconnects[0], "round-robin's first");
     }
 
     /// Paused clock: the placer stamps placements and reports with `Instant::now()`.

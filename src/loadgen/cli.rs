@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::merge::{LoadRecord, SECONDS_HEADER, record_json};
 use super::shard::{self, Shard};
 use super::streams::SentByBroker;
+use super::subscriber::Via;
 use super::subscriber_cli;
 use super::{
     ArrivalOrder, ArrivalSpec, LoadConfig, LoadEvent, LoadSummary, Placement, Profile,
@@ -36,7 +37,9 @@ pub struct Args {
     #[arg(long = "profile", value_name = "SPEC", value_parser = Profile::parse_spec)]
     profiles: Vec<Profile>,
     /// Subscriber kind, e.g. `name=backend,count=2,topic=$share/g/load/#[,qos=0][,broker=b2]
-    /// [,work_us=50][,work=busy|idle]` (repeatable; needs `--broker`: b1, b2, ... in order).
+    /// [,work_us=50][,work=busy|idle]` (repeatable). With `--broker`: b1, b2, ... in order;
+    /// with `--dispatcher`: each member is placed by it (CONNECT user property `subscribe` =
+    /// its topic) and follows a later DISCONNECT 0x9C/0x9D to the broker it names.
     /// Every member connects and subscribes before the first publisher.
     #[arg(long = "subscriber", value_name = "SPEC", value_parser = SubscriberSpec::parse_spec)]
     subscribers: Vec<SubscriberSpec>,
@@ -44,7 +47,8 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_arg)]
     subscribe_for: Option<Duration>,
     /// Per-second subscriber CSV to create (never overwritten):
-    /// `t_s,subscriber,broker,received,latency_p50_ms,latency_p99_ms,latency_max_ms`.
+    /// `t_s,subscriber,broker,received,latency_p50_ms,latency_p99_ms,latency_max_ms,moves`
+    /// (`moves`: the member's moves so far, server DISCONNECT 0x9C/0x9D followed).
     #[arg(long, value_name = "FILE.csv", requires = "subscribers")]
     subscribers_out: Option<PathBuf>,
     /// Time between two arrivals (or bursts).
@@ -110,11 +114,19 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     if let Some(qos) = args.qos {
         profiles.iter_mut().for_each(|p| p.qos = qos);
     }
+    let via = match args.dispatcher.is_empty() {
+        true => Via::Brokers,
+        false => Via::Dispatchers {
+            addrs: args.dispatcher.clone(),
+            max_hops: args.max_hops,
+        },
+    };
     subscriber_cli::check_args(
         &profiles,
         &args.subscribers,
         args.subscribe_for,
         &args.broker,
+        &via,
     )?;
     if let Some(ms) = args.start_at {
         shard::check_start(ms, crate::now_ms())
@@ -199,6 +211,7 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
             subscriber_cli::Session::start(
                 args.subscribers,
                 &broker_addrs,
+                via,
                 &cfg,
                 args.subscribers_out.as_deref(),
                 start_s,

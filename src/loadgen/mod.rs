@@ -45,6 +45,8 @@ pub mod streams;
 pub mod subscriber;
 mod subscriber_cli;
 mod subscriber_direct;
+mod subscriber_session;
+mod subscriber_work;
 pub mod subscription;
 
 pub use arrival::{ArrivalOrder, ArrivalSpec, PlannedPublisher, plan_arrivals};

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::addr::{AddrError, HostPort};
 use crate::proto::{
-    ProtoError, RedirectReason, connect_packet, read_connack, request_redirect_declaring,
+    Hints, ProtoError, RedirectReason, connect_packet, read_connack, request_redirect_with,
 };
 
 /// Redirect hops followed when the broker list itself redirects (dns-rr against a dispatcher).
@@ -191,12 +191,27 @@ pub(crate) struct Connector {
 /// One placement attempt from `entry`: for a dispatcher list, transient failures move on to the
 /// next dispatcher; a fatal one (loop, missing reference, ...) is returned at once.
 pub(crate) async fn place(entry: &Entry, conn: &Connector) -> Result<Placed, PlacementError> {
+    let hints = Hints {
+        rate: conn.declared_rate,
+        subscribe: Vec::new(),
+    };
+    place_with(entry, conn, &hints).await
+}
+
+/// [`place`], telling every dispatcher on the way `hints` (a subscriber's filters).
+pub(crate) async fn place_with(
+    entry: &Entry,
+    conn: &Connector,
+    hints: &Hints,
+) -> Result<Placed, PlacementError> {
     match entry {
-        Entry::Broker { addr, max_hops } => follow(Start::Broker(addr), *max_hops, conn).await,
+        Entry::Broker { addr, max_hops } => {
+            follow(Start::Broker(addr), *max_hops, conn, hints).await
+        }
         Entry::Dispatchers { addrs, max_hops } => {
             let mut last = None;
             for addr in addrs {
-                match follow(Start::Dispatcher(addr), *max_hops, conn).await {
+                match follow(Start::Dispatcher(addr), *max_hops, conn, hints).await {
                     Ok(placed) => return Ok(placed),
                     Err(e) if e.is_fatal() => return Err(e),
                     Err(e) => {
@@ -220,6 +235,7 @@ async fn follow(
     start: Start<'_>,
     max_hops: u8,
     conn: &Connector,
+    hints: &Hints,
 ) -> Result<Placed, PlacementError> {
     let began = Instant::now();
     let mut visited: Vec<String> = Vec::new();
@@ -241,7 +257,7 @@ async fn follow(
     let mut moved_to = None;
     loop {
         // `current` redirects: ask it where to go.
-        let redirect = ask(&current, conn).await?;
+        let redirect = ask(&current, conn, hints).await?;
         let resolved = began.elapsed();
         visited.push(current);
         hops += 1;
@@ -283,12 +299,16 @@ async fn follow(
 }
 
 /// One redirect exchange with `addr`, errors classified.
-async fn ask(addr: &str, conn: &Connector) -> Result<crate::proto::Redirect, PlacementError> {
-    request_redirect_declaring(
+async fn ask(
+    addr: &str,
+    conn: &Connector,
+    hints: &Hints,
+) -> Result<crate::proto::Redirect, PlacementError> {
+    request_redirect_with(
         addr,
         conn.tls.as_ref(),
         &conn.client_id,
-        conn.declared_rate,
+        hints,
         CONNECT_TIMEOUT,
     )
     .await

@@ -115,6 +115,7 @@ mod tests {
             foreign: 0,
             latency_us: latency_histogram(),
             reconnects: 0,
+            moves: 0,
         }
     }
 

@@ -11,27 +11,25 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use hdrhistogram::Histogram;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
-use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::placement::{Connector, DEFAULT_MAX_HOPS, Entry, Link, place};
+use super::placement::{Connector, DEFAULT_MAX_HOPS, Entry};
 use super::receipts::{SeqStats, SeqTracker, latency_histogram, latency_us};
-use super::subscriber_direct::DirectSubscription;
-use super::subscription::{SubscriberSpec, WorkMode};
+use super::subscriber_direct::Dropped;
+use super::subscriber_session::{self as session, Subscribed};
+use super::subscriber_work::Work;
+use super::subscription::{MemberPlacement, SubscriberSpec};
 use crate::payload::{Header, now_us};
+use crate::proto::RedirectReason;
 
 /// Bound on one member's CONNECT + SUBSCRIBE + SUBACK.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle work shorter than this is owed and slept off in one go (sleeps are not finer).
-const IDLE_WORK_GRAIN: Duration = Duration::from_millis(1);
 
 /// Everything [`start`] needs.
 #[derive(Clone, Debug)]
@@ -47,6 +45,18 @@ pub struct SubscriberConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// Where members connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Via {
+    /// The brokers of [`SubscriberConfig::brokers`], by each entry's placement.
+    #[default]
+    Brokers,
+    /// Through these dispatchers (tried in order), each member naming its filter in its
+    /// CONNECT's `subscribe` user property ([`crate::proto::SUBSCRIBE_PROPERTY`]); broker
+    /// labels are then the addresses the dispatcher sent the members to.
+    Dispatchers { addrs: Vec<String>, max_hops: u8 },
+}
+
 /// What members report while they run (times are epoch ms, see [`crate::now_ms`]).
 #[derive(Clone, Debug)]
 pub enum SubscriberEvent {
@@ -59,6 +69,8 @@ pub enum SubscriberEvent {
         t_ms: u64,
         received: u64,
         latency_us: Box<Histogram<u64>>,
+        /// Moves of the member so far (server DISCONNECT 0x9C/0x9D followed).
+        moves: u32,
     },
 }
 
@@ -72,7 +84,10 @@ pub struct MemberSummary {
     /// Messages too short to carry a header (not the loader's).
     pub foreign: u64,
     pub latency_us: Histogram<u64>,
+    /// Reconnections, moves included.
     pub reconnects: u32,
+    /// Reconnections to where a server DISCONNECT 0x9C/0x9D sent the member.
+    pub moves: u32,
 }
 
 /// One delivery unit's view of one publisher's stream: a shared group's (`unit` = the group's
@@ -102,14 +117,29 @@ pub struct Subscribers {
     stop: CancellationToken,
 }
 
-/// Connects and subscribes every member; returns once each has its SUBACK (or the first
-/// error, with every member stopped).
+/// Connects and subscribes every member to its broker; returns once each has its SUBACK (or the
+/// first error, with every member stopped).
 pub async fn start(
     cfg: SubscriberConfig,
     events: UnboundedSender<SubscriberEvent>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Subscribers> {
+    start_via(cfg, Via::Brokers, events, cancel).await
+}
+
+/// [`start`], the members connecting as `via` says.
+pub async fn start_via(
+    cfg: SubscriberConfig,
+    via: Via,
+    events: UnboundedSender<SubscriberEvent>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Subscribers> {
     let broker_ids: Vec<String> = cfg.brokers.iter().map(|(id, _)| id.clone()).collect();
+    let id_of: Arc<HashMap<String, String>> = Arc::new(
+        (cfg.brokers.iter())
+            .map(|(id, addr)| (addr.clone(), id.clone()))
+            .collect(),
+    );
     let stop = cancel.child_token();
     let received = Arc::new(AtomicU64::new(0));
     let topics = Arc::new(cfg.publishers_by_topic);
@@ -128,8 +158,27 @@ pub async fn start(
                 .push((spec.name.clone(), spec.name.clone(), streams.clone()));
         }
         for k in 0..spec.count {
-            let b = spec.broker_of(k, &broker_ids).map_err(crate::InputError)?;
-            let (broker, addr) = cfg.brokers[b].clone();
+            let entry = match &via {
+                Via::Brokers => {
+                    let b = spec.broker_of(k, &broker_ids).map_err(crate::InputError)?;
+                    Entry::Broker {
+                        addr: cfg.brokers[b].1.clone(),
+                        max_hops: DEFAULT_MAX_HOPS,
+                    }
+                }
+                Via::Dispatchers { .. } if spec.placement != MemberPlacement::EachBroker => {
+                    return Err(crate::InputError(format!(
+                        "subscriber `{}`: broker=ID needs --broker addresses; through a \
+                         dispatcher the dispatcher places the members",
+                        spec.name
+                    ))
+                    .into());
+                }
+                Via::Dispatchers { addrs, max_hops } => Entry::Dispatchers {
+                    addrs: addrs.clone(),
+                    max_hops: *max_hops,
+                },
+            };
             let member = spec.member_name(k);
             let streams = shared.clone().unwrap_or_else(|| {
                 let own = Streams::default();
@@ -149,8 +198,8 @@ pub async fn start(
                 },
                 member,
                 spec: spec.clone(),
-                broker,
-                addr,
+                entry,
+                id_of: id_of.clone(),
                 topics: topics.clone(),
                 streams,
                 received: received.clone(),
@@ -259,8 +308,10 @@ impl Drop for Subscribers {
 struct MemberCtx {
     member: String,
     spec: SubscriberSpec,
-    broker: String,
-    addr: String,
+    /// Where each connection starts when no server said where to go.
+    entry: Entry,
+    /// Broker address → id (`b1`, ...); an address not listed is its own label.
+    id_of: Arc<HashMap<String, String>>,
     connector: Connector,
     topics: Arc<HashMap<String, String>>,
     streams: Streams,
@@ -268,43 +319,47 @@ struct MemberCtx {
     events: UnboundedSender<SubscriberEvent>,
 }
 
-/// One member: connect and subscribe (then say so on `ready`), receive until `stop`, reconnect
-/// after a dropped connection.
+/// One member: connect and subscribe (then say so on `ready`), receive until `stop`; after a
+/// dropped connection, subscribe again where a server DISCONNECT 0x9C/0x9D said (at once), else
+/// from the entry (after a backoff). 0x9D's broker stays the start of later reconnections until
+/// connecting there fails.
 async fn run_member(
     ctx: MemberCtx,
     ready: oneshot::Sender<anyhow::Result<()>>,
     stop: CancellationToken,
 ) -> anyhow::Result<MemberSummary> {
-    let mut summary = MemberSummary {
-        member: ctx.member.clone(),
-        entry: ctx.spec.name.clone(),
-        broker: ctx.broker.clone(),
-        received: 0,
-        foreign: 0,
-        latency_us: latency_histogram(),
-        reconnects: 0,
-    };
     let first = tokio::select! {
         _ = stop.cancelled() => Err(anyhow!("stopped before subscribing")),
-        r = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&ctx)) => {
+        r = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&ctx, None)) => {
             r.unwrap_or_else(|_| Err(anyhow!("no SUBACK within {SUBSCRIBE_TIMEOUT:?}")))
         }
     };
-    let mut session = match first {
-        Ok(session) => {
+    let (mut session, broker) = match first {
+        Ok(subscribed) => {
             let _ = ready.send(Ok(()));
-            session
+            subscribed
         }
         Err(e) => {
-            let e = e.context(format!("subscriber {} on {}", ctx.member, ctx.broker));
+            let e = e.context(format!("subscriber {} via {:?}", ctx.member, ctx.entry));
             let _ = ready.send(Err(anyhow!("{e:#}")));
             return Err(e);
         }
     };
-    info!(member = %ctx.member, broker = %ctx.broker, "subscribed");
-    let mut second = SecondWindow::new();
+    info!(member = %ctx.member, %broker, "subscribed");
+    let mut summary = MemberSummary {
+        member: ctx.member.clone(),
+        entry: ctx.spec.name.clone(),
+        broker: broker.clone(),
+        received: 0,
+        foreign: 0,
+        latency_us: latency_histogram(),
+        reconnects: 0,
+        moves: 0,
+    };
+    let mut second = SecondWindow::new(broker);
     let mut work = Work::new(&ctx.spec);
     let mut backoff = crate::backoff::Backoff::default();
+    let mut home: Option<String> = None;
     loop {
         let dropped = receive(
             &ctx,
@@ -315,89 +370,62 @@ async fn run_member(
             &stop,
         )
         .await;
-        let Some(error) = dropped else { break };
-        warn!(member = %ctx.member, broker = %ctx.broker, %error, "subscriber connection lost");
-        let again = loop {
-            tokio::select! {
-                _ = stop.cancelled() => break None,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+        let Some(dropped) = dropped else { break };
+        let error = &dropped.error;
+        warn!(member = %ctx.member, broker = %summary.broker, %error, "subscriber connection lost");
+        let mut next = dropped.moved.map(|(reason, reference)| {
+            info!(member = %ctx.member, %reference, ?reason, "server sent us elsewhere");
+            if reason == RedirectReason::ServerMoved {
+                home = Some(reference.clone());
             }
-            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&ctx)).await {
+            reference
+        });
+        let moved = next.is_some();
+        let again = loop {
+            if next.is_none() {
+                tokio::select! {
+                    _ = stop.cancelled() => break None,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+            if stop.is_cancelled() {
+                break None;
+            }
+            let start = next.take().or_else(|| home.clone());
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&ctx, start.as_deref())).await {
                 Ok(Ok(s)) => break Some(s),
                 Ok(Err(e)) => warn!(member = %ctx.member, error = %e, "cannot subscribe again"),
                 Err(_) => warn!(member = %ctx.member, "no SUBACK on resubscribing"),
             }
-        };
-        match again {
-            Some(s) => {
-                session = s;
-                summary.reconnects += 1;
-                backoff = crate::backoff::Backoff::default();
+            if start.is_some() && start == home {
+                home = None;
             }
-            None => break,
-        }
+        };
+        let Some((s, broker)) = again else { break };
+        session = s;
+        summary.reconnects += 1;
+        summary.moves += u32::from(moved);
+        info!(member = %ctx.member, %broker, moves = summary.moves, "subscribed again");
+        summary.broker = broker.clone();
+        second.broker = broker;
+        second.moves = summary.moves;
+        backoff = crate::backoff::Backoff::default();
     }
     second.emit(&ctx, crate::now_ms());
     let _ = tokio::time::timeout(Duration::from_millis(250), session.disconnect()).await;
     Ok(summary)
 }
 
-/// A member's connection with its SUBSCRIBE acknowledged.
-enum Subscribed {
-    /// Plain TCP: our own reads ([`DirectSubscription`]).
-    Direct(DirectSubscription),
-    /// TLS: a rumqttc client (boxed: its event loop is large).
-    Client(AsyncClient, Box<rumqttc::v5::EventLoop>),
+/// Connects from `start` (a broker a server named) or the member's entry, and subscribes;
+/// returns the session and the broker's label.
+async fn subscribe(ctx: &MemberCtx, start: Option<&str>) -> anyhow::Result<(Subscribed, String)> {
+    let (session, addr) = session::subscribe(&ctx.entry, start, &ctx.connector, &ctx.spec).await?;
+    let broker = ctx.id_of.get(&addr).cloned().unwrap_or(addr);
+    Ok((session, broker))
 }
 
-impl Subscribed {
-    async fn disconnect(&mut self) {
-        match self {
-            Subscribed::Direct(d) => d.disconnect().await,
-            Subscribed::Client(c, _) => {
-                let _ = c.disconnect().await;
-            }
-        }
-    }
-}
-
-async fn subscribe(ctx: &MemberCtx) -> anyhow::Result<Subscribed> {
-    let entry = Entry::Broker {
-        addr: ctx.addr.clone(),
-        max_hops: DEFAULT_MAX_HOPS,
-    };
-    let placed = place(&entry, &ctx.connector)
-        .await
-        .with_context(|| format!("connecting to {}", ctx.addr))?;
-    let qos = if ctx.spec.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
-    let (client, mut eventloop) = match placed.session.link {
-        Link::Direct(stream) => {
-            let sub = DirectSubscription::subscribe(stream, &ctx.spec.topic, qos).await?;
-            return Ok(Subscribed::Direct(sub));
-        }
-        Link::Client { client, eventloop } => (client, eventloop),
-    };
-    client.subscribe(ctx.spec.topic.clone(), qos).await?;
-    loop {
-        if let Event::Incoming(Packet::SubAck(ack)) = eventloop.poll().await? {
-            return match ack.return_codes.first() {
-                Some(SubscribeReasonCode::Success(_)) => {
-                    Ok(Subscribed::Client(client, Box::new(eventloop)))
-                }
-                other => Err(anyhow!(
-                    "broker refused SUBSCRIBE {}: {other:?}",
-                    ctx.spec.topic
-                )),
-            };
-        }
-    }
-}
-
-/// Receives until `stop` (`None`) or a connection error (its text).
+/// Receives until `stop` (`None`) or the connection ends (why, and where to go if a server
+/// said).
 async fn receive(
     ctx: &MemberCtx,
     session: &mut Subscribed,
@@ -405,7 +433,7 @@ async fn receive(
     second: &mut SecondWindow,
     work: &mut Work,
     stop: &CancellationToken,
-) -> Option<String> {
+) -> Option<Dropped> {
     // One timer for the whole session, moved to each next second (not one per message).
     let tick = tokio::time::sleep(second.until_next());
     tokio::pin!(tick);
@@ -413,7 +441,7 @@ async fn receive(
         let mut on_publish = |p: &rumqttc::v5::mqttbytes::v5::Publish| {
             take(ctx, summary, second, work, &p.topic, &p.payload)
         };
-        let received: Result<(), String> = tokio::select! {
+        let received: Result<(), Dropped> = tokio::select! {
             biased;
             _ = stop.cancelled() => return None,
             () = &mut tick => {
@@ -422,29 +450,11 @@ async fn receive(
                 tick.as_mut().reset(tokio::time::Instant::now() + second.until_next());
                 Ok(())
             }
-            r = receive_once(session, &mut on_publish) => r,
+            r = session.receive_once(&mut on_publish) => r,
         };
         if let Err(e) = received {
             return Some(e);
         }
-    }
-}
-
-/// One read's worth of messages (direct), or one event (rumqttc).
-async fn receive_once(
-    session: &mut Subscribed,
-    on_publish: &mut impl FnMut(&rumqttc::v5::mqttbytes::v5::Publish),
-) -> Result<(), String> {
-    match session {
-        Subscribed::Direct(d) => d.receive(on_publish).await,
-        Subscribed::Client(_, eventloop) => match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                on_publish(&p);
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        },
     }
 }
 
@@ -494,14 +504,19 @@ struct SecondWindow {
     t_ms: u64,
     received: u64,
     latency_us: Histogram<u64>,
+    /// Where the member is now: the second is reported under the broker it ends on.
+    broker: String,
+    moves: u32,
 }
 
 impl SecondWindow {
-    fn new() -> Self {
+    fn new(broker: String) -> Self {
         Self {
             t_ms: crate::now_ms() / 1000 * 1000,
             received: 0,
             latency_us: latency_histogram(),
+            broker,
+            moves: 0,
         }
     }
 
@@ -528,53 +543,12 @@ impl SecondWindow {
         let _ = ctx.events.send(SubscriberEvent::Second {
             member: ctx.member.clone(),
             entry: ctx.spec.name.clone(),
-            broker: ctx.broker.clone(),
+            broker: self.broker.clone(),
             t_ms: self.t_ms,
             received: std::mem::take(&mut self.received),
             latency_us: Box::new(latency),
+            moves: self.moves,
         });
         self.t_ms = (now_ms / 1000 * 1000).max(self.t_ms + 1000);
-    }
-}
-
-/// A member's per-message work: its finite capacity.
-struct Work {
-    each: Duration,
-    mode: WorkMode,
-    /// `Idle`: when the member is free again (work owed accumulates below the sleep grain).
-    free_at: Instant,
-}
-
-impl Work {
-    fn new(spec: &SubscriberSpec) -> Self {
-        Self {
-            each: spec.work,
-            mode: spec.work_mode,
-            free_at: Instant::now(),
-        }
-    }
-
-    /// Blocks this member's thread for one message's work: it reads nothing meanwhile, so a
-    /// backlog builds up in its socket and at its broker, as behind a busy backend.
-    fn spend(&mut self) {
-        if self.each.is_zero() {
-            return;
-        }
-        let now = Instant::now();
-        match self.mode {
-            WorkMode::Busy => {
-                let until = now + self.each;
-                while Instant::now() < until {
-                    std::hint::spin_loop();
-                }
-            }
-            WorkMode::Idle => {
-                self.free_at = self.free_at.max(now) + self.each;
-                let owed = self.free_at - now;
-                if owed >= IDLE_WORK_GRAIN {
-                    std::thread::sleep(owed);
-                }
-            }
-        }
     }
 }

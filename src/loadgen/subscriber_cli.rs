@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::receipts::{latency_histogram, max_ms, quantile_ms};
 use super::streams::{SentByBroker, StreamRow, publishers_by_topic, stream_rows};
-use super::subscriber::{self, SubscriberConfig, SubscriberEvent, Subscribers};
+use super::subscriber::{self, SubscriberConfig, SubscriberEvent, Subscribers, Via};
 use super::{LoadConfig, Profile, SubscriberSpec};
 use crate::InputError;
 
@@ -26,6 +26,7 @@ pub(super) fn check_args(
     subscribers: &[SubscriberSpec],
     subscribe_for: Option<Duration>,
     brokers: &[String],
+    via: &Via,
 ) -> Result<(), InputError> {
     let fail = |m: &str| Err(InputError(m.to_owned()));
     match (profiles.is_empty(), subscribers.is_empty(), subscribe_for) {
@@ -37,9 +38,9 @@ pub(super) fn check_args(
             "--subscribe-for is for subscribers without publishers; with --profile they stop \
              once the publishers are done and what was in flight has arrived",
         ),
-        (_, false, _) if brokers.is_empty() => fail(
-            "--subscriber needs --broker addresses: members connect to brokers b1, b2, ... in \
-             the order the --broker flags are given",
+        (_, false, _) if brokers.is_empty() && *via == Via::Brokers => fail(
+            "--subscriber needs --broker addresses (members connect to brokers b1, b2, ... in \
+             the order the --broker flags are given) or --dispatcher (members are placed by it)",
         ),
         _ => Ok(()),
     }
@@ -58,6 +59,7 @@ impl Session {
     pub(super) async fn start(
         specs: Vec<SubscriberSpec>,
         brokers: &[String],
+        via: Via,
         load: &LoadConfig,
         out: Option<&Path>,
         start_s: u64,
@@ -82,7 +84,7 @@ impl Session {
         let out = out.map(super::cli::create_new).transpose()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let writer = tokio::task::spawn_blocking(move || write_seconds(rx, out, start_s));
-        let subscribers = subscriber::start(cfg, tx, cancel.child_token())
+        let subscribers = subscriber::start_via(cfg, via, tx, cancel.child_token())
             .await
             .context("subscribers")?;
         tracing::info!(
@@ -148,6 +150,7 @@ fn write_seconds(
         "latency_p50_ms",
         "latency_p99_ms",
         "latency_max_ms",
+        "moves",
     ])?;
     let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
     while let Some(SubscriberEvent::Second {
@@ -156,6 +159,7 @@ fn write_seconds(
         t_ms,
         received,
         latency_us,
+        moves,
         ..
     }) = rx.blocking_recv()
     {
@@ -167,6 +171,7 @@ fn write_seconds(
             ms(quantile_ms(&latency_us, 0.5)),
             ms(quantile_ms(&latency_us, 0.99)),
             ms(max_ms(&latency_us)),
+            moves.to_string(),
         ])?;
         if rx.is_empty() {
             w.flush()?;

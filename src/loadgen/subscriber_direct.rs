@@ -19,12 +19,39 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::placement::PING_AFTER;
+use crate::proto::RedirectReason;
 
 /// Largest packet accepted from the broker.
 const MAX_PACKET_BYTES: u32 = 16 * 1024 * 1024;
 const PINGREQ: [u8; 2] = [0xC0, 0x00];
 /// Read buffer: many PUBLISHes per read when they queue up.
 const READ_CAPACITY: usize = 64 * 1024;
+
+/// Why a member's connection ended.
+#[derive(Debug)]
+pub(super) struct Dropped {
+    pub error: String,
+    /// A server DISCONNECT 0x9C/0x9D's reason and Server Reference.
+    pub moved: Option<(RedirectReason, String)>,
+}
+
+impl From<String> for Dropped {
+    fn from(error: String) -> Self {
+        Dropped { error, moved: None }
+    }
+}
+
+impl From<io::Error> for Dropped {
+    fn from(e: io::Error) -> Self {
+        Dropped::from(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Dropped {
+    fn from(e: anyhow::Error) -> Self {
+        Dropped::from(e.to_string())
+    }
+}
 
 /// A subscribed bare connection.
 pub(super) struct DirectSubscription {
@@ -69,35 +96,38 @@ impl DirectSubscription {
     }
 
     /// Waits for the next read (or the time to ping), and returns its PUBLISHes through `each`.
-    /// `Err`: the connection is over.
-    pub(super) async fn receive(&mut self, mut each: impl FnMut(&Publish)) -> Result<(), String> {
+    /// `Err`: the connection is over (with where to go, if a server DISCONNECT said so).
+    pub(super) async fn receive(&mut self, mut each: impl FnMut(&Publish)) -> Result<(), Dropped> {
         let ping_at = self.last_write + PING_AFTER;
         tokio::select! {
-            r = self.fill() => r.map_err(|e| e.to_string())?,
+            r = self.fill() => r.map_err(Dropped::from)?,
             () = tokio::time::sleep_until(ping_at) => {
-                self.write(&PINGREQ).await.map_err(|e| e.to_string())?;
+                self.write(&PINGREQ).await?;
                 return Ok(());
             }
         }
-        while let Some(packet) = self.next_packet().map_err(|e| e.to_string())? {
+        while let Some(packet) = self.next_packet()? {
             match packet {
                 Packet::Publish(p) => {
                     each(&p);
                     if p.qos == QoS::AtLeastOnce {
                         PubAck::new(p.pkid, None)
                             .write(&mut self.acks)
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|e| Dropped::from(e.to_string()))?;
                     }
                 }
                 Packet::Disconnect(d) => {
-                    return Err(format!("the broker sent DISCONNECT {:?}", d.reason_code));
+                    return Err(Dropped {
+                        error: format!("the broker sent DISCONNECT {:?}", d.reason_code),
+                        moved: crate::proto::disconnect_redirect(&d),
+                    });
                 }
                 _ => {}
             }
         }
         if !self.acks.is_empty() {
             let acks = self.acks.split();
-            self.write(&acks).await.map_err(|e| e.to_string())?;
+            self.write(&acks).await?;
         }
         Ok(())
     }

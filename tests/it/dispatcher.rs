@@ -16,6 +16,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 mod cli;
+mod subscribers;
 mod tls;
 
 const B1: &str = "127.0.0.1:1884";

@@ -68,11 +68,15 @@ fn cli_server_moved_reports_port_events_and_clean_exit() {
     let rows: Vec<&str> = text.lines().collect();
     assert_eq!(
         rows[0],
-        "t_s,client_id,broker,load_b1,pred_b1,age_b1,source"
+        "t_s,client_id,broker,load_b1,pred_b1,age_b1,source,role,group"
     );
     assert_eq!(rows.len(), 2, "{text}");
     // No report yet: load 0, nothing predicted, no sample to date (empty age).
-    assert!(rows[1].ends_with(",cli-1,b1,0,0,,reports"), "{}", rows[1]);
+    assert!(
+        rows[1].ends_with(",cli-1,b1,0,0,,reports,publisher,"),
+        "{}",
+        rows[1]
+    );
 }
 
 #[test]

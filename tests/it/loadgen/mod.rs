@@ -22,6 +22,7 @@ pub mod fakes;
 mod header;
 mod interop_subscribers;
 mod shard;
+mod subscribers_via_dispatcher;
 mod tls;
 use fakes::{Broker, FakeDispatcher, Proxy, Reply, fake_broker_that_moves_us};
 

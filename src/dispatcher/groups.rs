@@ -1,0 +1,332 @@
+//! Subscriber placement: the subscriber policies (pure) and the dispatcher's record of which
+//! group members it sent to which broker.
+//!
+//! The brokers are not clustered: a message published on broker `b` reaches only `b`'s
+//! subscribers, and a shared group's messages on `b` are split among the group's members on
+//! `b`. So a group needs a member on every broker with inflow, and the members per broker in
+//! proportion to the inflow. A group is one topic filter as the client wrote it: a shared
+//! subscription `$share/G/FILTER` (share name with filter, as MQTT defines one), or a plain
+//! filter, which is a group of its own.
+//!
+//! Counts come from the dispatcher's own placements; it does not see disconnects. A member is
+//! known by its client id: a client id placed again (a reconnect, a move) replaces its earlier
+//! placement, so it is counted once, where it was last sent. Otherwise a member is kept for the
+//! dispatcher's lifetime. At most [`MAX_MEMBERS`] client ids are recorded; beyond that new
+//! members are still placed, by the counts so far, but not recorded.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Client ids recorded at most (memory bound against a flood of distinct ids).
+pub const MAX_MEMBERS: usize = 65_536;
+
+/// How subscribers are spread over the brokers.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubscriberPolicy {
+    /// Members per broker in proportion to its inflow (reported `msgs_in_per_s`): a new member
+    /// goes to the broker with the most inflow per member, a broker with inflow and no member
+    /// first.
+    #[default]
+    Inflow,
+    /// The k-th member of a group goes to broker k mod n (the baseline).
+    RoundRobin,
+}
+
+/// What the subscriber policy knows of one broker for one group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slot {
+    /// Live by the load table's rule (reported recently, or never reported).
+    pub live: bool,
+    /// Window average of the broker's received msgs/s (0 when it reports none).
+    pub inflow: f64,
+    /// The group's members placed on it.
+    pub members: u32,
+}
+
+/// Chooses the broker for a group's next member; `joined` = members of the group placed so far
+/// (round-robin's k). `None` when no broker is live.
+pub fn choose(policy: SubscriberPolicy, slots: &[Slot], joined: u64) -> Option<usize> {
+    match policy {
+        SubscriberPolicy::RoundRobin => {
+            let n = slots.len();
+            let k = usize::try_from(joined % n.max(1) as u64).unwrap_or(0);
+            (0..n).map(|d| (k + d) % n).find(|&i| slots[i].live)
+        }
+        SubscriberPolicy::Inflow => {
+            let mut best: Option<usize> = None;
+            for (i, s) in slots.iter().enumerate().filter(|(_, s)| s.live) {
+                if best.is_none_or(|b| before(s, &slots[b])) {
+                    best = Some(i);
+                }
+            }
+            best
+        }
+    }
+}
+
+/// The inflow each of the group's members on `s` carries now (infinite for a broker with
+/// inflow and no member: the group's messages there are dropped).
+fn per_member(s: &Slot) -> f64 {
+    match (s.members, s.inflow > 0.0) {
+        (0, true) => f64::INFINITY,
+        (0, false) => 0.0,
+        (m, _) => s.inflow / f64::from(m),
+    }
+}
+
+/// Whether `a` takes the next member before `b` (which comes earlier in broker order): the
+/// higher load per member, then fewer members; a full tie keeps `b`.
+fn before(a: &Slot, b: &Slot) -> bool {
+    let (la, lb) = (per_member(a), per_member(b));
+    la > lb || (la == lb && a.members < b.members)
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    /// Members per broker, config order.
+    counts: Vec<u32>,
+    /// Members ever placed (round-robin's k).
+    joined: u64,
+    /// Client id → broker index.
+    members: BTreeMap<String, usize>,
+}
+
+/// The members this dispatcher placed, per group.
+#[derive(Debug)]
+pub struct Groups {
+    brokers: usize,
+    groups: HashMap<String, Group>,
+    /// Client id → the groups it was recorded in.
+    member_of: HashMap<String, Vec<String>>,
+}
+
+impl Groups {
+    pub fn new(brokers: usize) -> Self {
+        Self {
+            brokers,
+            groups: HashMap::new(),
+            member_of: HashMap::new(),
+        }
+    }
+
+    /// Members of `group` per broker (config order; zeros for an unknown group).
+    pub fn counts(&self, group: &str) -> Vec<u32> {
+        self.groups
+            .get(group)
+            .map_or_else(|| vec![0; self.brokers], |g| g.counts.clone())
+    }
+
+    /// Members of `group` placed so far, replacements included.
+    pub fn joined(&self, group: &str) -> u64 {
+        self.groups.get(group).map_or(0, |g| g.joined)
+    }
+
+    /// Client ids of `group`'s members on broker `broker` (sorted).
+    pub fn members_on(&self, group: &str, broker: usize) -> Vec<String> {
+        self.groups.get(group).map_or_else(Vec::new, |g| {
+            let on = g.members.iter().filter(|&(_, &b)| b == broker);
+            on.map(|(id, _)| id.clone()).collect()
+        })
+    }
+
+    /// Every group with a recorded member (sorted).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.groups.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// `client_id` was sent to `broker` as a member of `groups`: any earlier placement of the
+    /// same client id is replaced.
+    pub fn record(&mut self, client_id: &str, groups: &[String], broker: usize) {
+        self.forget(client_id);
+        for name in groups {
+            self.groups.entry(name.clone()).or_default().joined += 1;
+        }
+        if self.member_of.len() >= MAX_MEMBERS {
+            tracing::warn!(
+                client_id,
+                limit = MAX_MEMBERS,
+                "subscriber not recorded: too many members"
+            );
+            return;
+        }
+        for name in groups {
+            let g = self.groups.get_mut(name).expect("invariant: created above");
+            g.counts.resize(self.brokers, 0);
+            g.counts[broker] += 1;
+            g.members.insert(client_id.to_owned(), broker);
+        }
+        self.member_of.insert(client_id.to_owned(), groups.to_vec());
+    }
+
+    /// `client_id` was moved to `broker` (by the rebalancer): it counts there in each of its
+    /// groups, without joining anew. Unknown client ids are ignored.
+    pub fn relocate(&mut self, client_id: &str, broker: usize) {
+        for name in self.member_of.get(client_id).into_iter().flatten() {
+            if let Some(g) = self.groups.get_mut(name)
+                && let Some(at) = g.members.get_mut(client_id)
+            {
+                g.counts[*at] -= 1;
+                g.counts[broker] += 1;
+                *at = broker;
+            }
+        }
+    }
+
+    /// Drops `client_id` from every group it was recorded in.
+    pub fn forget(&mut self, client_id: &str) {
+        for name in self.member_of.remove(client_id).unwrap_or_default() {
+            if let Some(g) = self.groups.get_mut(&name)
+                && let Some(b) = g.members.remove(client_id)
+            {
+                g.counts[b] -= 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(inflows: &[f64]) -> Vec<Slot> {
+        inflows
+            .iter()
+            .map(|&inflow| Slot {
+                live: true,
+                inflow,
+                members: 0,
+            })
+            .collect()
+    }
+
+    /// Places `n` members one after another, each seeing the counts so far.
+    fn fill(policy: SubscriberPolicy, start: &[Slot], n: u64) -> Vec<u32> {
+        let mut s = start.to_vec();
+        for k in 0..n {
+            let i = choose(policy, &s, k).expect("a live broker");
+            s[i].members += 1;
+        }
+        s.iter().map(|s| s.members).collect()
+    }
+
+    #[test]
+    fn inflow_splits_3_to_1_over_8_members_as_6_and_2() {
+        assert_eq!(
+            fill(SubscriberPolicy::Inflow, &slots(&[3.0, 1.0]), 8),
+            [6, 2]
+        );
+        assert_eq!(
+            fill(SubscriberPolicy::Inflow, &slots(&[3000.0, 1000.0]), 8),
+            [6, 2]
+        );
+    }
+
+    #[test]
+    fn a_broker_with_inflow_and_no_member_always_comes_first() {
+        // However lopsided, the idle-member broker with inflow is served before anyone else.
+        let mut s = slots(&[1_000_000.0, 1.0, 0.0]);
+        s[0].members = 1;
+        assert_eq!(choose(SubscriberPolicy::Inflow, &s, 1), Some(1));
+        // And never a broker with inflow and no member while another has two.
+        for inflows in [[5.0, 1.0, 0.5], [1.0, 1.0, 1.0], [0.1, 90.0, 3.0]] {
+            let mut s = slots(&inflows);
+            for k in 0..12 {
+                let i = choose(SubscriberPolicy::Inflow, &s, k).unwrap();
+                s[i].members += 1;
+                let starved = s.iter().any(|s| s.inflow > 0.0 && s.members == 0);
+                assert!(!(starved && s.iter().any(|s| s.members >= 2)), "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn inflow_ties_go_to_fewest_members_then_broker_order() {
+        // No inflow reported anywhere: members spread evenly, in broker order.
+        let picks: Vec<usize> = {
+            let mut s = slots(&[0.0, 0.0, 0.0]);
+            (0..6)
+                .map(|k| {
+                    let i = choose(SubscriberPolicy::Inflow, &s, k).unwrap();
+                    s[i].members += 1;
+                    i
+                })
+                .collect()
+        };
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        // Equal load per member (2/1 vs 4/2): the one with fewer members.
+        let mut s = slots(&[4.0, 2.0]);
+        s[0].members = 2;
+        s[1].members = 1;
+        assert_eq!(choose(SubscriberPolicy::Inflow, &s, 3), Some(1));
+        // A broker without inflow gets nobody while another has inflow.
+        assert_eq!(
+            fill(SubscriberPolicy::Inflow, &slots(&[0.0, 7.0]), 5),
+            [0, 5]
+        );
+    }
+
+    #[test]
+    fn round_robin_is_k_mod_n_skipping_down_brokers() {
+        let s = slots(&[9.0, 0.0, 0.0]);
+        let picks: Vec<_> = (0..5)
+            .map(|k| choose(SubscriberPolicy::RoundRobin, &s, k).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1]);
+        let mut s = s;
+        s[1].live = false;
+        assert_eq!(choose(SubscriberPolicy::RoundRobin, &s, 1), Some(2));
+    }
+
+    #[test]
+    fn down_brokers_are_never_chosen() {
+        let mut s = slots(&[100.0, 1.0]);
+        s[0].live = false;
+        assert_eq!(choose(SubscriberPolicy::Inflow, &s, 0), Some(1));
+        s[1].live = false;
+        for p in [SubscriberPolicy::Inflow, SubscriberPolicy::RoundRobin] {
+            assert_eq!(choose(p, &s, 0), None);
+            assert_eq!(choose(p, &[], 0), None);
+        }
+    }
+
+    #[test]
+    fn groups_count_a_client_id_once_where_it_was_last_sent() {
+        let mut g = Groups::new(2);
+        let share = vec!["$share/g/load/#".to_owned()];
+        g.record("a", &share, 0);
+        g.record("b", &share, 0);
+        assert_eq!(g.counts(&share[0]), [2, 0]);
+        g.record("a", &share, 1);
+        assert_eq!(g.counts(&share[0]), [1, 1]);
+        assert_eq!(g.joined(&share[0]), 3);
+        assert_eq!(g.members_on(&share[0], 1), ["a"]);
+        assert_eq!(g.members_on(&share[0], 0), ["b"]);
+        // A plain filter is a group of its own; one client may be in several.
+        let two = vec!["$share/g/load/#".to_owned(), "alerts/#".to_owned()];
+        g.record("c", &two, 1);
+        assert_eq!(g.counts("alerts/#"), [0, 1]);
+        assert_eq!(g.counts(&share[0]), [1, 2]);
+        assert_eq!(g.names(), ["$share/g/load/#", "alerts/#"]);
+        g.relocate("c", 0);
+        assert_eq!(g.counts("alerts/#"), [1, 0]);
+        assert_eq!(g.counts(&share[0]), [2, 1]);
+        assert_eq!(g.joined("alerts/#"), 1, "a move is not a new member");
+        g.relocate("stranger", 0);
+        g.forget("c");
+        assert_eq!(g.counts("alerts/#"), [0, 0]);
+        assert_eq!(g.counts(&share[0]), [1, 1]);
+        assert_eq!(g.counts("never"), [0, 0]);
+    }
+}
