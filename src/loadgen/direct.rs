@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet};
+use rumqttc::v5::mqttbytes::v5::Packet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -205,14 +205,7 @@ impl Incoming {
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
                 }
                 Ok(Packet::Disconnect(d)) => {
-                    let moved = match d.reason_code {
-                        DisconnectReasonCode::UseAnotherServer => {
-                            Some(RedirectReason::UseAnotherServer)
-                        }
-                        DisconnectReasonCode::ServerMoved => Some(RedirectReason::ServerMoved),
-                        _ => None,
-                    }
-                    .zip(d.properties.and_then(|p| p.server_reference));
+                    let moved = crate::proto::disconnect_redirect(&d);
                     return Err(dropped(
                         format!("server sent DISCONNECT {:?}", d.reason_code),
                         moved,
