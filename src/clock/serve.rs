@@ -125,8 +125,11 @@ async fn answer(mut stream: TcpStream) -> End {
             }
             // Stamped as late as possible: right before the write.
             let now = realtime_us().to_be_bytes();
-            if let Err(e) = stream.write_all(&now).await {
-                return End::Io(e);
+            // Bounded like the read: a client that asks and never reads loses its slot.
+            match tokio::time::timeout(IDLE, stream.write_all(&now)).await {
+                Err(_) => return End::Idle,
+                Ok(Err(e)) => return End::Io(e),
+                Ok(Ok(())) => {}
             }
             answered += 1;
         }

@@ -11,13 +11,20 @@
 //! Counts come from the dispatcher's own placements; it does not see disconnects. A member is
 //! known by its client id: a client id placed again (a reconnect, a move) replaces its earlier
 //! placement, so it is counted once, where it was last sent. Otherwise a member is kept for the
-//! dispatcher's lifetime. At most [`MAX_MEMBERS`] client ids are recorded; beyond that new
-//! members are still placed, by the counts so far, but not recorded.
+//! dispatcher's lifetime; a group whose last member is forgotten is dropped. Memory is bounded
+//! against unauthenticated clients: at most [`MAX_MEMBERS`] client ids of at most
+//! [`MAX_RECORDED_BYTES`] bytes, each in at most [`MAX_GROUPS_PER_MEMBER`] groups whose filters
+//! are at most [`MAX_RECORDED_BYTES`] long. A member beyond these bounds is still placed, by the
+//! counts so far, but not recorded.
 
 use std::collections::{BTreeMap, HashMap};
 
 /// Client ids recorded at most (memory bound against a flood of distinct ids).
 pub const MAX_MEMBERS: usize = 65_536;
+/// Groups one member is recorded in at most (its first distinct filters).
+pub const MAX_GROUPS_PER_MEMBER: usize = 8;
+/// Longest client id or filter recorded.
+pub const MAX_RECORDED_BYTES: usize = 256;
 
 /// How subscribers are spread over the brokers.
 #[derive(
@@ -147,27 +154,45 @@ impl Groups {
     }
 
     /// `client_id` was sent to `broker` as a member of `groups`: any earlier placement of the
-    /// same client id is replaced.
+    /// same client id is replaced (and is not a new join). A filter named twice counts once.
     pub fn record(&mut self, client_id: &str, groups: &[String], broker: usize) {
-        self.forget(client_id);
+        let replaced = self.forget(client_id);
+        let mut names: Vec<&String> = Vec::new();
         for name in groups {
-            self.groups.entry(name.clone()).or_default().joined += 1;
+            if !names.contains(&name) && names.len() < MAX_GROUPS_PER_MEMBER {
+                names.push(name);
+            }
         }
-        if self.member_of.len() >= MAX_MEMBERS {
+        let recordable = client_id.len() <= MAX_RECORDED_BYTES
+            && names.iter().all(|n| n.len() <= MAX_RECORDED_BYTES)
+            && self.member_of.len() < MAX_MEMBERS;
+        if !recordable {
+            // Placed by the counts so far; round-robin still moves on in groups already known.
+            for name in &names {
+                if let Some(g) = self.groups.get_mut(name.as_str()) {
+                    g.joined += 1;
+                }
+            }
             tracing::warn!(
-                client_id,
                 limit = MAX_MEMBERS,
-                "subscriber not recorded: too many members"
+                "subscriber not recorded: too many members, or a client id or filter over {MAX_RECORDED_BYTES} bytes"
             );
             return;
         }
-        for name in groups {
-            let g = self.groups.get_mut(name).expect("invariant: created above");
-            g.counts.resize(self.brokers, 0);
+        for name in &names {
+            let brokers = self.brokers;
+            let g = self.groups.entry((*name).clone()).or_insert_with(|| Group {
+                counts: vec![0; brokers],
+                ..Group::default()
+            });
             g.counts[broker] += 1;
             g.members.insert(client_id.to_owned(), broker);
+            if !replaced {
+                g.joined += 1;
+            }
         }
-        self.member_of.insert(client_id.to_owned(), groups.to_vec());
+        self.member_of
+            .insert(client_id.to_owned(), names.into_iter().cloned().collect());
     }
 
     /// `client_id` was moved to `broker` (by the rebalancer): it counts there in each of its
@@ -184,15 +209,23 @@ impl Groups {
         }
     }
 
-    /// Drops `client_id` from every group it was recorded in.
-    pub fn forget(&mut self, client_id: &str) {
-        for name in self.member_of.remove(client_id).unwrap_or_default() {
+    /// Drops `client_id` from every group it was recorded in (a group left without members is
+    /// dropped); whether it was recorded.
+    pub fn forget(&mut self, client_id: &str) -> bool {
+        let Some(names) = self.member_of.remove(client_id) else {
+            return false;
+        };
+        for name in names {
             if let Some(g) = self.groups.get_mut(&name)
                 && let Some(b) = g.members.remove(client_id)
             {
                 g.counts[b] -= 1;
+                if g.members.is_empty() {
+                    self.groups.remove(&name);
+                }
             }
         }
+        true
     }
 }
 
@@ -310,7 +343,11 @@ mod tests {
         assert_eq!(g.counts(&share[0]), [2, 0]);
         g.record("a", &share, 1);
         assert_eq!(g.counts(&share[0]), [1, 1]);
-        assert_eq!(g.joined(&share[0]), 3);
+        assert_eq!(
+            g.joined(&share[0]),
+            2,
+            "a client id placed again is not a new member"
+        );
         assert_eq!(g.members_on(&share[0], 1), ["a"]);
         assert_eq!(g.members_on(&share[0], 0), ["b"]);
         // A plain filter is a group of its own; one client may be in several.
@@ -328,5 +365,49 @@ mod tests {
         assert_eq!(g.counts("alerts/#"), [0, 0]);
         assert_eq!(g.counts(&share[0]), [1, 1]);
         assert_eq!(g.counts("never"), [0, 0]);
+    }
+
+    #[test]
+    fn duplicates_long_names_and_too_many_groups_are_bounded() {
+        let mut g = Groups::new(2);
+        let twice = vec!["t/#".to_owned(), "t/#".to_owned()];
+        g.record("a", &twice, 0);
+        assert_eq!(g.counts("t/#"), [1, 0], "a filter named twice counts once");
+        assert!(g.forget("a"));
+        assert_eq!(g.names(), Vec::<String>::new(), "an empty group is dropped");
+        assert!(!g.forget("a"));
+        let many: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        g.record("b", &many, 1);
+        assert_eq!(g.names().len(), MAX_GROUPS_PER_MEMBER);
+        g.record(&"x".repeat(MAX_RECORDED_BYTES + 1), &many[..1], 0);
+        g.record("c", &["y".repeat(MAX_RECORDED_BYTES + 1)], 0);
+        assert_eq!(
+            g.counts("f0"),
+            [0, 1],
+            "over-long names are placed, not recorded"
+        );
+        assert_eq!(g.names().len(), MAX_GROUPS_PER_MEMBER);
+    }
+
+    #[test]
+    fn past_the_member_cap_a_new_group_still_gets_brokers() {
+        let mut g = Groups::new(2);
+        let share = vec!["$share/g/t".to_owned()];
+        for i in 0..MAX_MEMBERS {
+            g.record(&format!("m{i}"), &share, i % 2);
+        }
+        let fresh = vec!["$share/h/t".to_owned()];
+        g.record("late", &fresh, 1);
+        assert_eq!(g.counts(&fresh[0]), [0, 0]);
+        let slots: Vec<Slot> = g
+            .counts(&fresh[0])
+            .iter()
+            .map(|&members| Slot {
+                live: true,
+                inflow: 1.0,
+                members,
+            })
+            .collect();
+        assert!(choose(SubscriberPolicy::Inflow, &slots, g.joined(&fresh[0])).is_some());
     }
 }

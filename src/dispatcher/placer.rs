@@ -218,9 +218,11 @@ impl Placer {
                 }),
             };
             if let Some(i) = chosen {
-                inner.table.place(i, now);
                 match who {
                     Client::Publisher { declared_rate } => {
+                        // The burst-safe prediction counts publishers: a subscriber adds no
+                        // inflow to its broker.
+                        inner.table.place(i, now);
                         if let Some(clients) = &mut inner.clients {
                             clients.insert(client_id.to_owned(), (i, *declared_rate));
                         }

@@ -277,12 +277,15 @@ fn check_shard_args(args: &Args, shard: Shard) -> Result<(), InputError> {
     }
     if args.start_at.is_none() {
         return fail(format!(
-            "--shard {shard} needs --start-at UNIX_MS: the instant all shards count join              offsets from"
+            "--shard {shard} needs --start-at UNIX_MS: the instant all shards count join \
+             offsets from"
         ));
     }
     if !args.subscribers.is_empty() {
         return fail(format!(
-            "--shard {shard} runs no subscribers (they would expect only this shard's              messages): run them in a loader of their own, `mqdispatch load --broker ...              --subscriber ... --subscribe-for DURATION`"
+            "--shard {shard} runs no subscribers (they would expect only this shard's \
+             messages): run them in a loader of their own, `mqdispatch load --broker ... \
+             --subscriber ... --subscribe-for DURATION`"
         ));
     }
     if args.profiles.is_empty() {

@@ -72,22 +72,17 @@ pub(super) async fn drive(
             Ok(back) => match back.ended {
                 Ended::WriteFailed(ref error) => {
                     let error = io::Error::new(error.kind(), error.to_string());
-                    (incoming.after_write_error(stream, error), Some(back))
+                    (incoming.after_write_error(stream, error), back)
                 }
-                _ => (SessionEnd::Done, Some(back)),
+                _ => (SessionEnd::Done, back),
             },
             Err(end) => (end, take_back(&mut ticket).await),
         },
     };
-    let unsent = match back {
-        Some(back) => {
-            pacing.pacer = back.pacer;
-            pacing.lateness = back.lateness;
-            *seconds = back.seconds;
-            (back.unsent, back.unsent_is_publish)
-        }
-        None => return dropped("the loader's send thread is gone".into(), None),
-    };
+    pacing.pacer = back.pacer;
+    pacing.lateness = back.lateness;
+    *seconds = back.seconds;
+    let unsent = (back.unsent, back.unsent_is_publish);
     let grace = match end_reason {
         SessionEnd::Dropped { .. } => return end_reason,
         SessionEnd::Cancelled => CANCEL_GRACE,
@@ -124,9 +119,7 @@ async fn read_while_lent(
     loop {
         tokio::select! {
             biased;
-            back = ticket.handback() => {
-                return back.ok_or_else(|| dropped("the loader's send thread is gone".into(), None));
-            }
+            back = ticket.handback() => return Ok(back),
             ready = stream.readable() => {
                 match ready {
                     Ok(()) => incoming.try_read(stream)?,
@@ -139,7 +132,7 @@ async fn read_while_lent(
 }
 
 /// Asks the send thread for the job and waits for it.
-async fn take_back(ticket: &mut Ticket) -> Option<Handback> {
+async fn take_back(ticket: &mut Ticket) -> Handback {
     ticket.stop();
     ticket.handback().await
 }
@@ -164,7 +157,7 @@ impl Incoming {
     }
 
     fn inflight(&self) -> u16 {
-        self.inflight.load(Ordering::Acquire)
+        self.inflight.load(Ordering::SeqCst)
     }
 
     /// Waits for the socket to be readable and reads.
@@ -202,7 +195,7 @@ impl Incoming {
                 Ok(Packet::PubAck(_)) => {
                     let _ = self
                         .inflight
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
                 }
                 Ok(Packet::Disconnect(d)) => {
                     let moved = crate::proto::disconnect_redirect(&d);

@@ -185,7 +185,9 @@ pub async fn run(
 }
 
 /// [`run`] with join offsets counted from `start_ms` (epoch ms, the instant the shards of one
-/// load agreed on) instead of from now; see [`shard::check_start`] for how far off it may be.
+/// load agreed on) instead of from now. The caller checks the instant ([`shard::check_start`],
+/// as `mqdispatch load` does before its subscribers connect): checked here, the time the
+/// subscribers took would count against it.
 pub async fn run_at(
     cfg: LoadConfig,
     start_ms: Option<u64>,
@@ -193,9 +195,6 @@ pub async fn run_at(
     cancel: CancellationToken,
 ) -> anyhow::Result<LoadSummary> {
     cfg.validate().map_err(crate::InputError)?;
-    if let Some(ms) = start_ms {
-        shard::check_start(ms, crate::now_ms()).map_err(crate::InputError)?;
-    }
     let stop = cancel.child_token();
     let _stop_on_drop = stop.clone().drop_guard();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -75,7 +75,14 @@ impl Window {
     }
 
     fn full(&self) -> bool {
-        self.qos1 && self.inflight.load(Ordering::Acquire) >= self.limit
+        self.qos1 && self.inflight.load(Ordering::SeqCst) >= self.limit
+    }
+
+    /// Undoes [`Window::next_pkid`] for a PUBLISH that was never written.
+    fn give_back(&mut self, pkid: u16) {
+        if self.qos1 && pkid != 0 {
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// The packet id of the next PUBLISH (1..=65535, cycling; 0 at QoS 0), counted in flight.
@@ -157,26 +164,36 @@ impl Lent {
             .owed(tokio::time::Instant::from_std(Instant::now()));
         for _ in 0..owed {
             if self.job.window.full() {
-                // Say so before looking again: a PUBACK counted in between then wakes us.
-                self.window_waiting.store(true, Ordering::Release);
+                // Say so before looking again: a PUBACK counted in between then wakes us. Both
+                // sides use SeqCst (store here, then load; the reader's decrement, then its
+                // swap), so at least one of them sees the other.
+                self.window_waiting.store(true, Ordering::SeqCst);
                 if self.job.window.full() {
                     return Ok(());
                 }
-                self.window_waiting.store(false, Ordering::Release);
+                self.window_waiting.store(false, Ordering::SeqCst);
             }
-            if let Some(due) = self.job.pacer.next_due() {
-                let late = Instant::now().saturating_duration_since(due.into_std());
-                self.job.lateness.record(late);
-            }
+            let due = self.job.pacer.next_due();
             let pkid = self.job.window.next_pkid();
             let header = Header {
                 sent_us: now_us(),
                 seq: self.job.pacer.sequence(),
             };
-            self.job.pacer.issue();
             let fd = self.job.socket;
             let packet = self.job.frame.stamp(header, pkid);
-            let taken = send(fd, packet)?;
+            let taken = match send(fd, packet) {
+                Ok(taken) => taken,
+                Err(error) => {
+                    // Never written: it takes no sequence number and no slot in the window.
+                    self.job.window.give_back(pkid);
+                    return Err(error);
+                }
+            };
+            self.job.pacer.issue();
+            if let Some(due) = due {
+                let late = Instant::now().saturating_duration_since(due.into_std());
+                self.job.lateness.record(late);
+            }
             if taken < packet.len() {
                 self.unsent = packet[taken..].to_vec();
                 self.unsent_is_publish = true;
@@ -224,11 +241,19 @@ impl Lent {
     }
 }
 
-/// One `send(2)` without SIGPIPE; a full socket takes 0 bytes (`Ok(0)`), EINTR is retried.
+/// One `send(2)` that neither raises SIGPIPE nor blocks (whatever the descriptor's flags); a
+/// full socket takes 0 bytes (`Ok(0)`), EINTR is retried.
 fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: sends at most `bytes.len()` bytes from a live slice on a socket we hold open.
-        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        let n = unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
         if n >= 0 {
             return Ok(n as usize);
         }

@@ -125,16 +125,22 @@ impl Ticket {
         }
     }
 
-    /// The job, once the thread hands it back; `None` if the thread is gone.
-    pub async fn handback(&mut self) -> Option<Handback> {
-        let back = (&mut self.handback).await.ok();
+    /// The job, once the thread hands it back. The loader joins the thread only after every
+    /// publisher is done, so it is gone here only if it panicked: that is a bug, and it takes
+    /// this publisher down with it (the loader then stops with an error) rather than leave it
+    /// reconnecting in a loop.
+    pub async fn handback(&mut self) -> Handback {
+        let back = (&mut self.handback)
+            .await
+            .expect("invariant: the loader's send thread outlives its publishers");
         self.returned = true;
         back
     }
 
     /// Call after PUBACKs were counted: a thread waiting for room in the window goes on.
     pub fn window_opened(&self) {
-        if self.window_waiting.swap(false, Ordering::AcqRel) {
+        // SeqCst: pairs with the send thread's store-then-load (`send_job::Lent::issue_owed`).
+        if self.window_waiting.swap(false, Ordering::SeqCst) {
             self.handle.send(Command::WindowOpened(self.id));
         }
     }
@@ -209,8 +215,10 @@ impl Drop for SendThread {
     fn drop(&mut self) {
         self.shutdown.store(true, Ordering::Release);
         self.handle.wake.poke();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the loader's send thread panicked");
         }
     }
 }
@@ -326,7 +334,8 @@ impl Sender {
             seconds,
             ..
         } = active.job;
-        // A task that is gone no longer wants it: dropping the job closes our duplicate socket.
+        // A task that is gone no longer wants it (its ticket waited for this before the socket
+        // closed).
         let _ = active.done.send(Handback {
             pacer,
             lateness,
@@ -489,7 +498,7 @@ mod tests {
         let written = Arc::clone(&job.seconds.written);
         let mut ticket = thread.handle().start(job);
         let reader = std::thread::spawn(move || read_publishes(&mut server, 200));
-        let back = ticket.handback().await.expect("handed back");
+        let back = ticket.handback().await;
         assert!(matches!(back.ended, Ended::Done), "{:?}", back.ended);
         assert!(back.unsent.is_empty());
         assert_eq!(back.pacer.sequence(), 200);
@@ -509,7 +518,7 @@ mod tests {
         let first = read_publishes(&mut server, 1);
         assert_eq!(first, vec![(0, 0)]);
         ticket.stop();
-        let back = ticket.handback().await.expect("handed back");
+        let back = ticket.handback().await;
         assert!(matches!(back.ended, Ended::Stopped), "{:?}", back.ended);
         let issued = back.pacer.sequence();
         assert!((1..6000).contains(&issued), "{issued}");
@@ -561,7 +570,7 @@ mod tests {
         inflight.fetch_sub(2, Ordering::AcqRel);
         ticket.window_opened();
         ticket.stop();
-        let back = ticket.handback().await.expect("handed back");
+        let back = ticket.handback().await;
         assert!(back.pacer.sequence() >= 4);
     }
 
@@ -582,7 +591,7 @@ mod tests {
             .handle()
             .start(job(&client, 1000.0, 0.3, QoS::AtMostOnce, 64));
         let reader = std::thread::spawn(move || read_publishes(&mut server, 300));
-        let back = steady.handback().await.expect("handed back");
+        let back = steady.handback().await;
         assert!(matches!(back.ended, Ended::Done));
         assert_eq!(back.pacer.sequence(), 300);
         // The stalled job cannot be done: its socket still holds the rest of a PUBLISH.
@@ -593,7 +602,7 @@ mod tests {
         assert_eq!(reader.join().unwrap().len(), 300);
         // Now drain the stalled one: every PUBLISH whole and in order.
         let drain = std::thread::spawn(move || read_publishes(&mut stalled_server, 500));
-        let back = stalled.handback().await.expect("handed back");
+        let back = stalled.handback().await;
         assert!(matches!(back.ended, Ended::Done), "{:?}", back.ended);
         assert!(back.unsent.is_empty());
         let seqs: Vec<u64> = drain.join().unwrap().iter().map(|p| p.0).collect();
@@ -608,7 +617,7 @@ mod tests {
         let mut ticket = thread
             .handle()
             .start(job(&client, 1000.0, 10.0, QoS::AtMostOnce, 64));
-        let back = ticket.handback().await.expect("handed back");
+        let back = ticket.handback().await;
         assert!(
             matches!(back.ended, Ended::WriteFailed(_)),
             "{:?}",

@@ -380,7 +380,10 @@ async fn run_member(
             }
             reference
         });
-        let moved = next.is_some();
+        // A move counts once the member is subscribed at the broker it was sent to.
+        let moved_to = next
+            .as_ref()
+            .map(|r| ctx.id_of.get(r).cloned().unwrap_or_else(|| r.clone()));
         let again = loop {
             if next.is_none() {
                 tokio::select! {
@@ -404,7 +407,7 @@ async fn run_member(
         let Some((s, broker)) = again else { break };
         session = s;
         summary.reconnects += 1;
-        summary.moves += u32::from(moved);
+        summary.moves += u32::from(moved_to.as_ref() == Some(&broker));
         info!(member = %ctx.member, %broker, moves = summary.moves, "subscribed again");
         summary.broker = broker.clone();
         second.broker = broker;

@@ -58,13 +58,12 @@ pub async fn ensure_binary(
     if present.split_whitespace().next() == Some(sha.as_str()) {
         return Ok((path, Placed::AlreadyThere));
     }
-    let partial = format!("{path}.partial.{}", std::process::id());
+    // mktemp: two copies to one host at once never write the same file.
     let script = format!(
-        "set -e; mkdir -p {dir}; cat > {part}; \
-         test \"$(sha256sum < {part} | cut -d' ' -f1)\" = {sha} || {{ rm -f {part}; echo checksum mismatch >&2; exit 1; }}; \
-         chmod 755 {part}; mv -f {part} {quoted}",
+        "set -e; mkdir -p -- {dir}; part=$(mktemp {dir}/.partial.XXXXXX); cat > \"$part\"; \
+         test \"$(sha256sum < \"$part\" | cut -d' ' -f1)\" = {sha} || {{ rm -f \"$part\"; echo checksum mismatch >&2; exit 1; }}; \
+         chmod 755 \"$part\"; mv -f \"$part\" {quoted}",
         dir = shell_quote(path.rsplit_once('/').map_or(".", |(d, _)| d)),
-        part = shell_quote(&partial),
     );
     let mut cmd = conn.command(&script);
     cmd.stdin(Stdio::piped())

@@ -28,18 +28,22 @@ pub async fn fetch_dir(
     let stdout: std::process::Stdio = stdout
         .try_into()
         .map_err(|e| SshError::Io(e, host.clone()))?;
-    let mut unpack = tokio::process::Command::new("tar");
-    unpack
+    // Spawned and the command dropped at once, so the pipe's read end lives only in the child:
+    // if tar here dies, ssh gets EPIPE instead of blocking on a full pipe.
+    let unpack = tokio::process::Command::new("tar")
         .arg("-C")
         .arg(local_dir)
         .args(["-xf", "-"])
         .stdin(stdout)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SshError::Io(e, host.clone()))?;
+    // Both at once: each side's stderr is drained while the other runs.
     let both = async {
-        let unpacked = unpack.output().await?;
-        let packed = pack.wait_with_output().await?;
-        std::io::Result::Ok((packed, unpacked))
+        let (packed, unpacked) = tokio::join!(pack.wait_with_output(), unpack.wait_with_output());
+        std::io::Result::Ok((packed?, unpacked?))
     };
     let (packed, unpacked) = tokio::time::timeout(FETCH_TIMEOUT, both)
         .await

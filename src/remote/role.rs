@@ -35,10 +35,15 @@ impl RemoteRole {
         log: &Path,
     ) -> Result<RemoteRole, SshError> {
         let host = conn.target().name.clone();
+        // A relative binary (the default cache) is relative to the login's home, not `workdir`.
+        let bin = if binary.starts_with('/') {
+            shell_quote(binary)
+        } else {
+            format!("\"$HOME\"/{}", shell_quote(binary))
+        };
         let mut line = format!(
-            "mkdir -p {dir} && cd {dir} && exec {bin} lifeline --",
+            "mkdir -p -- {dir} && cd -- {dir} && exec {bin} lifeline --",
             dir = shell_quote(workdir),
-            bin = shell_quote(binary),
         );
         for word in command {
             line.push(' ');

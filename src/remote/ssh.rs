@@ -67,8 +67,10 @@ impl Connection {
         let log_file =
             std::fs::File::create(&log).map_err(|e| SshError::Io(e, target.name.clone()))?;
         let mut cmd = Command::new("ssh");
+        // ControlPersist=no: a user's config may set it, and then ssh forks into the
+        // background, where killing this child would no longer end the connection.
         cmd.args(base_options(&target))
-            .arg("-M")
+            .args(["-o", "ControlMaster=yes", "-o", "ControlPersist=no"])
             .arg("-N")
             .arg("-S")
             .arg(&control)
@@ -97,6 +99,7 @@ impl Connection {
         loop {
             let check = Command::new("ssh")
                 .args(base_options(&self.target))
+                .args(["-o", "ControlMaster=no"])
                 .arg("-S")
                 .arg(&self.control)
                 .args(["-O", "check"])
@@ -140,6 +143,7 @@ impl Connection {
     pub fn command(&self, remote: &str) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.args(base_options(&self.target))
+            .args(["-o", "ControlMaster=no"])
             .arg("-S")
             .arg(&self.control)
             .arg(&self.target.destination)
