@@ -167,7 +167,7 @@ impl Drop for Ticket {
     }
 }
 
-/// The thread; dropping this stops it (every job still lent is handed back as stopped) and
+/// The thread. Dropping it ends the thread (every job still lent is handed back as stopped) and
 /// joins it.
 pub(crate) struct SendThread {
     handle: SendThreadHandle,
