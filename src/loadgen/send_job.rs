@@ -105,11 +105,43 @@ pub(super) struct Lent {
     /// The instant its entry in the deadline heap is for (older entries are stale).
     pub scheduled: Instant,
     pub next_cut: Instant,
-    pub last_write: Instant,
-    /// The socket took less than a whole packet: wait for it to be writable.
-    pub blocked: bool,
+    pub outbox: Outbox,
+}
+
+/// What the socket has taken of the job's writes.
+pub(super) struct Outbox {
+    /// The rest of a packet the socket did not take whole, written before anything else; while
+    /// there is one, the job waits for the socket to be writable.
     pub unsent: Vec<u8>,
+    /// `unsent` ends a PUBLISH (counted as written once it is).
     pub unsent_is_publish: bool,
+    pub last_write: Instant,
+}
+
+impl Outbox {
+    pub fn new(now: Instant) -> Outbox {
+        Outbox {
+            unsent: Vec::new(),
+            unsent_is_publish: false,
+            last_write: now,
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+
+    /// After a `send` that took `taken` bytes of `packet`: keeps the rest for later, or notes
+    /// the write. Whether the whole packet is out.
+    fn settle(&mut self, packet: &[u8], taken: usize, is_publish: bool) -> bool {
+        if taken < packet.len() {
+            self.unsent = packet[taken..].to_vec();
+            self.unsent_is_publish = is_publish;
+            return false;
+        }
+        self.last_write = Instant::now();
+        true
+    }
 }
 
 pub(super) enum Step {
@@ -127,24 +159,24 @@ impl Lent {
         if let Err(error) = self.flush() {
             return Step::Finished(Ended::WriteFailed(error));
         }
-        if !self.blocked
+        if !self.outbox.blocked()
             && let Err(error) = self.issue_owed()
         {
             return Step::Finished(Ended::WriteFailed(error));
         }
-        if !self.blocked
-            && now.saturating_duration_since(self.last_write) >= PING_AFTER
+        if !self.outbox.blocked()
+            && now.saturating_duration_since(self.outbox.last_write) >= PING_AFTER
             && let Err(error) = self.write(&PINGREQ, false)
         {
             return Step::Finished(Ended::WriteFailed(error));
         }
-        let all_written = self.job.pacer.done() && self.unsent.is_empty();
+        let all_written = self.job.pacer.done() && !self.outbox.blocked();
         if all_written || now >= self.job.stop_issuing_at {
             return Step::Finished(Ended::Done);
         }
         let mut at = self.next_cut.min(self.job.stop_issuing_at);
-        if !self.blocked {
-            at = at.min(self.last_write + PING_AFTER);
+        if !self.outbox.blocked() {
+            at = at.min(self.outbox.last_write + PING_AFTER);
             let waiting = self.window_waiting.load(Ordering::Acquire);
             if let Some(due) = self.job.pacer.next_due().filter(|_| !waiting) {
                 at = at.min(due.into_std());
@@ -152,7 +184,7 @@ impl Lent {
         }
         Step::Next {
             at,
-            blocked: self.blocked,
+            blocked: self.outbox.blocked(),
         }
     }
 
@@ -194,13 +226,9 @@ impl Lent {
                 let late = Instant::now().saturating_duration_since(due.into_std());
                 self.job.lateness.record(late);
             }
-            if taken < packet.len() {
-                self.unsent = packet[taken..].to_vec();
-                self.unsent_is_publish = true;
-                self.blocked = true;
+            if !self.outbox.settle(packet, taken, true) {
                 return Ok(());
             }
-            self.last_write = Instant::now();
             self.job.seconds.written.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -208,35 +236,20 @@ impl Lent {
 
     /// Writes a whole packet or keeps its rest for later.
     fn write(&mut self, packet: &[u8], is_publish: bool) -> io::Result<()> {
-        let taken = send(self.job.socket, packet);
-        match taken {
-            Ok(n) if n < packet.len() => {
-                self.unsent = packet[n..].to_vec();
-                self.unsent_is_publish = is_publish;
-                self.blocked = true;
-                Ok(())
-            }
-            Ok(_) => {
-                self.last_write = Instant::now();
-                if is_publish {
-                    self.job.seconds.written.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            }
-            Err(error) => Err(error),
+        let taken = send(self.job.socket, packet)?;
+        if self.outbox.settle(packet, taken, is_publish) && is_publish {
+            self.job.seconds.written.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
-    /// Writes what the socket did not take before; `Ok` with `blocked` still set if it takes
-    /// only part again.
+    /// Writes what the socket did not take before (it may take only part again).
     fn flush(&mut self) -> io::Result<()> {
-        if self.unsent.is_empty() {
-            self.blocked = false;
+        if !self.outbox.blocked() {
             return Ok(());
         }
-        let rest = std::mem::take(&mut self.unsent);
-        self.blocked = false;
-        let is_publish = self.unsent_is_publish;
+        let rest = std::mem::take(&mut self.outbox.unsent);
+        let is_publish = self.outbox.unsent_is_publish;
         self.write(&rest, is_publish)
     }
 }

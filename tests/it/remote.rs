@@ -7,16 +7,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
-use crate::util::bin;
+use mqdispatch::testbed::net::is_running;
 
-/// Is `pid` alive (not a zombie)?
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    })
-}
+use crate::util::bin;
 
 /// Starts `mqdispatch lifeline -- sh -c 'echo $$; exec sleep 600'` and returns it with the
 /// role's pid (printed by the role itself).
@@ -38,13 +31,13 @@ async fn lifeline_with_sleep() -> (tokio::process::Child, u32) {
         .trim()
         .parse()
         .expect("a pid");
-    assert!(alive(pid));
+    assert!(is_running(pid));
     (child, pid)
 }
 
 async fn gone_within(pid: u32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    while alive(pid) {
+    while is_running(pid) {
         if Instant::now() > deadline {
             return false;
         }

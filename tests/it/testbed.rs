@@ -268,6 +268,29 @@ fn the_command_line_brings_a_host_up_and_down() {
     assert!(!opts.dir.exists());
 }
 
+/// [`Testbed::up`] (it blocks) off the async runtime, as a guard that takes the bed down when
+/// dropped; `None` (after a message) where a bed cannot be built here.
+async fn up_off_runtime(test: &str, opts: &Options) -> Option<testbed::DownOnDrop> {
+    let up = tokio::task::spawn_blocking({
+        let opts = opts.clone();
+        move || Testbed::up(&opts)
+    });
+    match up.await.unwrap() {
+        Ok(bed) => Some(bed.into_guard()),
+        Err(e) if unsupported(test, &e) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `down` off the async runtime, then nothing of the bed may be left.
+async fn down_off_runtime(bed: testbed::DownOnDrop, opts: &Options) {
+    tokio::task::spawn_blocking(move || bed.down())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_nothing_left(&opts.prefix, &opts.dir);
+}
+
 /// What the runner does with a bed: a multiplexed ssh connection ([`mqdispatch::remote`]) to a
 /// host, commands over it running in the host's namespace and cgroup.
 #[tokio::test]
@@ -276,14 +299,8 @@ async fn remote_connections_reach_a_host_through_its_ssh_target() {
     let tmp = tempfile::tempdir().unwrap();
     let mut opts = options(b'e', 1, tmp.path());
     opts.cpu_limit = Some(0.5);
-    let up = tokio::task::spawn_blocking({
-        let opts = opts.clone();
-        move || Testbed::up(&opts)
-    });
-    let bed = match up.await.unwrap() {
-        Ok(bed) => bed.into_guard(),
-        Err(e) if unsupported(test, &e) => return,
-        Err(e) => panic!("{e}"),
+    let Some(bed) = up_off_runtime(test, &opts).await else {
+        return;
     };
     let host = bed.hosts()[0].clone();
     let control = tempfile::tempdir().unwrap();
@@ -306,30 +323,18 @@ async fn remote_connections_reach_a_host_through_its_ssh_target() {
         "{out}"
     );
     drop(connection);
-    tokio::task::spawn_blocking(move || bed.down())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_nothing_left(&opts.prefix, &opts.dir);
+    down_off_runtime(bed, &opts).await;
 }
 
 /// Live pids in a namespace whose command line mentions `needle` (zombies count as gone: this
 /// machine's pid 1 may not reap orphans).
 fn pids_in_namespace_mentioning(netns: &str, needle: &str) -> Vec<u32> {
-    let out = Command::new("ip")
-        .args(["netns", "pids", netns])
-        .output()
-        .expect("ip netns pids");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    net::netns_pids(netns)
+        .expect("ip netns pids")
+        .into_iter()
+        .filter(|&pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !zombie
+            net::is_running(pid)
                 && String::from_utf8_lossy(&cmdline)
                     .replace('\0', " ")
                     .contains(needle)
@@ -359,14 +364,8 @@ async fn roles_over_ssh_run_in_the_host_and_never_outlive_their_session() {
     let test = "roles_over_ssh_run_in_the_host_and_never_outlive_their_session";
     let tmp = tempfile::tempdir().unwrap();
     let opts = options(b'f', 1, tmp.path());
-    let up = tokio::task::spawn_blocking({
-        let opts = opts.clone();
-        move || Testbed::up(&opts)
-    });
-    let bed = match up.await.unwrap() {
-        Ok(bed) => bed.into_guard(),
-        Err(e) if unsupported(test, &e) => return,
-        Err(e) => panic!("{e}"),
+    let Some(bed) = up_off_runtime(test, &opts).await else {
+        return;
     };
     let host = bed.hosts()[0].clone();
     let control = tempfile::tempdir().unwrap();
@@ -446,9 +445,5 @@ async fn roles_over_ssh_run_in_the_host_and_never_outlive_their_session() {
     assert!(role.has_ended());
     drop(role);
 
-    tokio::task::spawn_blocking(move || bed.down())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_nothing_left(&opts.prefix, &opts.dir);
+    down_off_runtime(bed, &opts).await;
 }
