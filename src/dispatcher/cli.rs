@@ -87,8 +87,10 @@ pub struct Args {
     pub seed: u64,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
-    /// Move connected clients when the brokers' msg rates stay unequal: `on`, or
-    /// `threshold=1000,hysteresis=3,cooldown=6s,max-moves-per-s=2,hold=60s` (any subset).
+    /// Move connected clients when the brokers' msg rates stay unequal (and shared-subscription
+    /// members to where their messages arrive): `on`, or
+    /// `threshold=1000,hysteresis=3,cooldown=6s,max-moves-per-s=2,hold=60s,members=on` (any
+    /// subset).
     #[arg(long, value_name = "KEY=VALUE,...", value_parser = rebalance::parse_arg)]
     pub rebalance: Option<rebalance::RebalanceConfig>,
     /// How a client is moved: `takeover` (any broker; the client comes back through the

@@ -322,6 +322,9 @@ pub async fn run_with(
             .context("rebalancer: cannot reach the brokers' move mechanism")?;
         let rebalancer = rebalance::Rebalancer {
             planner: rebalance::Planner::new(rcfg.clone()),
+            members: rcfg
+                .members
+                .then(|| rebalance::MemberPlanner::new(rcfg.clone())),
             mover,
             brokers: cfg.brokers.clone(),
             reason: cfg.reason,

@@ -16,6 +16,7 @@ use super::groups::{self, Groups, Slot, SubscriberPolicy};
 use super::load_table::{LoadTable, TableError};
 use super::metrics::{BrokerLabel, DispatcherMetrics, Refusal};
 use super::policy::{self, BrokerView, PolicyState};
+use super::rebalance::members::{BrokerInflow, GroupMembers};
 use super::rebalance::rates::KnownClient;
 use super::{BrokerEntry, Decision, DispatcherConfig, FedBy, Policy, Role, Unhinted};
 use crate::load_report::LoadReport;
@@ -265,17 +266,22 @@ impl Placer {
         chosen
     }
 
-    /// Members of subscriber group `group` (a topic filter) this dispatcher placed on broker
-    /// `broker` (config index), sorted by client id.
-    pub fn group_members_on(&self, group: &str, broker: usize) -> Vec<String> {
-        self.lock().groups.members_on(group, broker)
-    }
-
-    /// Where the subscriber policy would send one more member of `group` now (`None`: no live
-    /// broker).
-    pub fn where_next_member(&self, group: &str) -> Option<usize> {
+    /// The member rebalancer's inputs at `now`: per broker (live, window msgs/s received), and
+    /// every group's members per broker as this dispatcher placed and moved them.
+    pub fn member_inputs(&self, now: Instant) -> (Vec<BrokerInflow>, Vec<GroupMembers>) {
         let inner = self.lock();
-        subscriber_choice(self.subscriber_policy, &inner, group, Instant::now())
+        let brokers = (inner.table.inflows(now).into_iter())
+            .map(|(live, rate)| BrokerInflow { live, rate })
+            .collect();
+        let groups = (inner.groups.names().into_iter())
+            .map(|group| GroupMembers {
+                on: (0..inner.table.ids().len())
+                    .map(|b| inner.groups.members_on(&group, b))
+                    .collect(),
+                group,
+            })
+            .collect();
+        (brokers, groups)
     }
 
     /// The rebalancer's inputs at `now`: per broker (live, newest msgs/s), and every client this
@@ -484,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn subscribers_follow_the_inflow_and_the_rebalancer_can_ask_about_a_group() {
+    fn subscribers_follow_the_inflow_and_the_rebalancer_sees_each_group() {
         let (p, mut rx) = placer(Policy::RoundRobin, Metric::Cpu);
         for (broker, rate) in [("b1", 1000.0), ("b2", 3000.0)] {
             let mut r = report(broker);
@@ -506,13 +512,17 @@ mod tests {
             })
             .collect();
         assert_eq!(on, [0, 1, 1, 1]);
-        assert_eq!(p.group_members_on(&group[0], 1), ["s1", "s2", "s3"]);
-        // b1: 1000/s for one member, b2: 1000/s each: the tie goes to fewer members.
-        assert_eq!(p.where_next_member(&group[0]), Some(0));
+        let members = |p: &Placer| p.member_inputs(Instant::now()).1;
+        assert_eq!(members(&p)[0].on, [vec!["s0"], vec!["s1", "s2", "s3"]]);
+        let (inflows, _) = p.member_inputs(Instant::now());
+        assert_eq!(
+            inflows.iter().map(|b| b.rate).collect::<Vec<_>>(),
+            [1000.0, 3000.0]
+        );
         // A member the rebalancer moves counts where it went.
         p.pin("s3", 0);
-        assert_eq!(p.group_members_on(&group[0], 0), ["s0", "s3"]);
-        assert_eq!(p.where_next_member(&group[0]), Some(1));
+        assert_eq!(members(&p)[0].on, [vec!["s0", "s3"], vec!["s1", "s2"]]);
+        assert_eq!(members(&p)[0].group, group[0]);
         // Without a hint a publisher still goes by `--policy`; a DISCONNECT answer names the
         // same broker.
         let pubr = Client::Publisher {

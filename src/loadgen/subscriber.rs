@@ -407,7 +407,10 @@ async fn run_member(
         let Some((s, broker)) = again else { break };
         session = s;
         summary.reconnects += 1;
-        summary.moves += u32::from(moved_to.as_ref() == Some(&broker));
+        // A move: subscribed where a server sent it, or (a takeover closes without a
+        // reference) placed again on another broker.
+        let elsewhere = moved_to.is_none() && broker != summary.broker;
+        summary.moves += u32::from(moved_to.as_ref() == Some(&broker) || elsewhere);
         info!(member = %ctx.member, %broker, moves = summary.moves, "subscribed again");
         summary.broker = broker.clone();
         second.broker = broker;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::records::{MoveRow, OutageRow};
+use crate::dispatcher::Role;
 
 /// An outage belongs to a move when it starts this close after the move was ordered (s).
 const AFTER_MOVE_S: f64 = 10.0;
@@ -52,42 +53,64 @@ pub fn render_markdown(moves: &[MoveRow]) -> String {
     if moves.is_empty() {
         return String::new();
     }
-    let mut per: BTreeMap<(u32, &str), (usize, u64, u64, usize)> = BTreeMap::new();
+    #[derive(Default)]
+    struct Per {
+        publishers: usize,
+        members: usize,
+        not_sent: u64,
+        most: u64,
+        unmatched: usize,
+    }
+    let mut per: BTreeMap<(u32, &str), Per> = BTreeMap::new();
     for m in moves {
         let e = per.entry((m.trial, m.method.as_str())).or_default();
-        e.0 += 1;
+        if m.role == Role::Subscriber.as_str() {
+            e.members += 1;
+            continue;
+        }
+        e.publishers += 1;
         if let Some(n) = m.not_sent {
-            e.1 += n;
-            e.2 = e.2.max(n);
+            e.not_sent += n;
+            e.most = e.most.max(n);
         } else {
-            e.3 += 1;
+            e.unmatched += 1;
         }
     }
     let mut md = String::from(
-        "\n## Moves\n\nLive rebalancing moved connected publishers (moves.csv). Messages not sent: \
-         what the moved publisher's fixed-rate schedule owed between losing its broker and its \
-         next CONNACK (QoS 0 skips them; QoS 1 resends what was not acknowledged). A move \
-         without a following outage of one of the run's publishers (it had already finished) \
-         counts as unmatched.\n\n\
-         | trial | method | moves | messages not sent | most in one move | unmatched |\n\
-         |---:|---|---:|---:|---:|---:|\n",
+        "\n## Moves\n\nLive rebalancing moved connected publishers and members of shared \
+         subscription groups (moves.csv). Messages not sent: what the moved publisher's \
+         fixed-rate schedule owed between losing its broker and its next CONNACK (QoS 0 skips \
+         them; QoS 1 resends what was not acknowledged). A publisher's move without a following \
+         outage of one of the run's publishers (it had already finished) counts as unmatched. A \
+         member's losses at its moves are in the Subscribers section.\n\n\
+         | trial | method | publisher moves | member moves | messages not sent | most in one move | unmatched |\n\
+         |---:|---|---:|---:|---:|---:|---:|\n",
     );
-    for ((trial, method), (n, lost, max, unmatched)) in &per {
+    for ((trial, method), p) in &per {
         let _ = writeln!(
             md,
-            "| {trial} | {method} | {n} | {lost} | {max} | {unmatched} |"
+            "| {trial} | {method} | {} | {} | {} | {} | {} |",
+            p.publishers, p.members, p.not_sent, p.most, p.unmatched
         );
     }
     md.push_str(
-        "\n| trial | method | t (s) | client | from | to | rate (msg/s) | not sent |\n\
-         |---:|---|---:|---|---|---|---:|---:|\n",
+        "\n| trial | method | t (s) | client | role | from | to | rate (msg/s) | not sent |\n\
+         |---:|---|---:|---|---|---|---|---:|---:|\n",
     );
     for m in moves {
         let not_sent = m.not_sent.map_or("–".to_owned(), |n| n.to_string());
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2} | {} | {} | {} | {:.0} | {} |",
-            m.trial, m.method, m.t_s, m.client_id, m.from, m.to, m.rate_msgs_per_s, not_sent
+            "| {} | {} | {:.2} | {} | {} | {} | {} | {:.0} | {} |",
+            m.trial,
+            m.method,
+            m.t_s,
+            m.client_id,
+            m.role,
+            m.from,
+            m.to,
+            m.rate_msgs_per_s,
+            not_sent
         );
     }
     md
@@ -107,6 +130,7 @@ mod tests {
             to: "b1".into(),
             rate_msgs_per_s: 2000.0,
             not_sent: Some(3),
+            role: "publisher".into(),
         }
     }
 
@@ -142,10 +166,16 @@ mod tests {
     fn the_section_counts_moves_and_messages_per_trial() {
         let mut second = mv(51.0, "t1-rebalance-light-4");
         second.not_sent = None;
-        let md = render_markdown(&[mv(50.0, "t1-rebalance-light-3"), second]);
-        assert!(md.contains("| 1 | rebalance | 2 | 3 | 3 | 1 |"), "{md}");
+        let mut member = mv(52.0, "t1-rebalance-sub-backend-3");
+        (member.role, member.not_sent) = ("subscriber".into(), None);
+        let md = render_markdown(&[mv(50.0, "t1-rebalance-light-3"), second, member]);
+        assert!(md.contains("| 1 | rebalance | 2 | 1 | 3 | 3 | 1 |"), "{md}");
+        assert!(md.contains(
+            "| 1 | rebalance | 50.00 | t1-rebalance-light-3 | publisher | b2 | b1 | 2000 | 3 |"
+        ));
         assert!(
-            md.contains("| 1 | rebalance | 50.00 | t1-rebalance-light-3 | b2 | b1 | 2000 | 3 |")
+            md.contains("| t1-rebalance-sub-backend-3 | subscriber |"),
+            "{md}"
         );
         assert!(render_markdown(&[]).is_empty());
     }

@@ -115,6 +115,10 @@ pub struct MoveRow {
     /// empty when no outage of that publisher followed the move (it was not one of ours, or it
     /// had already finished).
     pub not_sent: Option<u64>,
+    /// `publisher`, or `subscriber` for a member of a shared subscription group (empty in files
+    /// written before members were moved).
+    #[serde(default)]
+    pub role: String,
 }
 
 /// Per-second contributions (a publisher's count, a CPU sample) that arrived after their
@@ -313,6 +317,7 @@ impl HeaderSample for MoveRow {
             to: String::new(),
             rate_msgs_per_s: 0.0,
             not_sent: None,
+            role: String::new(),
         }
     }
 }

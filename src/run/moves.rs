@@ -1,6 +1,7 @@
 //! `moves.csv` rows of one method run: each move the rebalancer made, joined with the outage of
 //! the moved publisher that followed it (for the messages it did not send), pure.
 
+use crate::dispatcher::Role;
 use crate::dispatcher::rebalance::MoveRecord;
 use crate::report::{MoveRow, OutageRow};
 
@@ -28,8 +29,10 @@ pub fn rows(
             let outage = outages
                 .iter()
                 .enumerate()
+                // A member owes no messages: only a publisher's outage is its move's.
                 .filter(|(k, o)| {
-                    !claimed[*k]
+                    m.role == Role::Publisher
+                        && !claimed[*k]
                         && Some(o.publisher.as_str()) == publisher
                         && o.down_s + SLACK_S >= t_s
                 })
@@ -47,6 +50,7 @@ pub fn rows(
                 to: m.to.clone(),
                 rate_msgs_per_s: m.rate_msgs_per_s,
                 not_sent: outage.map(|(_, n)| n),
+                role: m.role.as_str().to_owned(),
             }
         })
         .collect()
@@ -80,6 +84,7 @@ mod tests {
             to: "b1".into(),
             rate_msgs_per_s: 2000.0,
             outcome: Outcome::Takeover,
+            role: Role::Publisher,
         };
         let moves = [
             mv(51_000, "t1-rebalance-light-3"),

@@ -23,6 +23,9 @@ pub(super) struct RawRebalance {
     hold: Option<Spanned<String>>,
     #[serde(default)]
     mover: Option<MoverKind>,
+    /// Also move shared-subscription members (default true).
+    #[serde(default)]
+    members: Option<bool>,
 }
 
 impl Checker<'_> {
@@ -49,6 +52,9 @@ impl Checker<'_> {
         }
         if let Some(h) = &r.hold {
             cfg.hold = self.duration(h, scale)?;
+        }
+        if let Some(m) = r.members {
+            cfg.members = m;
         }
         cfg.validate().map_err(|e| self.at(raw, e))?;
         Ok((cfg, r.mover))

@@ -16,6 +16,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 mod cli;
+mod members_moved;
 mod subscribers;
 mod tls;
 

@@ -3,6 +3,8 @@
 //!
 //! - [`plan`]: which clients to move where (pure: threshold, hysteresis, cool-down, move-rate
 //!   bound, no back and forth).
+//! - [`members`]: which shared-subscription members to move where, so that each group's members
+//!   sit where its messages arrive (pure; make-before-break).
 //! - [`rates`]: each client's rate from the best source available (broker-reported, declared in
 //!   CONNECT, or the broker's rate split), pure.
 //! - [`mover`]: the move, per broker kind (client-id takeover, or the Mosquitto plugin's DISCONNECT
@@ -14,6 +16,7 @@
 //! move's effect on a rate gap can be predicted and its effect on a CPU gap cannot.
 
 pub mod control;
+pub mod members;
 pub mod mover;
 pub mod plan;
 pub mod rates;
@@ -25,11 +28,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use members::MemberPlanner;
 pub use mover::{MoveError, Mover, MoverKind, Outcome};
 pub use plan::{Planner, RebalanceConfig};
 
-use super::BrokerEntry;
 use super::placer::Placer;
+use super::{BrokerEntry, Role};
 use crate::proto::RedirectReason;
 
 /// One move made, as sent to the `moves` channel (the runner writes `moves.csv` from these).
@@ -43,6 +47,8 @@ pub struct MoveRecord {
     /// The client's rate the choice was made with (msgs/s).
     pub rate_msgs_per_s: f64,
     pub outcome: Outcome,
+    /// A publisher, or a member of a shared subscription group.
+    pub role: Role,
 }
 
 /// Parses `--rebalance threshold=1000,hysteresis=3,cooldown=6s,max-moves-per-s=2,hold=60s`
@@ -72,10 +78,17 @@ pub fn parse_arg(text: &str) -> Result<RebalanceConfig, String> {
             "cooldown" => cfg.cooldown = crate::duration::parse(value)?,
             "max-moves-per-s" => cfg.max_moves_per_s = number()?,
             "hold" => cfg.hold = crate::duration::parse(value)?,
+            "members" => {
+                cfg.members = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("members: `{value}` is not `on` or `off`")),
+                }
+            }
             other => {
                 return Err(format!(
                     "unknown rebalance key `{other}` (threshold, hysteresis, cooldown, \
-                     max-moves-per-s, hold)"
+                     max-moves-per-s, hold, members)"
                 ));
             }
         }
@@ -87,6 +100,8 @@ pub fn parse_arg(text: &str) -> Result<RebalanceConfig, String> {
 /// Everything the rebalancing task needs.
 pub struct Rebalancer {
     pub planner: Planner,
+    /// `None` when members are not moved (`members=off`).
+    pub members: Option<MemberPlanner>,
     pub mover: Mover,
     pub brokers: Vec<BrokerEntry>,
     pub reason: RedirectReason,
@@ -122,48 +137,74 @@ impl Rebalancer {
         }
         let (broker_loads, client_loads, sources) = rates::estimate(&brokers, &clients);
         let orders = self.planner.step(now, &broker_loads, &client_loads);
+        // Member moves wait until the brokers' inflow shows the publishers where they are.
+        let settled = orders.is_empty() && !self.planner.cooling(now);
         for order in orders {
             let source = client_loads
                 .iter()
                 .position(|c| c.id == order.client_id)
                 .map(|k| sources[k]);
-            // Pin first: a client dropped by the move may be back at the dispatcher at once.
-            placer.pin(&order.client_id, order.to);
-            let (from, to) = (&self.brokers[order.from].id, &self.brokers[order.to].id);
-            let t_ms = crate::now_ms();
-            match self
-                .mover
-                .move_client(
-                    &order.client_id,
-                    &self.brokers,
-                    order.from,
-                    order.to,
-                    self.reason,
-                )
-                .await
-            {
-                Ok(outcome) => {
-                    tracing::info!(
-                        client_id = %order.client_id, %from, %to, rate = order.rate,
-                        ?source, outcome = outcome.as_str(), "moved"
-                    );
-                    if outcome == Outcome::NotConnected {
-                        placer.forget(&order.client_id);
-                    }
-                    if let Some(tx) = &self.moves {
-                        let _ = tx.send(MoveRecord {
-                            t_ms,
-                            client_id: order.client_id.clone(),
-                            from: from.clone(),
-                            to: to.clone(),
-                            rate_msgs_per_s: order.rate,
-                            outcome,
-                        });
-                    }
+            tracing::info!(client_id = %order.client_id, ?source, "moving a publisher");
+            self.make_move(
+                placer,
+                &order.client_id,
+                order.from,
+                order.to,
+                order.rate,
+                Role::Publisher,
+            )
+            .await;
+        }
+        if let Some(members) = &mut self.members {
+            let (inflows, groups) = placer.member_inputs(now);
+            for m in members.step(now, settled, &inflows, &groups) {
+                tracing::info!(client_id = %m.client_id, group = %m.group, "moving a member");
+                self.make_move(placer, &m.client_id, m.from, m.to, m.load, Role::Subscriber)
+                    .await;
+            }
+        }
+    }
+
+    /// Moves one client and records it.
+    async fn make_move(
+        &self,
+        placer: &Placer,
+        client_id: &str,
+        from: usize,
+        to: usize,
+        rate: f64,
+        role: Role,
+    ) {
+        // Pin first: a client dropped by the move may be back at the dispatcher at once.
+        placer.pin(client_id, to);
+        let (from_id, to_id) = (&self.brokers[from].id, &self.brokers[to].id);
+        let t_ms = crate::now_ms();
+        match (self.mover)
+            .move_client(client_id, &self.brokers, from, to, self.reason)
+            .await
+        {
+            Ok(outcome) => {
+                tracing::info!(
+                    %client_id, from = %from_id, to = %to_id, rate, role = role.as_str(),
+                    outcome = outcome.as_str(), "moved"
+                );
+                if outcome == Outcome::NotConnected {
+                    placer.forget(client_id);
                 }
-                Err(error) => {
-                    tracing::warn!(client_id = %order.client_id, %from, %to, %error, "move failed")
+                if let Some(tx) = &self.moves {
+                    let _ = tx.send(MoveRecord {
+                        t_ms,
+                        client_id: client_id.to_owned(),
+                        from: from_id.clone(),
+                        to: to_id.clone(),
+                        rate_msgs_per_s: rate,
+                        outcome,
+                        role,
+                    });
                 }
+            }
+            Err(error) => {
+                tracing::warn!(%client_id, from = %from_id, to = %to_id, %error, "move failed")
             }
         }
     }
@@ -182,6 +223,9 @@ mod tests {
         assert_eq!(c.max_moves_per_s, 4.0);
         assert_eq!(c.hysteresis, 2);
         assert_eq!(c.hold, Duration::from_secs(30));
+        assert!(c.members);
+        assert!(!parse_arg("members=off").unwrap().members);
+        assert!(parse_arg("members=no").unwrap_err().contains("members"));
         assert_eq!(parse_arg("on").unwrap(), RebalanceConfig::default());
         assert!(
             parse_arg("gap=3")

@@ -35,6 +35,9 @@ pub struct RebalanceConfig {
     /// A moved client is not moved again for this long.
     #[serde(serialize_with = "crate::duration::serialize")]
     pub hold: Duration,
+    /// Also move shared-subscription members to where their group's messages arrive
+    /// ([`super::members`]).
+    pub members: bool,
 }
 
 impl Default for RebalanceConfig {
@@ -45,6 +48,7 @@ impl Default for RebalanceConfig {
             cooldown: Duration::from_secs(6),
             max_moves_per_s: 2.0,
             hold: Duration::from_secs(60),
+            members: true,
         }
     }
 }
@@ -133,6 +137,12 @@ impl Planner {
         &self.cfg
     }
 
+    /// Whether the last round of moves is within its cool-down at `now`.
+    pub fn cooling(&self, now: Instant) -> bool {
+        self.last_round
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.cooldown)
+    }
+
     /// One decision at `now`, after a new load sample: the moves to make (possibly none).
     pub fn step(
         &mut self,
@@ -153,10 +163,7 @@ impl Planner {
             self.over = 0;
             return Vec::new();
         }
-        if self
-            .last_round
-            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.cooldown)
-        {
+        if self.cooling(now) {
             // These samples may not show the last round yet: they do not count.
             self.over = 0;
             return Vec::new();
@@ -272,6 +279,7 @@ mod tests {
             cooldown: Duration::from_secs(6),
             max_moves_per_s: 2.0,
             hold: Duration::from_secs(60),
+            members: true,
         }
     }
 

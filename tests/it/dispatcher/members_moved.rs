@@ -1,0 +1,154 @@
+//! Members moved live: the rebalancer sends a shared group's members to where the inflow is,
+//! and the loader's members follow (embedded brokers: client-id takeover, back through the
+//! dispatcher to the pinned broker).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mqdispatch::dispatcher::rebalance::{MoveRecord, RebalanceConfig};
+use mqdispatch::dispatcher::{
+    BrokerEntry, DispatcherConfig, Extras, Policy, Role, bind_listener, run_with,
+};
+use mqdispatch::load_report::LoadReport;
+use mqdispatch::loadgen::subscriber::{SubscriberConfig, SubscriberEvent, Via, start_via};
+use mqdispatch::loadgen::subscription::SubscriberSpec;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::loadgen::fakes::Broker;
+
+const BOUND: Duration = Duration::from_secs(15);
+const INTERVAL: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_a_broker_without_inflow_move_to_the_one_with_it() {
+    let (b1, b2) = (Broker::spawn(), Broker::spawn());
+    let brokers: Vec<BrokerEntry> = [("b1", b1.addr()), ("b2", b2.addr())]
+        .map(|(id, addr)| BrokerEntry {
+            id: id.into(),
+            addr,
+            tls_addr: None,
+        })
+        .to_vec();
+    let mut cfg = DispatcherConfig::new(brokers, Policy::RoundRobin);
+    cfg.report_interval = INTERVAL;
+    cfg.window = 5 * INTERVAL;
+    cfg.rebalance = Some(RebalanceConfig {
+        hysteresis: 2,
+        cooldown: 3 * INTERVAL,
+        max_moves_per_s: 10.0,
+        hold: Duration::from_secs(60),
+        ..RebalanceConfig::default()
+    });
+    let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let reports = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (addr, report_addr) = (
+        listener.local_addr().unwrap().to_string(),
+        reports.local_addr().unwrap(),
+    );
+    let (moves_tx, mut moves) = tokio::sync::mpsc::unbounded_channel::<MoveRecord>();
+    let cancel = CancellationToken::new();
+    let extras = Extras {
+        moves: Some(moves_tx),
+        ..Extras::default()
+    };
+    let dispatcher = tokio::spawn(run_with(
+        listener,
+        Some(reports),
+        cfg,
+        None,
+        extras,
+        cancel.clone(),
+    ));
+
+    // Four members, placed before any inflow: two on each broker.
+    let spec = SubscriberSpec::parse_spec("name=s,count=4,topic=$share/g/load/#").unwrap();
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let members = start_via(
+        SubscriberConfig {
+            specs: vec![spec],
+            brokers: vec![("b1".into(), b1.addr()), ("b2".into(), b2.addr())],
+            publishers_by_topic: HashMap::new(),
+            client_id_prefix: "t-".into(),
+            tls: None,
+        },
+        Via::Dispatchers {
+            addrs: vec![addr],
+            max_hops: 3,
+        },
+        events_tx,
+        cancel.child_token(),
+    )
+    .await
+    .unwrap();
+
+    // Then b1 receives 10,000 msgs/s and b2 nothing: the best split is all four on b1.
+    let agent = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(report_addr).await.unwrap();
+        loop {
+            for (broker, rate) in [("b1", 10_000.0), ("b2", 0.0)] {
+                let report = LoadReport {
+                    broker: broker.into(),
+                    t_ms: mqdispatch::now_ms(),
+                    cpu_pct: 10.0,
+                    msgs_in_per_s: Some(rate),
+                    connections: None,
+                    token: None,
+                };
+                stream.write_all(report.to_line().as_bytes()).await.unwrap();
+            }
+            tokio::time::sleep(INTERVAL).await;
+        }
+    });
+
+    let mut moved = Vec::new();
+    while moved.len() < 2 {
+        let m = timeout(BOUND, moves.recv()).await.unwrap().unwrap();
+        moved.push(m);
+    }
+    for m in &moved {
+        assert_eq!(
+            (m.role, m.from.as_str(), m.to.as_str()),
+            (Role::Subscriber, "b2", "b1"),
+            "{m:?}"
+        );
+    }
+    // Which two were on b2 depends on the order the members reached the dispatcher.
+    let ids: Vec<&str> = moved.iter().map(|m| m.client_id.as_str()).collect();
+    assert_ne!(ids[0], ids[1]);
+
+    // Every member ends up receiving on b1, the moved ones with one move each.
+    let mut on: HashMap<String, (String, u32)> = HashMap::new();
+    timeout(BOUND, async {
+        while !(on.len() == 4 && on.values().all(|(b, _)| b == "b1")) {
+            let Some(SubscriberEvent::Second {
+                member,
+                broker,
+                moves,
+                ..
+            }) = events.recv().await
+            else {
+                panic!("members stopped");
+            };
+            on.insert(member, (broker, moves));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("members not all on b1: {on:?}"));
+    for (member, (_, moves)) in &on {
+        let was_moved = ids.contains(&format!("t-{member}").as_str());
+        assert_eq!(*moves, u32::from(was_moved), "{member}: {on:?}");
+    }
+    // Nothing more moves: the group is at its best split.
+    assert!(moves.try_recv().is_err());
+
+    agent.abort();
+    cancel.cancel();
+    members
+        .finish(Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap();
+    timeout(BOUND, dispatcher).await.unwrap().unwrap().unwrap();
+}
