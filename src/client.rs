@@ -13,6 +13,11 @@
 //!   error is still returned, as rumqttc does, so your loop can log it and back off; keep
 //!   polling. The same `AsyncClient` keeps working, and QoS 1 messages not yet acknowledged are
 //!   sent again to the new broker (rumqttc would drop them: the new broker has no session).
+//! - A subscriber says so in its options: the CONNECT user property `subscribe` = a filter
+//!   ([`crate::proto::SUBSCRIBE_PROPERTY`]; `mqdispatch-rate` likewise) is passed on to the
+//!   dispatcher, whose subscriber policy then places it. [`FollowingEventLoop::keep_subscribed`]
+//!   makes the loop subscribe to its filters at every connection that starts without a session,
+//!   so a member moved to another broker (which has no session for it) receives there too.
 //!
 //! ```no_run
 //! use rumqttc::v5::mqttbytes::QoS;
@@ -44,7 +49,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode, Packet};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode, DisconnectReasonCode, Filter, Packet, Subscribe,
+};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request};
 
 use crate::addr::HostPort;
@@ -76,6 +83,10 @@ pub struct FollowingEventLoop {
     unacked: VecDeque<Request>,
     /// Redirects followed since connect (DISCONNECT references and dispatcher answers).
     pub redirects: u32,
+    /// The hints of the client's CONNECT, told to the dispatcher each time it is asked.
+    hints: proto::Hints,
+    /// Subscribed to at every connection that starts without a session.
+    subscriptions: Vec<Filter>,
 }
 
 /// Asks `dispatcher` where this client should go and returns a client connected (on first poll)
@@ -89,7 +100,8 @@ pub async fn connect_following_redirects(
     let options_for: OptionsFor = Box::new(options_for);
     let probe = options_for("localhost", 1883);
     let client_id = probe.client_id();
-    let broker = ask(dispatcher, &client_id).await?;
+    let hints = hints_of(&probe);
+    let broker = ask(dispatcher, &client_id, &hints).await?;
     let options = options_at(&options_for, &broker)?;
     let (client, inner) = AsyncClient::new(options, cap);
     Ok((
@@ -101,12 +113,32 @@ pub async fn connect_following_redirects(
             broker,
             unacked: VecDeque::new(),
             redirects: 0,
+            hints,
+            subscriptions: Vec::new(),
         },
     ))
 }
 
-async fn ask(dispatcher: &str, client_id: &str) -> Result<String, ClientError> {
-    match proto::request_redirect(dispatcher, client_id, ASK_TIMEOUT).await {
+/// The placement hints among `options`' CONNECT user properties (`mqdispatch-rate`,
+/// `subscribe`).
+fn hints_of(options: &MqttOptions) -> proto::Hints {
+    let mut hints = proto::Hints::default();
+    for (key, value) in options.user_properties() {
+        if key == proto::SUBSCRIBE_PROPERTY {
+            hints.subscribe.push(value);
+        } else if key == proto::RATE_PROPERTY {
+            hints.rate = value.parse().ok();
+        }
+    }
+    hints
+}
+
+async fn ask(
+    dispatcher: &str,
+    client_id: &str,
+    hints: &proto::Hints,
+) -> Result<String, ClientError> {
+    match proto::request_redirect_with(dispatcher, None, client_id, hints, ASK_TIMEOUT).await {
         Ok(r) => Ok(r.server_reference),
         // Not a dispatcher: a broker that takes us as we are.
         Err(ProtoError::Refused(ConnectReturnCode::Success)) => Ok(dispatcher.to_owned()),
@@ -152,15 +184,25 @@ impl FollowingEventLoop {
         &self.broker
     }
 
+    /// Subscribes to `filters` at every connection that starts without a session (the first
+    /// one too, if it has not been made yet), wherever the client is sent: call it once instead
+    /// of `AsyncClient::subscribe`.
+    pub fn keep_subscribed(&mut self, filters: Vec<Filter>) {
+        self.subscriptions = filters;
+    }
+
     /// Like rumqttc's `EventLoop::poll`; after an error the next poll connects where the server
     /// or the dispatcher said.
     pub async fn poll(&mut self) -> Result<Event, ConnectionError> {
         match self.inner.poll().await {
             Ok(event) => {
-                if matches!(event, Event::Incoming(Packet::ConnAck(_))) && !self.unacked.is_empty()
-                {
+                if let Event::Incoming(Packet::ConnAck(ack)) = &event {
                     // rumqttc cleared them (no session at the new broker): send them again.
                     self.inner.pending.extend(self.unacked.drain(..));
+                    if !ack.session_present && !self.subscriptions.is_empty() {
+                        let subscribe = Subscribe::new_many(self.subscriptions.clone(), None);
+                        self.inner.pending.push_front(Request::Subscribe(subscribe));
+                    }
                 }
                 Ok(event)
             }
@@ -169,7 +211,7 @@ impl FollowingEventLoop {
                     Some((_, reference)) => Some(reference),
                     None => {
                         let client_id = self.inner.options.client_id();
-                        match ask(&self.dispatcher, &client_id).await {
+                        match ask(&self.dispatcher, &client_id, &self.hints).await {
                             Ok(reference) => Some(reference),
                             Err(e) => {
                                 tracing::debug!(error = %e, "dispatcher unreachable: retrying the same broker");

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use mqdispatch::client::connect_following_redirects;
 use mqdispatch::dispatcher::rebalance::{MoveRecord, RebalanceConfig};
 use mqdispatch::dispatcher::{
     BrokerEntry, DispatcherConfig, Extras, Policy, Role, bind_listener, run_with,
@@ -12,19 +13,32 @@ use mqdispatch::dispatcher::{
 use mqdispatch::load_report::LoadReport;
 use mqdispatch::loadgen::subscriber::{SubscriberConfig, SubscriberEvent, Via, start_via};
 use mqdispatch::loadgen::subscription::SubscriberSpec;
+use mqdispatch::proto::SUBSCRIBE_PROPERTY;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::loadgen::fakes::Broker;
 
 const BOUND: Duration = Duration::from_secs(15);
 const INTERVAL: Duration = Duration::from_millis(100);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_on_a_broker_without_inflow_move_to_the_one_with_it() {
-    let (b1, b2) = (Broker::spawn(), Broker::spawn());
+/// A dispatcher in this process placing subscribers by inflow and moving members, with its
+/// moves on a channel.
+struct Running {
+    addr: String,
+    report_addr: std::net::SocketAddr,
+    moves: tokio::sync::mpsc::UnboundedReceiver<MoveRecord>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start_dispatcher(b1: &Broker, b2: &Broker) -> Running {
     let brokers: Vec<BrokerEntry> = [("b1", b1.addr()), ("b2", b2.addr())]
         .map(|(id, addr)| BrokerEntry {
             id: id.into(),
@@ -48,13 +62,13 @@ async fn members_on_a_broker_without_inflow_move_to_the_one_with_it() {
         listener.local_addr().unwrap().to_string(),
         reports.local_addr().unwrap(),
     );
-    let (moves_tx, mut moves) = tokio::sync::mpsc::unbounded_channel::<MoveRecord>();
+    let (moves_tx, moves) = tokio::sync::mpsc::unbounded_channel::<MoveRecord>();
     let cancel = CancellationToken::new();
     let extras = Extras {
         moves: Some(moves_tx),
         ..Extras::default()
     };
-    let dispatcher = tokio::spawn(run_with(
+    let task = tokio::spawn(run_with(
         listener,
         Some(reports),
         cfg,
@@ -62,6 +76,46 @@ async fn members_on_a_broker_without_inflow_move_to_the_one_with_it() {
         extras,
         cancel.clone(),
     ));
+    Running {
+        addr,
+        report_addr,
+        moves,
+        cancel,
+        task,
+    }
+}
+
+/// Reports b1 receiving 10,000 msgs/s and b2 nothing, every interval, until aborted.
+fn inflow_on_b1(report_addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut stream = TcpStream::connect(report_addr).await.unwrap();
+        loop {
+            for (broker, rate) in [("b1", 10_000.0), ("b2", 0.0)] {
+                let report = LoadReport {
+                    broker: broker.into(),
+                    t_ms: mqdispatch::now_ms(),
+                    cpu_pct: 10.0,
+                    msgs_in_per_s: Some(rate),
+                    connections: None,
+                    token: None,
+                };
+                stream.write_all(report.to_line().as_bytes()).await.unwrap();
+            }
+            tokio::time::sleep(INTERVAL).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_a_broker_without_inflow_move_to_the_one_with_it() {
+    let (b1, b2) = (Broker::spawn(), Broker::spawn());
+    let Running {
+        addr,
+        report_addr,
+        mut moves,
+        cancel,
+        task: dispatcher,
+    } = start_dispatcher(&b1, &b2);
 
     // Four members, placed before any inflow: two on each broker.
     let spec = SubscriberSpec::parse_spec("name=s,count=4,topic=$share/g/load/#").unwrap();
@@ -85,23 +139,7 @@ async fn members_on_a_broker_without_inflow_move_to_the_one_with_it() {
     .unwrap();
 
     // Then b1 receives 10,000 msgs/s and b2 nothing: the best split is all four on b1.
-    let agent = tokio::spawn(async move {
-        let mut stream = TcpStream::connect(report_addr).await.unwrap();
-        loop {
-            for (broker, rate) in [("b1", 10_000.0), ("b2", 0.0)] {
-                let report = LoadReport {
-                    broker: broker.into(),
-                    t_ms: mqdispatch::now_ms(),
-                    cpu_pct: 10.0,
-                    msgs_in_per_s: Some(rate),
-                    connections: None,
-                    token: None,
-                };
-                stream.write_all(report.to_line().as_bytes()).await.unwrap();
-            }
-            tokio::time::sleep(INTERVAL).await;
-        }
-    });
+    let agent = inflow_on_b1(report_addr);
 
     let mut moved = Vec::new();
     while moved.len() < 2 {
@@ -151,4 +189,88 @@ async fn members_on_a_broker_without_inflow_move_to_the_one_with_it() {
         .await
         .unwrap();
     timeout(BOUND, dispatcher).await.unwrap().unwrap().unwrap();
+}
+
+/// The redirect-following library: a rumqttc subscriber naming its filter in its options is
+/// placed as a member, and once moved it subscribes again at its new broker and receives there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_subscriber_is_placed_moved_and_subscribed_again() {
+    let (b1, b2) = (Broker::spawn(), Broker::spawn());
+    let mut d = start_dispatcher(&b1, &b2);
+    let filter = "$share/g/load/#";
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let mut clients = Vec::new();
+    for id in ["lib-0", "lib-1"] {
+        let options = move |host: &str, port: u16| {
+            let mut o = MqttOptions::new(id, host, port);
+            o.set_outgoing_inflight_upper_limit(10)
+                .set_user_properties(vec![(SUBSCRIBE_PROPERTY.into(), filter.into())]);
+            o
+        };
+        let (client, mut events) = connect_following_redirects(&d.addr, options, 10)
+            .await
+            .unwrap();
+        events.keep_subscribed(vec![Filter::new(filter, QoS::AtMostOnce)]);
+        let tx = got_tx.clone();
+        let poll = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = tx.send((id.into(), format!("suback {}", events.broker())));
+                    }
+                    Ok(Event::Incoming(Packet::Publish(_))) => {
+                        let _ = tx.send((id.into(), format!("publish {}", events.broker())));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        clients.push((client, AbortOnDropHandle::new(poll)));
+        // Subscribed before the next one asks: placements in a known order.
+        let (who, what) = timeout(BOUND, got.recv()).await.unwrap().unwrap();
+        assert_eq!(who, id);
+        assert!(what.starts_with("suback"), "{what}");
+    }
+    // No inflow yet: one member on each broker. Then inflow on b1 only: b2's member moves.
+    let agent = inflow_on_b1(d.report_addr);
+    let m = timeout(BOUND, d.moves.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (m.client_id.as_str(), m.from.as_str(), m.to.as_str(), m.role),
+        ("lib-1", "b2", "b1", Role::Subscriber)
+    );
+    let resubscribed = format!("suback {}", b1.addr());
+    timeout(BOUND, async {
+        while got.recv().await.unwrap() != ("lib-1".into(), resubscribed.clone()) {}
+    })
+    .await
+    .expect("the moved member did not subscribe at b1");
+    // Messages published at b1 now reach the moved member too (the group's two members there).
+    let publisher = AbortOnDropHandle::new(tokio::spawn(publish_every_10ms(b1.addr())));
+    let on_b1 = format!("publish {}", b1.addr());
+    timeout(BOUND, async {
+        while got.recv().await.unwrap() != ("lib-1".into(), on_b1.clone()) {}
+    })
+    .await
+    .expect("the moved member received nothing at b1");
+    drop(publisher);
+    agent.abort();
+    d.cancel.cancel();
+    timeout(BOUND, d.task).await.unwrap().unwrap().unwrap();
+}
+
+async fn publish_every_10ms(broker: String) {
+    let (host, port) = broker.rsplit_once(':').unwrap();
+    let mut o = MqttOptions::new("seq-pub", host, port.parse().unwrap());
+    o.set_outgoing_inflight_upper_limit(10);
+    let (client, mut eventloop) = AsyncClient::new(o, 10);
+    let _poll = AbortOnDropHandle::new(tokio::spawn(async move {
+        while eventloop.poll().await.is_ok() {}
+    }));
+    loop {
+        let _ = client
+            .publish("load/x", QoS::AtMostOnce, false, vec![0u8; 16])
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
