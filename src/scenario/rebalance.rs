@@ -23,7 +23,10 @@ pub(super) struct RawRebalance {
     hold: Option<Spanned<String>>,
     #[serde(default)]
     mover: Option<MoverKind>,
-    /// Also move shared-subscription members (default true).
+    /// Move publishers (default true).
+    #[serde(default)]
+    publishers: Option<bool>,
+    /// Move shared-subscription members (default true).
     #[serde(default)]
     members: Option<bool>,
 }
@@ -52,6 +55,9 @@ impl Checker<'_> {
         }
         if let Some(h) = &r.hold {
             cfg.hold = self.duration(h, scale)?;
+        }
+        if let Some(p) = r.publishers {
+            cfg.publishers = p;
         }
         if let Some(m) = r.members {
             cfg.members = m;

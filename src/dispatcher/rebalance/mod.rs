@@ -78,23 +78,26 @@ pub fn parse_arg(text: &str) -> Result<RebalanceConfig, String> {
             "cooldown" => cfg.cooldown = crate::duration::parse(value)?,
             "max-moves-per-s" => cfg.max_moves_per_s = number()?,
             "hold" => cfg.hold = crate::duration::parse(value)?,
-            "members" => {
-                cfg.members = match value {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(format!("members: `{value}` is not `on` or `off`")),
-                }
-            }
+            "publishers" => cfg.publishers = on_off(key, value)?,
+            "members" => cfg.members = on_off(key, value)?,
             other => {
                 return Err(format!(
                     "unknown rebalance key `{other}` (threshold, hysteresis, cooldown, \
-                     max-moves-per-s, hold, members)"
+                     max-moves-per-s, hold, publishers, members)"
                 ));
             }
         }
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{key}: `{value}` is not `on` or `off`")),
+    }
 }
 
 /// Everything the rebalancing task needs.
@@ -136,7 +139,11 @@ impl Rebalancer {
             });
         }
         let (broker_loads, client_loads, sources) = rates::estimate(&brokers, &clients);
-        let orders = self.planner.step(now, &broker_loads, &client_loads);
+        let orders = if self.planner.config().publishers {
+            self.planner.step(now, &broker_loads, &client_loads)
+        } else {
+            Vec::new()
+        };
         // Member moves wait until the brokers' inflow shows the publishers where they are.
         let settled = orders.is_empty() && !self.planner.cooling(now);
         for order in orders {
@@ -226,6 +233,12 @@ mod tests {
         assert!(c.members);
         assert!(!parse_arg("members=off").unwrap().members);
         assert!(parse_arg("members=no").unwrap_err().contains("members"));
+        assert!(!parse_arg("publishers=off").unwrap().publishers);
+        assert!(
+            parse_arg("publishers=off,members=off")
+                .unwrap_err()
+                .contains("neither")
+        );
         assert_eq!(parse_arg("on").unwrap(), RebalanceConfig::default());
         assert!(
             parse_arg("gap=3")

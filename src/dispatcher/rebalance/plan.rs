@@ -35,7 +35,9 @@ pub struct RebalanceConfig {
     /// A moved client is not moved again for this long.
     #[serde(serialize_with = "crate::duration::serialize")]
     pub hold: Duration,
-    /// Also move shared-subscription members to where their group's messages arrive
+    /// Move publishers to close the brokers' rate gap.
+    pub publishers: bool,
+    /// Move shared-subscription members to where their group's messages arrive
     /// ([`super::members`]).
     pub members: bool,
 }
@@ -48,6 +50,7 @@ impl Default for RebalanceConfig {
             cooldown: Duration::from_secs(6),
             max_moves_per_s: 2.0,
             hold: Duration::from_secs(60),
+            publishers: true,
             members: true,
         }
     }
@@ -63,6 +66,9 @@ impl RebalanceConfig {
         }
         if self.hysteresis == 0 {
             return Err("rebalance hysteresis must be at least 1 sample".into());
+        }
+        if !(self.publishers || self.members) {
+            return Err("rebalance moves neither publishers nor members: turn one on".into());
         }
         if !(self.max_moves_per_s.is_finite() && self.max_moves_per_s > 0.0) {
             return Err(format!(
@@ -279,6 +285,7 @@ mod tests {
             cooldown: Duration::from_secs(6),
             max_moves_per_s: 2.0,
             hold: Duration::from_secs(60),
+            publishers: true,
             members: true,
         }
     }
