@@ -41,8 +41,8 @@ pub const MAX_RECORDED_BYTES: usize = 256;
 #[serde(rename_all = "kebab-case")]
 pub enum SubscriberPolicy {
     /// Members per broker in proportion to its inflow (reported `msgs_in_per_s`): a new member
-    /// goes to the broker with the most inflow per member, a broker with inflow and no member
-    /// first.
+    /// goes to a live broker without one first, then to the broker with the most inflow per
+    /// member.
     #[default]
     Inflow,
     /// The k-th member of a group goes to broker k mod n (the baseline).
@@ -83,7 +83,7 @@ pub fn choose(policy: SubscriberPolicy, slots: &[Slot], joined: u64) -> Option<u
 
 /// The inflow each of the group's members on `s` carries now (infinite for a broker with
 /// inflow and no member: the group's messages there are dropped).
-fn per_member(s: &Slot) -> f64 {
+pub fn per_member(s: &Slot) -> f64 {
     match (s.members, s.inflow > 0.0) {
         (0, true) => f64::INFINITY,
         (0, false) => 0.0,
@@ -91,11 +91,20 @@ fn per_member(s: &Slot) -> f64 {
     }
 }
 
-/// Whether `a` takes the next member before `b` (which comes earlier in broker order): the
+/// Whether `a` takes the next member before `b` (which comes earlier in broker order): a broker
+/// without a member first (the one with more inflow first: a publisher may be sent to any live
+/// broker at any moment, and a broker without a member drops the group's messages); then the
 /// higher load per member, then fewer members; a full tie keeps `b`.
 fn before(a: &Slot, b: &Slot) -> bool {
-    let (la, lb) = (per_member(a), per_member(b));
-    la > lb || (la == lb && a.members < b.members)
+    match (a.members == 0, b.members == 0) {
+        (true, false) => true,
+        (false, true) => false,
+        (true, true) => a.inflow > b.inflow,
+        (false, false) => {
+            let (la, lb) = (per_member(a), per_member(b));
+            la > lb || (la == lb && a.members < b.members)
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -267,19 +276,22 @@ mod tests {
     }
 
     #[test]
-    fn a_broker_with_inflow_and_no_member_always_comes_first() {
-        // However lopsided, the idle-member broker with inflow is served before anyone else.
-        let mut s = slots(&[1_000_000.0, 1.0, 0.0]);
+    fn a_broker_without_a_member_always_comes_first() {
+        // However lopsided, a broker without a member is served before anyone else, the one
+        // with inflow first.
+        let mut s = slots(&[1_000_000.0, 0.0, 1.0]);
         s[0].members = 1;
-        assert_eq!(choose(SubscriberPolicy::Inflow, &s, 1), Some(1));
-        // And never a broker with inflow and no member while another has two.
-        for inflows in [[5.0, 1.0, 0.5], [1.0, 1.0, 1.0], [0.1, 90.0, 3.0]] {
+        assert_eq!(choose(SubscriberPolicy::Inflow, &s, 1), Some(2));
+        s[2].members = 1;
+        assert_eq!(choose(SubscriberPolicy::Inflow, &s, 2), Some(1));
+        // And never a live broker without a member while another has two.
+        for inflows in [[5.0, 1.0, 0.5], [1.0, 1.0, 1.0], [0.1, 90.0, 0.0]] {
             let mut s = slots(&inflows);
             for k in 0..12 {
                 let i = choose(SubscriberPolicy::Inflow, &s, k).unwrap();
                 s[i].members += 1;
-                let starved = s.iter().any(|s| s.inflow > 0.0 && s.members == 0);
-                assert!(!(starved && s.iter().any(|s| s.members >= 2)), "{s:?}");
+                let bare = s.iter().any(|s| s.members == 0);
+                assert!(!(bare && s.iter().any(|s| s.members >= 2)), "{s:?}");
             }
         }
     }
@@ -303,10 +315,11 @@ mod tests {
         s[0].members = 2;
         s[1].members = 1;
         assert_eq!(choose(SubscriberPolicy::Inflow, &s, 3), Some(1));
-        // A broker without inflow gets nobody while another has inflow.
+        // A broker without inflow gets one member, in case a publisher is sent there, and no
+        // more while another has inflow.
         assert_eq!(
             fill(SubscriberPolicy::Inflow, &slots(&[0.0, 7.0]), 5),
-            [0, 5]
+            [1, 4]
         );
     }
 

@@ -4,12 +4,13 @@
 //! The brokers are not clustered, so a group's messages published on broker `b` are split among
 //! the group's members on `b`: each carries `I_b / m_b` (inflow over members; a broker with
 //! inflow and no member drops the group's messages there). The best split of a group's members
+//! keeps one on every live broker (a publisher may be sent to any of them at any moment) and
 //! minimises the highest per-member load ([`best_split`]). Rules, per group, in
 //! [`MemberPlanner::step`]:
-//! - **When**: the highest per-member load stays more than [`TOLERANCE`] and more than
-//!   [`MIN_EXCESS`] msgs/s above the best split's for `hysteresis` consecutive steps, counted
-//!   only while the inflow has settled (not while the publisher rebalancer's moves have yet to
-//!   show in it).
+//! - **When**: a live broker has no member though the best split gives it one, or the highest
+//!   per-member load is more than [`TOLERANCE`] and more than [`MIN_EXCESS`] msgs/s above the
+//!   best split's; for `hysteresis` consecutive steps, counted only while the inflow has settled
+//!   (not while the publisher rebalancer's moves have yet to show in it).
 //! - **Which**: one member at a time, from a broker with more members than its share in the best
 //!   split to the broker short of its share whose members carry the most; on the donor, the
 //!   member with the smallest client id that is not on hold.
@@ -28,6 +29,7 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 
 use super::plan::RebalanceConfig;
+use crate::dispatcher::groups::{self, Slot, SubscriberPolicy};
 
 /// A group is unbalanced when its highest per-member load is above the best split's by more
 /// than this share ...
@@ -71,10 +73,14 @@ pub fn is_shared(filter: &str) -> bool {
 /// What each member on a broker with inflow `rate` and `members` members carries (infinite for
 /// inflow and no member).
 pub fn per_member(rate: f64, members: u32) -> f64 {
-    match (members, rate > 0.0) {
-        (0, true) => f64::INFINITY,
-        (0, false) => 0.0,
-        (m, _) => rate / f64::from(m),
+    groups::per_member(&slot(&BrokerInflow { live: true, rate }, members))
+}
+
+fn slot(b: &BrokerInflow, members: u32) -> Slot {
+    Slot {
+        live: b.live,
+        inflow: b.rate,
+        members,
     }
 }
 
@@ -86,32 +92,20 @@ pub fn highest(brokers: &[BrokerInflow], counts: &[u32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// The split of `members` over the live brokers that minimises the highest per-member load:
-/// each next member to the live broker whose members carry the most (a broker with inflow and no
-/// member first; ties: more inflow, then broker order). This is the highest-averages rule, whose
-/// allocation minimises the largest quotient `I_b / m_b`. Dead brokers get none.
+/// The split of `members` over the live brokers that the `inflow` subscriber policy reaches
+/// placing them one by one ([`groups::choose`]): one on each live broker first (the one with
+/// more inflow first), then each next member to the broker whose members carry the most. From
+/// that floor, this highest-averages rule minimises the largest `I_b / m_b` (checked against
+/// every split in the tests). Dead brokers get none.
 pub fn best_split(brokers: &[BrokerInflow], members: u32) -> Vec<u32> {
-    let mut counts = vec![0u32; brokers.len()];
-    for _ in 0..members {
-        let next = (0..brokers.len())
-            .filter(|&b| brokers[b].live)
-            .max_by(|&a, &b| {
-                let (la, lb) = (
-                    per_member(brokers[a].rate, counts[a]),
-                    per_member(brokers[b].rate, counts[b]),
-                );
-                // Equal loads (e.g. no inflow): fewer members first, then broker order.
-                la.total_cmp(&lb)
-                    .then(brokers[a].rate.total_cmp(&brokers[b].rate))
-                    .then(counts[b].cmp(&counts[a]))
-                    .then(b.cmp(&a))
-            });
-        match next {
-            Some(b) => counts[b] += 1,
+    let mut slots: Vec<Slot> = brokers.iter().map(|b| slot(b, 0)).collect();
+    for k in 0..members {
+        match groups::choose(SubscriberPolicy::Inflow, &slots, u64::from(k)) {
+            Some(b) => slots[b].members += 1,
             None => break,
         }
     }
-    counts
+    slots.iter().map(|s| s.members).collect()
 }
 
 #[derive(Debug, Default)]
@@ -176,8 +170,10 @@ impl MemberPlanner {
                 .collect();
             let target = best_split(brokers, counts.iter().sum());
             let (now_max, best_max) = (highest(brokers, &counts), highest(brokers, &target));
+            // A live broker without a member that the best split would give one.
+            let bare = (0..brokers.len()).any(|b| counts[b] == 0 && target[b] > 0);
             let unbalanced =
-                now_max > best_max * (1.0 + TOLERANCE) && now_max - best_max > MIN_EXCESS;
+                bare || (now_max > best_max * (1.0 + TOLERANCE) && now_max - best_max > MIN_EXCESS);
             if !settled || cooling || !unbalanced {
                 state.over = 0;
                 continue;
