@@ -176,8 +176,8 @@ pub fn group_figures(
         inflow
             .iter()
             .filter(|((t, b), _)| !on.contains_key(&(*t, b.as_str())))
-            .map(|(_, sent)| sent)
-            .sum(),
+            // fold, not sum: an empty f64 sum is -0.
+            .fold(0.0, |total, (_, sent)| total + sent),
     );
     out
 }
