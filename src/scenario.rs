@@ -13,7 +13,7 @@ use serde_saphyr::Spanned;
 use crate::InputError;
 use crate::broker::BrokerKind;
 use crate::dispatcher::rebalance::{MoverKind, RebalanceConfig};
-use crate::dispatcher::{Metric, Policy};
+use crate::dispatcher::{Metric, Policy, SubscriberPolicy};
 use crate::loadgen::profile::{DEFAULT_BATCH_TICK, DEFAULT_TOPIC};
 use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode, SubscriberSpec};
 
@@ -82,6 +82,10 @@ pub struct MethodPlan {
     /// How the dispatcher learns the loads (`source:`, default `sampler.source`); always
     /// `agent` for `dns-rr`, which has no dispatcher.
     pub source: LoadSourceKind,
+    /// How the dispatcher places the members of `placement: method` entries
+    /// (`subscriber_policy:`, default `inflow`); `None` for `dns-rr` and when no entry says
+    /// `placement: method` (no member goes through the dispatcher).
+    pub subscriber_policy: Option<SubscriberPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -173,6 +177,8 @@ struct RawMethod {
     rebalance: Option<Spanned<RawRebalance>>,
     #[serde(default)]
     source: Option<Spanned<LoadSourceKind>>,
+    #[serde(default)]
+    subscriber_policy: Option<Spanned<SubscriberPolicy>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -281,7 +287,10 @@ impl Checker<'_> {
         let profiles = self.profiles(&raw.publishers, time_scale)?;
         let subscribers = self.subscribers(&raw.subscribers, brokers.count, &profiles)?;
         let arrival = self.arrival(&raw.arrival, &profiles, time_scale)?;
-        let methods = self.methods(&raw.methods, sampler.source, time_scale)?;
+        let method_placed = subscribers
+            .iter()
+            .any(|s| s.placement == crate::loadgen::subscription::MemberPlacement::Method);
+        let methods = self.methods(&raw.methods, sampler.source, time_scale, method_placed)?;
         let faults = raw
             .faults
             .iter()
@@ -430,6 +439,7 @@ impl Checker<'_> {
         raw: &Spanned<Vec<Spanned<RawMethod>>>,
         default_source: LoadSourceKind,
         scale: f64,
+        method_placed: bool,
     ) -> Result<Vec<MethodPlan>, InputError> {
         if raw.value.is_empty() {
             return Err(self.at(
@@ -478,12 +488,34 @@ impl Checker<'_> {
                 }
             };
             let source = self.method_source(m.source.as_ref(), assign, default_source)?;
+            let subscriber_policy = match (&m.subscriber_policy, assign) {
+                (Some(p), Assignment::DnsRr) => {
+                    return Err(self.at(
+                        p,
+                        "dns-rr has no dispatcher to place subscribers: subscriber_policy goes \
+                         with assign: dispatcher",
+                    ));
+                }
+                (Some(p), Assignment::Dispatcher { .. }) if !method_placed => {
+                    return Err(self.at(
+                        p,
+                        "subscriber_policy places the members of `placement: method` entries, \
+                         and no subscribers entry has one: add `placement: method` to an entry \
+                         or drop this key",
+                    ));
+                }
+                (p, Assignment::Dispatcher { .. }) if method_placed => {
+                    Some(p.as_ref().map_or(SubscriberPolicy::default(), |p| p.value))
+                }
+                _ => None,
+            };
             methods.push(MethodPlan {
                 name,
                 assign,
                 rebalance,
                 mover,
                 source,
+                subscriber_policy,
             });
         }
         Ok(methods)

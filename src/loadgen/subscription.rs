@@ -26,6 +26,10 @@ pub enum MemberPlacement {
     EachBroker,
     /// Every member on this broker (`b1`, `b2`, ... in the order brokers are listed).
     Broker(String),
+    /// Where the scenario's method puts them: `dns-rr` as [`MemberPlacement::EachBroker`], a
+    /// dispatcher method through the dispatcher (its subscriber policy). Scenarios only: a
+    /// runner resolves it before connecting.
+    Method,
 }
 
 /// How a member spends its per-message work.
@@ -92,6 +96,13 @@ impl SubscriberSpec {
                 "qos" => qos = value.parse().map_err(|_| bad("0 or 1"))?,
                 "broker" => placement = MemberPlacement::Broker(value.to_owned()),
                 "placement" if value == "each-broker" => placement = MemberPlacement::EachBroker,
+                "placement" if value == "method" => {
+                    return Err(format!(
+                        "subscriber `{spec}`: placement=method is a scenario key (the scenario's \
+                         method places the members); here give --dispatcher to have the \
+                         dispatcher place every member, or --broker addresses for each-broker"
+                    ));
+                }
                 "placement" => return Err(bad("`each-broker` (or use broker=ID)")),
                 "work_us" => {
                     work = Duration::from_micros(
@@ -170,7 +181,7 @@ impl SubscriberSpec {
     /// Index of the broker member `k` connects to, of `brokers` (ids `b1`..`bn` in order).
     pub fn broker_of(&self, k: usize, brokers: &[String]) -> Result<usize, String> {
         match &self.placement {
-            MemberPlacement::EachBroker => Ok(k % brokers.len().max(1)),
+            MemberPlacement::EachBroker | MemberPlacement::Method => Ok(k % brokers.len().max(1)),
             MemberPlacement::Broker(id) => brokers.iter().position(|b| b == id).ok_or_else(|| {
                 format!(
                     "subscriber `{}`: broker `{id}` is not one of {}",
@@ -283,6 +294,7 @@ mod tests {
         assert!(err("name=s,topic=a,colour=red").contains("unknown key"));
         assert!(err("name=s,topic=a,work_us=1000000").contains("work_us"));
         assert!(err("name=s,topic=a,work=lazy").contains("busy"));
+        assert!(err("name=s,topic=a,placement=method").contains("--dispatcher"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `decisions.csv`: one `load_<broker>`, one `pred_<broker>` and one `age_<broker>` column per
-//! broker, then the `source` that fed the loads; written and read by hand because the columns
-//! depend on the run. The reader finds columns by name, so files from before `pred_`, `age_` or
-//! `source` existed read with those empty.
+//! broker, then the `source` that fed the loads, the client's `role` (`publisher` or
+//! `subscriber`) and a subscriber's `group` (the filter it was placed by); written and read by
+//! hand because the columns depend on the run. The reader finds columns by name, so files from
+//! before `pred_`, `age_`, `source`, `role` or `group` existed read with those empty.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -33,6 +34,11 @@ pub struct DecisionRow {
     /// What fed the loads (the dispatcher's `FedBy`: `reports`, `prometheus`,
     /// `prometheus-last-known`); empty in files written before the column existed.
     pub source: String,
+    /// `publisher` (placed by `--policy`) or `subscriber` (by the subscriber policy); empty in
+    /// files written before the column existed.
+    pub role: String,
+    /// A subscriber's group, the filter it was placed by; empty for a publisher.
+    pub group: String,
 }
 
 impl DecisionRow {
@@ -50,7 +56,7 @@ pub(super) fn decision_header(brokers: &[String]) -> Vec<String> {
     h.extend(brokers.iter().map(|b| format!("load_{b}")));
     h.extend(brokers.iter().map(|b| format!("pred_{b}")));
     h.extend(brokers.iter().map(|b| format!("age_{b}")));
-    h.push("source".into());
+    h.extend(["source", "role", "group"].map(String::from));
     h
 }
 
@@ -70,7 +76,7 @@ pub(super) fn decision_fields(row: &DecisionRow) -> Vec<String> {
             .iter()
             .map(|a| a.map(|ms| ms.to_string()).unwrap_or_default()),
     );
-    fields.push(row.source.clone());
+    fields.extend([row.source.clone(), row.role.clone(), row.group.clone()]);
     fields
 }
 
@@ -122,7 +128,8 @@ pub fn read_decisions(dir: &Path) -> Result<(Vec<String>, Vec<DecisionRow>), Rep
         brokers.iter().map(|b| found.get(b).copied()).collect()
     };
     let (pred, age) = (aligned("pred_"), aligned("age_"));
-    let source = headers.iter().position(|h| h == "source");
+    let named = |name: &str| headers.iter().position(|h| h == name);
+    let (source, role, group) = (named("source"), named("role"), named("group"));
     let load_cols: Vec<usize> = loads.iter().map(|(_, i)| *i).collect();
     let mut rows = Vec::new();
     for rec in reader.records() {
@@ -160,6 +167,8 @@ pub fn read_decisions(dir: &Path) -> Result<(Vec<String>, Vec<DecisionRow>), Rep
                 None => Vec::new(),
             },
             source: source.map(|i| rec[i].to_owned()).unwrap_or_default(),
+            role: role.map(|i| rec[i].to_owned()).unwrap_or_default(),
+            group: group.map(|i| rec[i].to_owned()).unwrap_or_default(),
         });
     }
     Ok((brokers, rows))
@@ -215,10 +224,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn source_is_the_last_column_and_old_files_read_without_it() {
+    fn role_and_group_end_the_row_and_old_files_read_without_them() {
         assert_eq!(
             decision_header(&["b1".into(), "b2".into()]).join(","),
-            "trial,method,t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2,age_b1,age_b2,source"
+            "trial,method,t_s,client_id,broker,load_b1,load_b2,pred_b1,pred_b2,age_b1,age_b2,\
+             source,role,group"
         );
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(
@@ -233,6 +243,7 @@ mod tests {
             (rows[0].loads.clone(), rows[0].source.as_str()),
             (vec![1.5, 2.0], "")
         );
+        assert_eq!((rows[0].role.as_str(), rows[0].group.as_str()), ("", ""));
     }
 
     #[test]
@@ -249,10 +260,16 @@ mod tests {
             predicted: vec![0.0, 0.5],
             sample_ages_ms: ages.to_vec(),
             source: source.into(),
+            role: "publisher".into(),
+            group: String::new(),
         };
         let rows = vec![
             row("proposed", [Some(10), Some(900)], "reports"),
-            row("proposed", [Some(20), Some(30)], "reports"),
+            DecisionRow {
+                role: "subscriber".into(),
+                group: "$share/g/load/#".into(),
+                ..row("proposed", [Some(20), Some(30)], "reports")
+            },
             row("via-prom", [Some(1500), None], "prometheus"),
             row("via-prom", [None, None], "prometheus"),
         ];

@@ -15,6 +15,8 @@
 //! - [`optimum`]: the online-optimum yardstick.
 //! - [`subscribers`]: the subscriber half's files (`subscribers.csv`, `latency.csv`,
 //!   `receipts.csv`, `latency-<method>-t<k>.hlog`) and the figures drawn from them.
+//! - [`members`]: per-member figures of shared groups (fairness, offered load against the best
+//!   split, messages to brokers without a member, moves).
 //! - [`plots`]: `throughput.png`, `cpu-<method>-t<k>.png`, `rate-<method>-t<k>.png`, `gap.png`.
 
 use std::collections::HashMap;
@@ -25,6 +27,7 @@ pub mod decisions;
 pub mod delivery;
 pub mod faults;
 pub mod harness;
+pub mod members;
 pub mod moves;
 pub mod optimum;
 pub mod plots;
@@ -117,6 +120,8 @@ pub struct Report {
     pub pngs: Vec<PathBuf>,
     /// What the subscribers got, per (trial, method); empty without subscribers.
     pub subscribers: summary::SubscriberFiguresByRun,
+    /// Each shared group's per-member figures, per (trial, method); empty without groups.
+    pub members: members::MemberFiguresByRun,
 }
 
 impl Report {
@@ -204,16 +209,32 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
         report.errors.push(summary_err(&e));
         summary::SubscriberFiguresByRun::new()
     });
+    let publishers = rows_or_error(records::read_publishers(dir), &mut report.errors);
+    if !report.subscribers.is_empty() {
+        let members = rows_or_error(subscribers::read_subscribers(dir), &mut report.errors);
+        let receipts = rows_or_error(subscribers::read_receipts(dir), &mut report.errors);
+        let windows = report
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    (r.trial, r.method.clone()),
+                    (r.window_start_s, r.window_end_s),
+                )
+            })
+            .collect();
+        report.members = members::figures(&members, &brokers, &receipts, &publishers, &windows);
+    }
     if !report.rows.is_empty()
         && let Err(e) = summary::write_csv(
             &dir.join(summary::SUMMARY_CSV),
             &report.rows,
             &report.subscribers,
+            &report.members,
         )
     {
         report.errors.push(summary_err(&e));
     }
-    let publishers = rows_or_error(records::read_publishers(dir), &mut report.errors);
     let faults = rows_or_error(records::read_faults(dir), &mut report.errors);
     let outages = rows_or_error(records::read_outages(dir), &mut report.errors);
     let moves = rows_or_error(records::read_moves(dir), &mut report.errors);

@@ -492,6 +492,8 @@ mod tests {
             predicted: vec![0.0, 0.5],
             sample_ages_ms: vec![Some(1_200), None],
             source: "prometheus".into(),
+            role: "subscriber".into(),
+            group: "$share/g/load/#".into(),
         };
         w.decision_row(&d).expect("decision");
         assert!(

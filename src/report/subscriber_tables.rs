@@ -143,3 +143,70 @@ pub fn render_tables(
     md.push('\n');
     md
 }
+
+/// The per-member table of `summary.md`'s Subscribers section: per method and shared group,
+/// across trials (mean ± 95 % CI). Empty without shared groups.
+pub fn render_members(
+    members: &super::members::MemberFiguresByRun,
+    figures: &BTreeMap<(u32, String), SubscriberFigures>,
+    methods: &[String],
+) -> String {
+    use std::fmt::Write as _;
+
+    use super::stats::Estimate;
+    let groups = super::members::groups(members);
+    if groups.is_empty() {
+        return String::new();
+    }
+    let cell = |xs: Vec<f64>, decimals: usize| {
+        Estimate::of(&xs).map_or("-".to_owned(), |e| e.display(decimals))
+    };
+    let mut md = String::from(
+        "Per member, each shared group over the full-load window: a member's receive rate; \
+         Jain's index and highest / mean over the members' rates; a member's offered load = \
+         each second, its broker's inflow (brokers.csv `sent_msgs_per_s`) over the group's \
+         members there, the highest member's window mean, against the best integer split of \
+         the members over the window's mean inflows (ratio 1 = the best split; shown only when \
+         the group's filter matches every publisher); messages published to a broker in a \
+         second when the group had no member reporting there (the whole method run); member \
+         moves.\n\n\
+         | method | group | trials | member msg/s | Jain | highest / mean | highest per-member \
+         load (msg/s) | best split (msg/s) | ratio | to member-less brokers | moves | latency \
+         p99 (ms) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for m in methods {
+        for g in &groups {
+            let rs: Vec<(u32, &super::members::GroupFigures)> = members
+                .iter()
+                .filter(|((_, method), _)| method == m)
+                .filter_map(|((t, _), fs)| Some((*t, fs.iter().find(|f| &f.group == g)?)))
+                .collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let of = |f: fn(&super::members::GroupFigures) -> Option<f64>| -> Vec<f64> {
+                rs.iter().filter_map(|(_, x)| f(x)).collect()
+            };
+            let p99: Vec<f64> = rs
+                .iter()
+                .filter_map(|(t, _)| figures.get(&(*t, m.clone()))?.latency.map(|q| q.p99_ms))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {m} | {g} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                rs.len(),
+                cell(of(|f| Some(f.rate_mean)), 0),
+                cell(of(|f| f.jain), 3),
+                cell(of(|f| f.max_over_mean), 2),
+                cell(of(|f| f.load_max), 0),
+                cell(of(|f| f.best_split), 0),
+                cell(of(|f| f.ratio), 2),
+                cell(of(|f| f.memberless_msgs), 0),
+                cell(of(|f| Some(f.moves as f64)), 1),
+                cell(p99, 2),
+            );
+        }
+    }
+    md.push('\n');
+    md
+}

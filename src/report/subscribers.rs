@@ -1,6 +1,7 @@
 //! The subscriber half's files and figures.
 //!
-//! - `subscribers.csv`: per member and second, messages received and latency p50/p99/max.
+//! - `subscribers.csv`: per member and second, messages received, latency p50/p99/max and the
+//!   member's moves so far.
 //! - `latency.csv`: per broker and second, the same over every member on that broker.
 //! - `receipts.csv`: per delivery unit and publisher, expected/received/lost/duplicates/out of
 //!   order, from the sequence numbers.
@@ -51,6 +52,10 @@ pub struct SubscriberRow {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub latency_max_ms: Option<f64>,
+    /// The member's moves so far (server DISCONNECT 0x9C/0x9D followed); 0 in files written
+    /// before the column existed.
+    #[serde(default)]
+    pub moves: u32,
 }
 
 /// One broker's second, over every member on it.
@@ -129,6 +134,7 @@ impl HeaderSample for SubscriberRow {
             latency_p50_ms: None,
             latency_p99_ms: None,
             latency_max_ms: None,
+            moves: 0,
         }
     }
 }
@@ -261,6 +267,10 @@ pub fn read_hlog(path: &Path) -> Result<Vec<(String, Histogram<u64>)>, ReportErr
         out.push((tag, h));
     }
     Ok(out)
+}
+
+pub fn read_subscribers(dir: &Path) -> Result<Vec<SubscriberRow>, ReportError> {
+    optional_rows(&dir.join(SUBSCRIBERS_CSV))
 }
 
 pub fn read_latency(dir: &Path) -> Result<Vec<LatencyRow>, ReportError> {

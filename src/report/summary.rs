@@ -243,11 +243,13 @@ fn cpu_diff(rows: &[&BrokerRow]) -> Option<f64> {
 /// mean_abs_cpu_diff_pct,optimum_gap_msgs_per_s,mean_msgs_per_s_<broker>...`.
 ///
 /// With subscribers (`subscribers` not empty) each row also carries
-/// [`super::subscribers::csv_columns`]: delivered/expected/lost and latency quantiles.
+/// [`super::subscribers::csv_columns`]: delivered/expected/lost and latency quantiles; with
+/// shared groups, [`super::members::csv_columns`] per group after them.
 pub fn write_csv(
     path: &Path,
     rows: &[SummaryRow],
     subscribers: &SubscriberFiguresByRun,
+    members: &super::members::MemberFiguresByRun,
 ) -> Result<(), ReportError> {
     let mut w = csv::Writer::from_path(path).map_err(|e| ReportError::csv(path, e))?;
     let broker_ids: Vec<&str> = rows
@@ -272,6 +274,8 @@ pub fn write_csv(
     if !subscribers.is_empty() {
         header.extend(super::subscribers::csv_columns(&broker_names));
     }
+    let groups = super::members::groups(members);
+    header.extend(super::members::csv_columns(&groups));
     w.write_record(&header)
         .map_err(|e| ReportError::csv(path, e))?;
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
@@ -294,6 +298,8 @@ pub fn write_csv(
                 &broker_names,
             ));
         }
+        let key = (r.trial, r.method.clone());
+        rec.extend(super::members::csv_values(members.get(&key), &groups));
         w.write_record(&rec)
             .map_err(|e| ReportError::csv(path, e))?;
     }
@@ -589,6 +595,7 @@ mod tests {
             &path,
             std::slice::from_ref(&r),
             &SubscriberFiguresByRun::new(),
+            &Default::default(),
         )
         .expect("write");
         assert_eq!(read_csv(&path).expect("rows read back"), vec![r]);

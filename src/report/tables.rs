@@ -119,6 +119,11 @@ pub fn render_markdown(report: &Report) -> String {
         &report.subscribers,
         &methods,
     ));
+    md.push_str(&super::subscriber_tables::render_members(
+        &report.members,
+        &report.subscribers,
+        &methods,
+    ));
     md.push_str(&report.faults_md);
     md.push_str(&report.moves_md);
     md.push_str(&report.inputs_md);

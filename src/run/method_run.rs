@@ -183,6 +183,9 @@ impl MethodRun<'_> {
                 cfg.report_interval = scenario.sample_interval;
                 cfg.seed = self.seed;
                 cfg.rebalance = self.method.rebalance.clone();
+                if let Some(policy) = self.method.subscriber_policy {
+                    cfg.subscriber_policy = policy;
+                }
                 cfg.mover = self.method.mover.unwrap_or(match scenario.brokers.kind {
                     crate::broker::BrokerKind::Mosquitto => MoverKind::MosquittoPlugin,
                     _ => MoverKind::Takeover,
@@ -275,6 +278,7 @@ impl MethodRun<'_> {
                 trial: self.trial,
                 method: &self.method.name,
                 brokers: &addresses,
+                dispatcher: dispatcher_slot.as_ref().map(|d| d.listen_addr()),
                 client_id_prefix: client_id_prefix(self.trial, &self.method.name),
                 tls: self.tls.map(|ca| ca.client_config()).transpose()?,
                 dir: self.results,

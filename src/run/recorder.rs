@@ -167,6 +167,8 @@ impl Recorder {
             predicted: d.predicted.iter().map(|(_, p)| *p).collect(),
             sample_ages_ms: d.sample_ages_ms.iter().map(|(_, a)| *a).collect(),
             source: d.fed_by.as_str().to_owned(),
+            role: d.role.as_str().to_owned(),
+            group: d.group.clone().unwrap_or_default(),
         }
     }
 

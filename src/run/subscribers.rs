@@ -10,11 +10,15 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 
+use crate::loadgen::placement::DEFAULT_MAX_HOPS;
 use crate::loadgen::receipts::latency_histogram;
 use crate::loadgen::receipts::{max_ms, quantile_ms};
 use crate::loadgen::streams::{SentByBroker, publishers_by_topic, stream_rows};
+use crate::loadgen::subscriber::Via;
+use crate::loadgen::subscription::MemberPlacement;
 use crate::loadgen::{
     LoadEvent, PlannedPublisher, SubscriberConfig, SubscriberEvent, SubscriberSpec, Subscribers,
+    SubscribersSummary,
 };
 use crate::report::subscribers::{
     ALL_BROKERS, LatencyRow, ReceiptRow, SubscriberFiles, SubscriberRow, round3,
@@ -29,8 +33,9 @@ const DRAIN_WITHIN: Duration = Duration::from_secs(15);
 const SETTLE_MS: u64 = 2_000;
 
 pub(super) struct SubscriberRun {
-    /// Taken by [`SubscriberRun::finish`].
-    subscribers: Option<Subscribers>,
+    /// Members connected straight to brokers, and members placed by the dispatcher (entries
+    /// with `placement: method` in a dispatcher method); taken by [`SubscriberRun::finish`].
+    subscribers: Vec<Subscribers>,
     events: UnboundedReceiver<SubscriberEvent>,
     files: SubscriberFiles,
     specs: Vec<SubscriberSpec>,
@@ -57,6 +62,9 @@ pub(super) struct Start<'a> {
     pub method: &'a str,
     /// `(id, address publishers use)` of every broker.
     pub brokers: &'a [(String, String)],
+    /// The method's dispatcher (where members connect): `placement: method` entries go
+    /// through it; `None` for `dns-rr`, whose method-placed members sit on each broker.
+    pub dispatcher: Option<String>,
     pub client_id_prefix: String,
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub dir: &'a Path,
@@ -79,20 +87,44 @@ impl SubscriberRun {
                 (p.name.clone(), topic)
             })
             .collect();
-        let cfg = SubscriberConfig {
-            specs: s.scenario.subscribers.clone(),
-            brokers: s.brokers.to_vec(),
-            publishers_by_topic: publishers_by_topic(&publishers).map_err(crate::InputError)?,
-            client_id_prefix: format!("{}sub-", s.client_id_prefix),
-            tls: s.tls,
-        };
         let (tx, events) = unbounded_channel();
-        let subscribers = crate::loadgen::subscriber::start(cfg, tx, cancel.child_token())
+        let cfg = |specs: Vec<SubscriberSpec>| -> anyhow::Result<SubscriberConfig> {
+            Ok(SubscriberConfig {
+                specs,
+                brokers: s.brokers.to_vec(),
+                publishers_by_topic: publishers_by_topic(&publishers).map_err(crate::InputError)?,
+                client_id_prefix: format!("{}sub-", s.client_id_prefix),
+                tls: s.tls.clone(),
+            })
+        };
+        let (via_dispatcher, direct) =
+            split_by_via(&s.scenario.subscribers, s.dispatcher.as_deref());
+        let mut subscribers = Vec::new();
+        if !direct.is_empty() {
+            let started =
+                crate::loadgen::subscriber::start(cfg(direct)?, tx.clone(), cancel.child_token())
+                    .await
+                    .context("starting subscribers")?;
+            subscribers.push(started);
+        }
+        if let (Some(addr), false) = (&s.dispatcher, via_dispatcher.is_empty()) {
+            let via = Via::Dispatchers {
+                addrs: vec![addr.clone()],
+                max_hops: DEFAULT_MAX_HOPS,
+            };
+            let started = crate::loadgen::subscriber::start_via(
+                cfg(via_dispatcher)?,
+                via,
+                tx,
+                cancel.child_token(),
+            )
             .await
-            .context("starting subscribers")?;
+            .context("starting subscribers through the dispatcher")?;
+            subscribers.push(started);
+        }
         let now = crate::now_ms();
         Ok(Some(SubscriberRun {
-            subscribers: Some(subscribers),
+            subscribers,
             events,
             files: SubscriberFiles::open(s.dir)?,
             specs: s.scenario.subscribers.clone(),
@@ -135,6 +167,7 @@ impl SubscriberRun {
             t_ms,
             received,
             latency_us,
+            moves,
             ..
         } = event;
         // Seconds before the first publisher (subscribed and waiting) are not part of the run.
@@ -152,6 +185,7 @@ impl SubscriberRun {
             latency_p50_ms: round3(quantile_ms(&latency_us, 0.5)),
             latency_p99_ms: round3(quantile_ms(&latency_us, 0.99)),
             latency_max_ms: round3(max_ms(&latency_us)),
+            moves,
         })?;
         let _ = self
             .pending
@@ -200,8 +234,17 @@ impl SubscriberRun {
     /// Lets what is in flight arrive, stops the members, writes the rest: the broker seconds,
     /// `receipts.csv` and the run's hlog.
     pub(super) async fn finish(mut self) -> anyhow::Result<()> {
-        let subscribers = self.subscribers.take().expect("invariant: finished once");
-        let summary = subscribers.finish(QUIET, DRAIN_WITHIN).await?;
+        // Both sets drain at once, not one after the other.
+        let mut finishing = tokio::task::JoinSet::new();
+        for set in std::mem::take(&mut self.subscribers) {
+            finishing.spawn(set.finish(QUIET, DRAIN_WITHIN));
+        }
+        let mut summary = SubscribersSummary::default();
+        while let Some(part) = finishing.join_next().await {
+            let part = part.context("a subscriber set's task")??;
+            summary.members.extend(part.members);
+            summary.streams.extend(part.streams);
+        }
         while let Ok(e) = self.events.try_recv() {
             self.record(e)?;
         }
@@ -232,4 +275,28 @@ impl SubscriberRun {
         )?;
         Ok(())
     }
+}
+
+/// The entries whose members connect through `dispatcher` (`placement: method` in a method
+/// with a dispatcher; handed over as `each-broker`, the one placement a dispatcher start takes)
+/// and those that connect straight to brokers (a `placement: method` entry of `dns-rr` sits on
+/// each broker).
+fn split_by_via(
+    specs: &[SubscriberSpec],
+    dispatcher: Option<&str>,
+) -> (Vec<SubscriberSpec>, Vec<SubscriberSpec>) {
+    let (mut via, mut direct) = (Vec::new(), Vec::new());
+    for spec in specs {
+        let mut spec = spec.clone();
+        let by_method = spec.placement == MemberPlacement::Method;
+        if by_method {
+            spec.placement = MemberPlacement::EachBroker;
+        }
+        if by_method && dispatcher.is_some() {
+            via.push(spec);
+        } else {
+            direct.push(spec);
+        }
+    }
+    (via, direct)
 }

@@ -19,7 +19,7 @@ pub(super) struct RawSubscriber {
     topic: Spanned<String>,
     #[serde(default)]
     qos: Option<Spanned<u8>>,
-    /// `each-broker` (the default); or use `broker:`.
+    /// `each-broker` (the default) or `method`; or use `broker:`.
     #[serde(default)]
     placement: Option<Spanned<String>>,
     #[serde(default)]
@@ -49,16 +49,15 @@ impl Checker<'_> {
             }
             let placement = match (&s.placement, &s.broker) {
                 (Some(p), Some(_)) => {
-                    return Err(
-                        self.at(p, "give `placement: each-broker` or `broker: ID`, not both")
-                    );
+                    return Err(self.at(p, "give `placement` or `broker: ID`, not both"));
                 }
                 (Some(p), None) if p.value == "each-broker" => MemberPlacement::EachBroker,
+                (Some(p), None) if p.value == "method" => MemberPlacement::Method,
                 (Some(p), None) => {
                     return Err(self.at(
                         p,
                         format!(
-                            "placement `{}`: write `each-broker` (or `broker: b2`)",
+                            "placement `{}`: write `each-broker` or `method` (or `broker: b2`)",
                             p.value
                         ),
                     ));
@@ -121,5 +120,73 @@ impl Checker<'_> {
                 .map_err(|e| self.at(&first.value.topic, e))?;
         }
         Ok(specs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Scenario, parse};
+    use crate::InputError;
+    use crate::dispatcher::SubscriberPolicy;
+    use crate::loadgen::subscription::MemberPlacement;
+
+    /// A scenario with one subscriber entry (`entry`, keys inside its braces) and a dns-rr and
+    /// a dispatcher method (`extra_dns`, `extra_disp` appended inside their braces).
+    fn scenario(entry: &str, extra_dns: &str, extra_disp: &str) -> Result<Scenario, InputError> {
+        let yaml = format!(
+            "name: t\nbrokers: {{ kind: embedded, count: 2 }}\n\
+             publishers:\n  - {{ name: p, count: 2, rate: 10, payload_bytes: 16, duration: 5s }}\n\
+             subscribers:\n  - {{ name: g, count: 4, topic: \"$share/g/load/#\"{entry} }}\n\
+             arrival: {{ order: random, interval: 1s }}\n\
+             methods:\n  - {{ name: rr, assign: dns-rr{extra_dns} }}\n  \
+             - {{ name: d, assign: dispatcher, policy: least-cpu{extra_disp} }}\n"
+        );
+        parse(&yaml, "t.yaml")
+    }
+
+    #[test]
+    fn placement_method_gives_dispatcher_methods_a_subscriber_policy() {
+        let s = scenario(", placement: method", "", "").unwrap();
+        assert_eq!(s.subscribers[0].placement, MemberPlacement::Method);
+        assert_eq!(
+            s.methods[0].subscriber_policy, None,
+            "dns-rr has no dispatcher"
+        );
+        assert_eq!(
+            s.methods[1].subscriber_policy,
+            Some(SubscriberPolicy::Inflow),
+            "the default"
+        );
+        let s = scenario(
+            ", placement: method",
+            "",
+            ", subscriber_policy: round-robin",
+        )
+        .unwrap();
+        assert_eq!(
+            s.methods[1].subscriber_policy,
+            Some(SubscriberPolicy::RoundRobin)
+        );
+        // Without a `placement: method` entry no member goes through the dispatcher.
+        let s = scenario("", "", "").unwrap();
+        assert_eq!(s.subscribers[0].placement, MemberPlacement::EachBroker);
+        assert_eq!(s.methods[1].subscriber_policy, None);
+    }
+
+    #[test]
+    fn a_subscriber_policy_without_effect_is_an_error_at_its_place() {
+        let e = scenario(", placement: method", ", subscriber_policy: inflow", "").unwrap_err();
+        assert!(e.0.starts_with("t.yaml:9:"), "{}", e.0);
+        assert!(e.0.contains("dns-rr has no dispatcher"), "{}", e.0);
+        let e = scenario("", "", ", subscriber_policy: inflow").unwrap_err();
+        assert!(e.0.starts_with("t.yaml:10:"), "{}", e.0);
+        assert!(e.0.contains("no subscribers entry"), "{}", e.0);
+        let e = scenario(", placement: method", "", ", subscriber_policy: fastest").unwrap_err();
+        assert!(e.0.starts_with("t.yaml:10:"), "{}", e.0);
+        let e = scenario(", placement: nearest", "", "").unwrap_err();
+        assert!(e.0.starts_with("t.yaml:6:"), "{}", e.0);
+        assert!(e.0.contains("`each-broker` or `method`"), "{}", e.0);
+        let e = scenario(", placement: method, broker: b1", "", "").unwrap_err();
+        assert!(e.0.contains("not both"), "{}", e.0);
     }
 }

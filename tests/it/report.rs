@@ -67,6 +67,8 @@ fn write_trial(w: &mut ResultsWriter, trial: u32, method: &str, rates: &[f64], l
                 predicted: vec![0.0, 0.0],
                 sample_ages_ms: vec![Some(300), Some(700)],
                 source: "reports".into(),
+                role: "publisher".into(),
+                group: String::new(),
             })
             .expect("decision row");
         }

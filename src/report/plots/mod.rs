@@ -124,7 +124,8 @@ pub fn draw_summary(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, 
 
 /// Draws every PNG of `dir` from its CSVs and `summary` (its windows and figures, see
 /// [`super::build`]) and returns their paths: `throughput.png`, `gap.png`, and
-/// `cpu-<method>-t<k>.png` + `rate-<method>-t<k>.png` per summarised method and trial.
+/// `cpu-<method>-t<k>.png` + `rate-<method>-t<k>.png` per summarised method and trial (with
+/// subscribers also `latency-<method>-t<k>.png` and `members-<method>-t<k>.png`).
 pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, ReportError> {
     ensure_font()?;
     if summary.is_empty() {
@@ -139,6 +140,7 @@ pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, Repo
     let moves = records::read_moves(dir)?;
     let brokers = first_seen(rows.iter().map(|r| r.broker.as_str()));
     let latency = subscribers::read_latency(dir)?;
+    let member_seconds = subscribers::read_subscribers(dir)?;
     let mut out = draw_summary(dir, summary)?;
 
     for s in summary {
@@ -178,6 +180,15 @@ pub fn draw_all(dir: &Path, summary: &[SummaryRow]) -> Result<Vec<PathBuf>, Repo
         if !seconds.is_empty() {
             let path = dir.join(format!("latency-{stem}"));
             timeline::draw_latency(&path, &run, &seconds).map_err(|e| plot_err(&path, e))?;
+            out.push(path);
+        }
+        let members: Vec<&subscribers::SubscriberRow> = member_seconds
+            .iter()
+            .filter(|r| r.trial == s.trial && r.method == s.method)
+            .collect();
+        if !members.is_empty() {
+            let path = dir.join(format!("members-{stem}"));
+            timeline::draw_members(&path, &run, &members).map_err(|e| plot_err(&path, e))?;
             out.push(path);
         }
     }

@@ -3,7 +3,8 @@
 //! broker it went to, labelled with its profile), the full-load window (shaded) and any fault
 //! from `faults.csv` (red line), and each live move from `moves.csv` (a thin line in the colour of
 //! the broker the client was moved to, labelled `→ <broker>`). With subscribers,
-//! `latency-<method>-t<k>.png` draws each broker's latency p99 per second the same way.
+//! `latency-<method>-t<k>.png` draws each broker's latency p99 per second the same way, and
+//! `members-<method>-t<k>.png` each member's receive rate per second.
 
 use std::path::Path;
 
@@ -12,8 +13,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{Chart, DrawResult, FAULT, GREY, HEIGHT, Run, WIDTH, color, font, headroom};
-use crate::report::records::PublisherRow;
-use crate::report::subscribers::LatencyRow;
+use crate::report::records::{PublisherRow, first_seen};
+use crate::report::subscribers::{LatencyRow, SubscriberRow};
 
 /// Width of the right margin that holds the legend.
 const LEGEND_PX: u32 = 290;
@@ -95,6 +96,50 @@ pub(crate) fn draw_latency(path: &Path, run: &Run, rows: &[&LatencyRow]) -> Draw
         run.method, run.trial
     );
     draw(path, run, &title, "latency p99 (ms)", lines)
+}
+
+/// `members-<method>-t<k>.png`: each subscriber member's messages received per second
+/// (subscribers.csv), one line per member in the colour of the broker it is on (a member that
+/// moves changes colour), with the same join, move and fault marks.
+pub(crate) fn draw_members(path: &Path, run: &Run, rows: &[&SubscriberRow]) -> DrawResult {
+    let mut lines: Vec<Line> = Vec::new();
+    let mut labelled: Vec<&str> = Vec::new();
+    for member in first_seen(rows.iter().map(|r| r.subscriber.as_str())) {
+        let mut seconds: Vec<&&SubscriberRow> =
+            rows.iter().filter(|r| r.subscriber == member).collect();
+        seconds.sort_by_key(|r| r.t_s);
+        // One segment per stay on a broker; the next one starts where this one ended.
+        let mut last: Option<(&str, (f64, f64))> = None;
+        for r in seconds {
+            let point = (r.t_s as f64, r.received as f64);
+            match (last, lines.last_mut()) {
+                (Some((b, _)), Some(line)) if b == r.broker => line.points.push(point),
+                _ => {
+                    let i = run.brokers.iter().position(|b| *b == r.broker);
+                    let label = if labelled.contains(&r.broker.as_str()) {
+                        String::new()
+                    } else {
+                        labelled.push(&r.broker);
+                        format!("a member on {}", r.broker)
+                    };
+                    let mut points: Vec<(f64, f64)> = last.map(|(_, p)| p).into_iter().collect();
+                    points.push(point);
+                    lines.push(Line {
+                        label,
+                        color: i.map_or(GREY, color),
+                        dashed: false,
+                        points,
+                    });
+                }
+            }
+            last = Some((&r.broker, point));
+        }
+    }
+    let title = format!(
+        "Per-member receive rate — {}, trial {}",
+        run.method, run.trial
+    );
+    draw(path, run, &title, "messages received per second", lines)
 }
 
 fn points(
@@ -221,12 +266,15 @@ fn draw(path: &Path, run: &Run, title: &str, y_desc: &str, lines: Vec<Line>) -> 
         } else {
             chart.draw_series(LineSeries::new(line.points, style))?;
         }
-        let mark = Mark::Line {
-            colour: line.color,
-            width: 3,
-            dashed: line.dashed,
-        };
-        legend.push((line.label, mark));
+        // Unlabelled lines (further members on one broker) share the first one's entry.
+        if !line.label.is_empty() {
+            let mark = Mark::Line {
+                colour: line.color,
+                width: 3,
+                dashed: line.dashed,
+            };
+            legend.push((line.label, mark));
+        }
     }
     let (x0, y0) = chart.backend_coord(&(t_max, y_max));
     side_legend(&root, (x0 + 15, y0), &legend)?;

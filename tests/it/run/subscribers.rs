@@ -65,7 +65,8 @@ fn subscriber_scenario_end_to_end_delivers_everything_with_latency_rows() {
             "received",
             "latency_p50_ms",
             "latency_p99_ms",
-            "latency_max_ms"
+            "latency_max_ms",
+            "moves"
         ]
     );
     for (member, broker) in [("backend-0", "b1"), ("backend-1", "b2")] {
@@ -113,4 +114,129 @@ fn subscriber_scenario_end_to_end_delivers_everything_with_latency_rows() {
     let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(md.contains("## Subscribers"), "{md}");
     assert!(md.contains("| dns-rr | 1 | 560000 of 560000 | 0 |"), "{md}");
+}
+
+/// Four members of one shared group with `placement: method`: under dns-rr they sit on each
+/// broker; under a dispatcher method every member is placed by the dispatcher (its decisions
+/// carry `role,group`), its broker still labelled by id; the per-member figures reach
+/// summary.csv, summary.md and a plot.
+#[test]
+fn members_placed_by_the_method_go_through_the_dispatcher_and_get_per_member_figures() {
+    let out = tempfile::tempdir().unwrap();
+    let scenario = out.path().join("members.yaml");
+    std::fs::write(
+        &scenario,
+        "name: members
+seed: 1
+trials: 1
+time_scale: 0.2
+calibration: { step: 1s }
+brokers: { kind: embedded, count: 2 }
+sampler: { interval: 1s, window: 5s }
+publishers:
+  - { name: light, count: 2, rate: 500, payload_bytes: 64, duration: 40s }
+  - { name: heavy, count: 1, rate: 2000, payload_bytes: 64, duration: 40s }
+subscribers:
+  - { name: backend, count: 4, topic: \"$share/backend/load/#\", placement: method }
+arrival: { order: [heavy, light, light], interval: 5s }
+methods:
+  - { name: dns-rr, assign: dns-rr }
+  - { name: least-cpu, assign: dispatcher, policy: least-cpu }
+",
+    )
+    .unwrap();
+    run_scenario(&scenario, out.path(), &[]);
+    let dir = std::fs::read_dir(out.path().join("members"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir() && !p.is_symlink())
+        .expect("a run folder");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["completed"], true, "{manifest}");
+
+    // The dispatcher placed every member (and the publishers), each row saying which.
+    let (header, decisions) = read_csv(&dir.join("decisions.csv"));
+    assert_eq!(&header[header.len() - 2..], ["role", "group"]);
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let subs: Vec<_> = decisions
+        .iter()
+        .filter(|r| r[col("role")] == "subscriber")
+        .collect();
+    assert_eq!(subs.len(), 4, "{decisions:?}");
+    for r in &subs {
+        assert_eq!(r[col("method")], "least-cpu");
+        assert_eq!(r[col("group")], "$share/backend/load/#");
+        assert!(r[col("client_id")].contains("sub-backend-"), "{r:?}");
+        assert!(["b1", "b2"].contains(&r[col("broker")].as_str()), "{r:?}");
+    }
+    let pubs = decisions.iter().filter(|r| r[col("role")] == "publisher");
+    assert_eq!(pubs.count(), 3);
+
+    // Broker labels are ids on both paths; dns-rr puts member k on broker k mod 2.
+    let (header, seconds) = read_csv(&dir.join("subscribers.csv"));
+    assert_eq!(header.last().map(String::as_str), Some("moves"));
+    assert!(
+        seconds.iter().all(|r| r[4] == "b1" || r[4] == "b2"),
+        "{seconds:?}"
+    );
+    for (k, broker) in ["b1", "b2", "b1", "b2"].iter().enumerate() {
+        let member = format!("backend-{k}");
+        let rows: Vec<_> = seconds
+            .iter()
+            .filter(|r| r[1] == "dns-rr" && r[3] == member)
+            .collect();
+        assert!(
+            !rows.is_empty() && rows.iter().all(|r| r[4] == *broker),
+            "{member}"
+        );
+    }
+    // Where the dispatcher sent each member is where its seconds are reported.
+    for r in &subs {
+        let member = r[col("client_id")]
+            .rsplit("sub-")
+            .next()
+            .unwrap()
+            .to_owned();
+        let on: Vec<_> = seconds
+            .iter()
+            .filter(|s| s[1] == "least-cpu" && s[3] == member)
+            .collect();
+        assert!(!on.is_empty(), "{member}");
+        assert!(on.iter().all(|s| s[4] == r[col("broker")]), "{member}");
+    }
+
+    // The per-member columns: four members, a ratio to the best split, no member-less loss
+    // under dns-rr (a member on each broker throughout).
+    let (header, summary) = read_csv(&dir.join("summary.csv"));
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no {name} in {header:?}"))
+    };
+    assert_eq!(summary.len(), 2);
+    for row in &summary {
+        assert_eq!(row[col("members_backend")], "4", "{row:?}");
+        let num = |name: &str| {
+            row[col(name)]
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("{name}: {row:?}"))
+        };
+        let jain = num("member_jain_index_backend");
+        assert!(jain > 0.0 && jain <= 1.0, "{row:?}");
+        assert!(num("member_msgs_per_s_backend") > 0.0, "{row:?}");
+        let ratio = num("member_load_ratio_backend");
+        assert!(ratio > 0.5 && ratio < 10.0, "{row:?}");
+        assert!(num("member_load_best_msgs_per_s_backend") > 0.0, "{row:?}");
+        assert_eq!(num("member_moves_backend"), 0.0, "{row:?}");
+        if row[1] == "dns-rr" {
+            assert_eq!(num("memberless_msgs_backend"), 0.0, "{row:?}");
+        }
+    }
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(md.contains("| least-cpu | backend | 1 |"), "{md}");
+    for png in ["members-dns-rr-t1.png", "members-least-cpu-t1.png"] {
+        assert!(dir.join(png).exists(), "{png}");
+    }
 }
