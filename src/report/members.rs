@@ -47,38 +47,20 @@ pub struct GroupFigures {
 /// Per (trial, method), the figures of each shared group (in first-seen order).
 pub type MemberFiguresByRun = BTreeMap<(u32, String), Vec<GroupFigures>>;
 
-/// The best split of `members` over brokers with these mean inflows: every broker with inflow
-/// gets a member first (the largest first, while members last), then each next member goes to
-/// the broker whose members carry the most inflow each. That greedy order minimises the
-/// highest `inflow / members` (each step lowers the current maximum, the only term that
-/// matters; `best_split_is_optimal` checks it against every split for small cases).
+/// The best split of `members` over brokers with these mean inflows: the dispatcher's
+/// ([`crate::dispatcher::rebalance::members::best_split`]): a member on every broker first (the
+/// one with more inflow first, while members last), then each next member to the broker whose
+/// members carry the most inflow each, which minimises the highest `inflow / members` from that
+/// floor.
 pub fn best_split(inflow: &[f64], members: usize) -> Vec<usize> {
-    let mut split = vec![0usize; inflow.len()];
-    let mut busy: Vec<usize> = (0..inflow.len()).filter(|&b| inflow[b] > 0.0).collect();
-    busy.sort_by(|&a, &b| inflow[b].total_cmp(&inflow[a]));
-    let mut left = members;
-    for &b in &busy {
-        if left == 0 {
-            break;
-        }
-        split[b] = 1;
-        left -= 1;
-    }
-    if busy.is_empty() {
-        return split;
-    }
-    for _ in 0..left {
-        let next = busy
-            .iter()
-            .copied()
-            .max_by(|&a, &b| {
-                let per = |x: usize| inflow[x] / split[x] as f64;
-                per(a).total_cmp(&per(b)).then(b.cmp(&a))
-            })
-            .expect("invariant: busy is not empty");
-        split[next] += 1;
-    }
-    split
+    use crate::dispatcher::rebalance::members::{self, BrokerInflow};
+    let brokers: Vec<BrokerInflow> = (inflow.iter())
+        .map(|&rate| BrokerInflow { live: true, rate })
+        .collect();
+    let members = u32::try_from(members).unwrap_or(u32::MAX);
+    (members::best_split(&brokers, members).into_iter())
+        .map(|m| m as usize)
+        .collect()
 }
 
 /// The highest `inflow / members` over the brokers a split gives members to.
@@ -305,60 +287,13 @@ mod tests {
         }
     }
 
-    /// Every split of `members` over `n` brokers.
-    fn splits(n: usize, members: usize) -> Vec<Vec<usize>> {
-        if n == 1 {
-            return vec![vec![members]];
-        }
-        (0..=members)
-            .flat_map(|first| {
-                splits(n - 1, members - first)
-                    .into_iter()
-                    .map(move |mut rest| {
-                        rest.insert(0, first);
-                        rest
-                    })
-            })
-            .collect()
-    }
-
     #[test]
-    fn best_split_is_optimal() {
-        // Inflows with zeros, ties and skew; every member count up to 9, against brute force.
-        let cases: [&[f64]; 6] = [
-            &[18000.0, 10000.0],
-            &[3000.0, 1000.0],
-            &[5.0, 5.0, 5.0],
-            &[7.0, 0.0, 2.0],
-            &[100.0, 1.0, 1.0, 30.0],
-            &[0.0, 0.0],
-        ];
-        for inflow in cases {
-            let busy = inflow.iter().filter(|i| **i > 0.0).count();
-            for m in 0..=9 {
-                let got = best_split(inflow, m);
-                let placed = if busy == 0 { 0 } else { m };
-                assert_eq!(got.iter().sum::<usize>(), placed, "{inflow:?} over {m}");
-                // Brute force: splits that cover every broker with inflow (if members allow).
-                let best = splits(inflow.len(), m)
-                    .into_iter()
-                    .filter(|s| {
-                        let covered = (0..inflow.len()).filter(|&b| inflow[b] > 0.0 && s[b] > 0);
-                        covered.count() == busy.min(m)
-                    })
-                    .map(|s| highest_per_member(inflow, &s))
-                    .fold(f64::INFINITY, f64::min);
-                if busy > 0 && m >= busy {
-                    assert_eq!(
-                        highest_per_member(inflow, &got),
-                        best,
-                        "{inflow:?} over {m}: {got:?}"
-                    );
-                }
-            }
-        }
+    fn best_split_is_the_dispatchers() {
+        // Optimality against every split is tested with the dispatcher's function.
         assert_eq!(best_split(&[18000.0, 10000.0], 8), vec![5, 3]);
         assert_eq!(best_split(&[3000.0, 1000.0], 8), vec![6, 2]);
+        // A broker without inflow keeps one member, as the dispatcher keeps one there.
+        assert_eq!(best_split(&[7.0, 0.0, 2.0], 5), vec![3, 1, 1]);
         // Too few members: the busiest brokers get one each.
         assert_eq!(best_split(&[1.0, 9.0, 5.0], 2), vec![0, 1, 1]);
     }
