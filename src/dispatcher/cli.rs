@@ -89,8 +89,8 @@ pub struct Args {
     pub tls: tls::TlsArgs,
     /// Move connected clients when the brokers' msg rates stay unequal (and shared-subscription
     /// members to where their messages arrive): `on`, or
-    /// `threshold=1000,hysteresis=3,cooldown=6s,max-moves-per-s=2,hold=60s,publishers=on,members=on`
-    /// (any subset).
+    /// `threshold=1000,hysteresis=3,cooldown=6s,max-moves-per-s=2,hold=60s,publishers=on,members=on,
+    /// member-threshold=250` (any subset).
     #[arg(long, value_name = "KEY=VALUE,...", value_parser = rebalance::parse_arg)]
     pub rebalance: Option<rebalance::RebalanceConfig>,
     /// How a client is moved: `takeover` (any broker; the client comes back through the

@@ -29,6 +29,8 @@ pub(super) struct RawRebalance {
     /// Move shared-subscription members (default true).
     #[serde(default)]
     members: Option<bool>,
+    #[serde(default)]
+    member_threshold: Option<f64>,
 }
 
 impl Checker<'_> {
@@ -61,6 +63,9 @@ impl Checker<'_> {
         }
         if let Some(m) = r.members {
             cfg.members = m;
+        }
+        if let Some(t) = r.member_threshold {
+            cfg.member_threshold = t;
         }
         cfg.validate().map_err(|e| self.at(raw, e))?;
         Ok((cfg, r.mover))

@@ -8,8 +8,8 @@
 //! minimises the highest per-member load ([`best_split`]). Rules, per group, in
 //! [`MemberPlanner::step`]:
 //! - **When**: a live broker has no member though the best split gives it one, or the highest
-//!   per-member load is more than [`TOLERANCE`] and more than [`MIN_EXCESS`] msgs/s above the
-//!   best split's; for `hysteresis` consecutive steps, counted only while the inflow has settled
+//!   per-member load is more than [`TOLERANCE`] and more than `member_threshold` msgs/s above
+//!   the best split's (members far below any consumer's capacity are not worth a move); for `hysteresis` consecutive steps, counted only while the inflow has settled
 //!   (not while the publisher rebalancer's moves have yet to show in it).
 //! - **Which**: one member at a time, from a broker with more members than its share in the best
 //!   split to the broker short of its share whose members carry the most; on the donor, the
@@ -32,10 +32,8 @@ use super::plan::RebalanceConfig;
 use crate::dispatcher::groups::{self, Slot, SubscriberPolicy};
 
 /// A group is unbalanced when its highest per-member load is above the best split's by more
-/// than this share ...
+/// than this share (and by more than the config's `member_threshold` msgs/s).
 pub const TOLERANCE: f64 = 0.10;
-/// ... and by more than this many msgs/s (a few control messages must not move anyone).
-pub const MIN_EXCESS: f64 = 50.0;
 
 /// One broker as the member planner sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -172,8 +170,9 @@ impl MemberPlanner {
             let (now_max, best_max) = (highest(brokers, &counts), highest(brokers, &target));
             // A live broker without a member that the best split would give one.
             let bare = (0..brokers.len()).any(|b| counts[b] == 0 && target[b] > 0);
-            let unbalanced =
-                bare || (now_max > best_max * (1.0 + TOLERANCE) && now_max - best_max > MIN_EXCESS);
+            let unbalanced = bare
+                || (now_max > best_max * (1.0 + TOLERANCE)
+                    && now_max - best_max > self.cfg.member_threshold);
             if !settled || cooling || !unbalanced {
                 state.over = 0;
                 continue;

@@ -80,10 +80,11 @@ pub fn parse_arg(text: &str) -> Result<RebalanceConfig, String> {
             "hold" => cfg.hold = crate::duration::parse(value)?,
             "publishers" => cfg.publishers = on_off(key, value)?,
             "members" => cfg.members = on_off(key, value)?,
+            "member-threshold" => cfg.member_threshold = number()?,
             other => {
                 return Err(format!(
                     "unknown rebalance key `{other}` (threshold, hysteresis, cooldown, \
-                     max-moves-per-s, hold, publishers, members)"
+                     max-moves-per-s, hold, publishers, members, member-threshold)"
                 ));
             }
         }
@@ -234,6 +235,10 @@ mod tests {
         assert!(!parse_arg("members=off").unwrap().members);
         assert!(parse_arg("members=no").unwrap_err().contains("members"));
         assert!(!parse_arg("publishers=off").unwrap().publishers);
+        assert_eq!(
+            parse_arg("member-threshold=40").unwrap().member_threshold,
+            40.0
+        );
         assert!(
             parse_arg("publishers=off,members=off")
                 .unwrap_err()

@@ -40,6 +40,9 @@ pub struct RebalanceConfig {
     /// Move shared-subscription members to where their group's messages arrive
     /// ([`super::members`]).
     pub members: bool,
+    /// msgs/s by which a group's highest per-member load must exceed its best split's before a
+    /// member moves.
+    pub member_threshold: f64,
 }
 
 impl Default for RebalanceConfig {
@@ -52,6 +55,7 @@ impl Default for RebalanceConfig {
             hold: Duration::from_secs(60),
             publishers: true,
             members: true,
+            member_threshold: 250.0,
         }
     }
 }
@@ -66,6 +70,12 @@ impl RebalanceConfig {
         }
         if self.hysteresis == 0 {
             return Err("rebalance hysteresis must be at least 1 sample".into());
+        }
+        if !(self.member_threshold.is_finite() && self.member_threshold >= 0.0) {
+            return Err(format!(
+                "rebalance member_threshold must be 0 msgs/s or more, got {}",
+                self.member_threshold
+            ));
         }
         if !(self.publishers || self.members) {
             return Err("rebalance moves neither publishers nor members: turn one on".into());
@@ -287,6 +297,7 @@ mod tests {
             hold: Duration::from_secs(60),
             publishers: true,
             members: true,
+            member_threshold: 250.0,
         }
     }
 
