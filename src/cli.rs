@@ -51,7 +51,7 @@ pub enum Command {
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => crate::run::cli_main(args).await,
-        Command::Validate(args) => crate::scenario::cli_main(args),
+        Command::Validate(args) => crate::scenario::cli_main(args).await,
         Command::Plot(args) => crate::report::cli_main(args).await,
         Command::Publish(args) => crate::report::published::publish_main(args),
         Command::Readme(args) => crate::report::published::readme_main(args),
