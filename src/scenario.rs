@@ -327,23 +327,22 @@ impl Checker<'_> {
                 conflicts.push((loc, key));
             }
         };
+        let cap = "no brokers.cpu_limit (cap the host: `mqdispatch testbed up --cpu-limit 0.5`)";
+        conflict(b.cpu_limit_at(), cap);
+        conflict(b.cpus_at(), "no brokers.cpus");
+        let tls = raw.tls.as_ref().filter(|t| t.value);
+        conflict(tls.map(|t| t.referenced), "no tls: true");
+        conflict(raw.faults.first().map(|f| f.referenced), "no faults");
         conflict(
-            b.cpu_limit_at(),
-            "brokers.cpu_limit (cap the host instead, e.g. `mqdispatch testbed up --cpu-limit 0.5`)",
+            raw.subscribers.first().map(|s| s.referenced),
+            "no subscribers",
         );
-        conflict(b.cpus_at(), "brokers.cpus");
-        conflict(
-            raw.tls.as_ref().filter(|t| t.value).map(|t| t.referenced),
-            "tls: true",
-        );
-        conflict(raw.faults.first().map(|f| f.referenced), "faults");
-        conflict(raw.subscribers.first().map(|s| s.referenced), "subscribers");
         let fed = methods
             .iter()
             .any(|m| m.source == LoadSourceKind::Prometheus);
         conflict(
             fed.then_some(raw.methods.referenced),
-            "a Prometheus load source",
+            "no Prometheus load source",
         );
         hosts::Placement {
             brokers: b.hosts.as_ref(),

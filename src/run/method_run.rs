@@ -18,7 +18,7 @@ use super::dispatcher_slot::DispatcherSlot;
 use super::faults::{self, FaultLog};
 use super::harness_meter::HarnessMeter;
 use super::hosts::HostSession;
-use super::hosts::brokers::{RemoteBrokers, ReportTo};
+use super::hosts::brokers::RemoteBrokers;
 use super::hosts::loaders::ShardedLoad;
 use super::prom_feed;
 use super::recorder::Recorder;
@@ -51,6 +51,11 @@ pub struct MethodRun<'a> {
 }
 
 impl MethodRun<'_> {
+    /// `t1-proposed`: names this method run's files on hosts.
+    fn tag(&self) -> String {
+        format!("t{}-{}", self.trial, self.method.name)
+    }
+
     fn broker_ids(&self) -> Vec<String> {
         (1..=self.scenario.brokers.count)
             .map(|i| format!("b{i}"))
@@ -127,14 +132,14 @@ impl MethodRun<'_> {
         remote: &mut RemoteBrokers,
     ) -> anyhow::Result<()> {
         if let Some(hosts) = self.hosts {
-            let tag = format!("t{}-{}", self.trial, self.method.name);
-            for (id, host) in self.broker_ids().iter().zip(&hosts.plan().broker_hosts) {
-                brokers.push(hosts.start_broker(id, host, &tag, remote).await?);
-            }
-            super::delivery::forget_control(brokers);
-            return Ok(());
+            brokers.extend(hosts.start_brokers(&self.tag(), remote).await?);
         }
-        for (i, id) in self.broker_ids().into_iter().enumerate() {
+        for (i, id) in self
+            .broker_ids()
+            .into_iter()
+            .enumerate()
+            .skip(brokers.len())
+        {
             let spec = super::broker_spec::broker_spec(self.scenario, i, &id, self.tls)?;
             let broker = RunningBroker::start(&spec, self.workdir)
                 .await
@@ -230,11 +235,7 @@ impl MethodRun<'_> {
                     cfg.report_interval = scenario.scrape_interval;
                 }
                 let tls = self.tls.map(|ca| ca.server_config()).transpose()?;
-                // With hosts: reachable from them, reports only with the run's token.
-                cfg.token = self.hosts.map(|h| h.token().to_owned());
-                let bind = self
-                    .hosts
-                    .map_or([127, 0, 0, 1].into(), |h| h.local_address());
+                let bind = super::hosts::dispatcher_side(self.hosts, &mut cfg);
                 let slot =
                     DispatcherSlot::start(cfg, tls, bind, decision_tx, move_tx, stop.clone())?;
                 let placement = Placement::Dispatcher {
@@ -261,12 +262,7 @@ impl MethodRun<'_> {
         let mut agent_tokens: Vec<Option<CancellationToken>> =
             brokers.iter().map(|b| agents.spawn(b)).collect();
         if let Some(hosts) = self.hosts {
-            let report = report_addr.clone().map(|addr| ReportTo {
-                addr,
-                token: hosts.token().to_owned(),
-            });
-            let interval = scenario.sample_interval;
-            hosts.start_agents(remote, report.as_ref(), interval, scenario.cpu, &sample_tx)?;
+            hosts.start_agents(remote, report_addr.clone(), scenario, &sample_tx)?;
         }
         drop(sample_tx);
 
@@ -353,21 +349,8 @@ impl MethodRun<'_> {
             client_id_prefix: client_id_prefix(self.trial, &self.method.name),
             tls: self.tls.map(|ca| ca.client_config()).transpose()?,
         };
-        let load: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match loaders {
-            Some(hosts) => Box::pin(hosts.run_loaders(
-                ShardedLoad {
-                    scenario,
-                    seed: self.seed,
-                    placement: &load_cfg.placement,
-                    client_id_prefix: load_cfg.client_id_prefix.clone(),
-                    start_ms: t0,
-                    tag: format!("t{}-{}", self.trial, self.method.name),
-                },
-                event_tx,
-                stop.child_token(),
-            )),
-            None => Box::pin(loadgen::run(load_cfg, event_tx, stop.child_token())),
-        };
+        let sharded = ShardedLoad::new(scenario, self.seed, t0, self.tag());
+        let load = sharded.run(loaders, load_cfg, event_tx, stop.child_token());
         tokio::pin!(load);
         let mut fault_clock = faults::Schedule::new(&scenario.faults, t0);
         let mut flush = tokio::time::interval(Duration::from_secs(1));

@@ -17,7 +17,7 @@ use super::{HostSession, to_local_ms};
 use crate::broker::{QUIET_BROKER_LOG, RunningBroker};
 use crate::load_report::LoadReport;
 use crate::remote::RemoteRole;
-use crate::scenario::CpuSampling;
+use crate::scenario::{CpuSampling, Scenario};
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -38,15 +38,23 @@ struct RemoteBroker {
     _drain: AbortOnDropHandle<()>,
 }
 
-/// Where agents send their reports: the dispatcher's report port and the token it wants.
-pub(crate) struct ReportTo {
-    pub addr: String,
-    pub token: String,
-}
-
 impl HostSession {
-    /// Starts broker `id` on its host; `tag` (`t1-proposed`) names its log and folder.
-    pub(crate) async fn start_broker(
+    /// Starts every broker on its host (`b1` on the first of `brokers.hosts`, ...), into
+    /// `set`; `tag` (`t1-proposed`) names their logs and folders.
+    pub(crate) async fn start_brokers(
+        &self,
+        tag: &str,
+        set: &mut RemoteBrokers,
+    ) -> anyhow::Result<Vec<RunningBroker>> {
+        let mut started = Vec::new();
+        for (i, host) in self.plan.broker_hosts.iter().enumerate() {
+            let id = format!("b{}", i + 1);
+            started.push(self.start_broker(&id, host, tag, set).await?);
+        }
+        Ok(started)
+    }
+
+    async fn start_broker(
         &self,
         id: &str,
         host: &str,
@@ -119,16 +127,17 @@ impl HostSession {
         Ok(RunningBroker::on_host(id, host, addr, stats))
     }
 
-    /// Starts an agent beside each broker of `set`; their reports go to `report` (if any) and,
-    /// with times on this machine's clock, to `samples`.
+    /// Starts an agent beside each broker of `set`; their reports go to the dispatcher's
+    /// report port `report` (if any, with the run's token) and, with times on this machine's
+    /// clock, to `samples`.
     pub(crate) fn start_agents(
         &self,
         set: &mut RemoteBrokers,
-        report: Option<&ReportTo>,
-        interval: Duration,
-        cpu: CpuSampling,
+        report: Option<String>,
+        scenario: &Scenario,
         samples: &UnboundedSender<LoadReport>,
     ) -> anyhow::Result<()> {
+        let interval = scenario.sample_interval;
         for b in &set.brokers {
             let h = self.host(&b.host)?;
             let mut command: Vec<String> = vec![
@@ -141,18 +150,14 @@ impl HostSession {
                 "--counters".into(),
                 format!("rumqttd={}", b.stats),
             ];
-            match cpu {
+            match scenario.cpu {
                 // The paper's way: the busy share of the whole host.
                 CpuSampling::Host => command.push("--host".into()),
                 _ => command.extend(["--pid".into(), b.pid.to_string()]),
             }
-            if let Some(to) = report {
-                command.extend([
-                    "--dispatcher".into(),
-                    to.addr.clone(),
-                    "--token".into(),
-                    to.token.clone(),
-                ]);
+            if let Some(addr) = &report {
+                let token = self.token.clone();
+                command.extend(["--dispatcher".into(), addr.clone(), "--token".into(), token]);
             }
             let name = format!("{}-agent-{}", b.tag, b.id);
             let log = self.files.join(&b.host).join(format!("{name}.log"));

@@ -4,6 +4,8 @@
 //! here; at the end each shard's files come back and its summary joins the others'
 //! (`load-merge`'s logic) into the method's load summary.
 
+use std::pin::Pin;
+
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc::UnboundedSender;
@@ -12,7 +14,9 @@ use tracing::warn;
 
 use super::{HostSession, to_local_ms};
 use crate::loadgen::merge::{LoadRecord, merge_records, read_record};
-use crate::loadgen::{ArrivalOrder, LoadEvent, LoadSummary, Placement, PublisherSummary, Shard};
+use crate::loadgen::{
+    ArrivalOrder, LoadConfig, LoadEvent, LoadSummary, Placement, PublisherSummary, Shard,
+};
 use crate::remote::RemoteRole;
 use crate::remote::files::fetch_dir;
 use crate::scenario::Scenario;
@@ -21,19 +25,54 @@ const SUMMARY: &str = "summary.json";
 
 /// One method run's load, as the runner would have run it here.
 pub(crate) struct ShardedLoad<'a> {
-    pub scenario: &'a Scenario,
-    pub seed: u64,
-    pub placement: &'a Placement,
-    pub client_id_prefix: String,
+    scenario: &'a Scenario,
+    seed: u64,
+    placement: Placement,
+    client_id_prefix: String,
     /// Join offset 0, epoch ms on this machine's clock.
-    pub start_ms: u64,
+    start_ms: u64,
     /// `t1-proposed`: names logs and folders.
-    pub tag: String,
+    tag: String,
+}
+
+type LoadFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<LoadSummary>> + Send + 'a>>;
+
+impl<'a> ShardedLoad<'a> {
+    pub(crate) fn new(scenario: &'a Scenario, seed: u64, start_ms: u64, tag: String) -> Self {
+        ShardedLoad {
+            scenario,
+            seed,
+            placement: Placement::DnsRoundRobin {
+                brokers: Vec::new(),
+            },
+            client_id_prefix: String::new(),
+            start_ms,
+            tag,
+        }
+    }
+
+    /// `cfg` on the loader hosts of `hosts` when there are some, else here.
+    pub(crate) fn run(
+        mut self,
+        hosts: Option<&'a HostSession>,
+        cfg: LoadConfig,
+        events: UnboundedSender<LoadEvent>,
+        stop: CancellationToken,
+    ) -> LoadFuture<'a> {
+        match hosts {
+            Some(hosts) => {
+                self.placement = cfg.placement;
+                self.client_id_prefix = cfg.client_id_prefix;
+                Box::pin(hosts.run_loaders(self, events, stop))
+            }
+            None => Box::pin(crate::loadgen::run(cfg, events, stop)),
+        }
+    }
 }
 
 impl HostSession {
     /// Runs every shard until all have ended (or `stop`), then merges their summaries.
-    pub(crate) async fn run_loaders(
+    async fn run_loaders(
         &self,
         load: ShardedLoad<'_>,
         events: UnboundedSender<LoadEvent>,
@@ -98,7 +137,7 @@ impl HostSession {
 fn load_command(binary: &str, load: &ShardedLoad<'_>, shard: Shard, start_ms: u64) -> Vec<String> {
     let scenario = load.scenario;
     let mut c: Vec<String> = vec![binary.into(), "load".into()];
-    match load.placement {
+    match &load.placement {
         Placement::Dispatcher {
             dispatchers,
             max_hops,
@@ -209,14 +248,9 @@ mod tests {
             dispatchers: vec!["198.18.0.1:40000".into()],
             max_hops: 3,
         };
-        let load = ShardedLoad {
-            scenario: &scenario,
-            seed: 7,
-            placement: &placement,
-            client_id_prefix: "t1-proposed-".into(),
-            start_ms: 1_764_930_000_000,
-            tag: "t1-proposed".into(),
-        };
+        let mut load = ShardedLoad::new(&scenario, 7, 1_764_930_000_000, "t1-proposed".into());
+        load.placement = placement;
+        load.client_id_prefix = "t1-proposed-".into();
         let shard = Shard::new(2, 3).unwrap();
         let command = load_command("/bin/mqdispatch", &load, shard, 1_764_930_000_004);
         let line = command.join(" ");

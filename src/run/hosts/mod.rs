@@ -31,6 +31,9 @@ pub use clock::ClockRecord;
 /// fit in it, on a LAN with room to spare.
 const LOADER_LEAD: Duration = Duration::from_secs(3);
 const QUICK: Duration = Duration::from_secs(30);
+/// Where on each host builds and run folders are kept, when set (absolute, or relative to the
+/// login's home); default `~/.cache/mqdispatch`.
+pub const CACHE_ENV: &str = "MQDISPATCH_HOST_CACHE";
 
 /// One connected host.
 struct Host {
@@ -164,7 +167,8 @@ impl HostSession {
             home.starts_with('/'),
             "host {name}: its login has no absolute $HOME (`{home}`)"
         );
-        let (binary, placed) = ensure_binary(&conn, &crate::process::self_exe(), DEFAULT_CACHE)
+        let cache = std::env::var(CACHE_ENV).unwrap_or_else(|_| DEFAULT_CACHE.to_owned());
+        let (binary, placed) = ensure_binary(&conn, &crate::process::self_exe(), &cache)
             .await
             .with_context(|| format!("putting mqdispatch on host {name}"))?;
         let binary = match binary.starts_with('/') {
@@ -172,7 +176,11 @@ impl HostSession {
             false => format!("{home}/{binary}"),
         };
         // Hosts of a test bed share this machine's file system: one folder per host.
-        let workdir = format!("{home}/{DEFAULT_CACHE}/runs/{run_id}-{name}");
+        let cache = match cache.starts_with('/') {
+            true => cache,
+            false => format!("{home}/{cache}"),
+        };
+        let workdir = format!("{cache}/runs/{run_id}-{name}");
         info!(host = %name, %binary, copied = placed == Placed::Copied, "host ready");
         let host = Host {
             spec: spec.clone(),
@@ -215,22 +223,8 @@ impl HostSession {
         self.record.clone()
     }
 
-    /// Where roles listen on this machine for the hosts (the dispatcher, its report port).
-    pub(crate) fn local_address(&self) -> IpAddr {
-        self.local
-    }
-
-    /// The secret agents on hosts give the dispatcher's report port.
-    pub(crate) fn token(&self) -> &str {
-        &self.token
-    }
-
     pub(crate) fn has_loaders(&self) -> bool {
         !self.plan.loaders.is_empty()
-    }
-
-    pub(crate) fn plan(&self) -> &HostsPlan {
-        &self.plan
     }
 
     /// The instant (epoch ms, this machine's clock) loader shards are told to start at.
@@ -251,7 +245,12 @@ impl HostSession {
             tracing::warn!(error = %format!("{e:#}"), "clocks at the end");
         }
         for host in self.hosts.values() {
-            let rm = format!("rm -rf -- {}", shell_quote(&host.workdir));
+            let runs = host.workdir.rsplit_once('/').map_or(".", |(d, _)| d);
+            let rm = format!(
+                "rm -rf -- {}; rmdir -- {} 2>/dev/null || true",
+                shell_quote(&host.workdir),
+                shell_quote(runs)
+            );
             if let Err(e) = host.conn.run(&rm, QUICK).await {
                 tracing::warn!(host = %host.spec.name, error = %e, "removing the run's folder");
             }
@@ -266,6 +265,21 @@ impl Drop for HostSession {
         self.hosts.clear();
         self.clock.stop();
         let _ = std::fs::remove_dir_all(&self.control);
+    }
+}
+
+/// Where the method's dispatcher listens: on the address hosts reach this machine at, its
+/// report port taking only the run's token, when there are hosts; else on 127.0.0.1.
+pub(crate) fn dispatcher_side(
+    hosts: Option<&HostSession>,
+    cfg: &mut crate::dispatcher::DispatcherConfig,
+) -> IpAddr {
+    match hosts {
+        Some(h) => {
+            cfg.token = Some(h.token.clone());
+            h.local
+        }
+        None => [127, 0, 0, 1].into(),
     }
 }
 
