@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use mqdispatch::testbed::net;
+use mqdispatch::testbed::{self, Options, net};
 use tokio::process::{Child, Command};
 
 use crate::testbed::{
@@ -79,20 +79,41 @@ fn run_dir(cwd: &Path) -> PathBuf {
         .expect("a results folder")
 }
 
-#[tokio::test]
-async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
-    let test = "a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing";
-    let tmp = tempfile::tempdir().unwrap();
-    let mut opts = options(b'g', 3, tmp.path());
-    opts.dir = tmp.path().join("results/testbed");
-    let Some(bed) = up_off_runtime(test, &opts).await else {
-        return;
-    };
-    let netns_of: Vec<(String, String)> = bed
+/// A three-host bed made where the shipped scenario's include finds it (`results/testbed` of
+/// `tmp`), and each host's (name, namespace); `None` (after a message) where a bed cannot be
+/// made here.
+async fn bed_in(
+    test: &str,
+    tag: u8,
+    tmp: &Path,
+) -> Option<(testbed::DownOnDrop, Options, Vec<(String, String)>)> {
+    let mut opts = options(tag, 3, tmp);
+    opts.dir = tmp.join("results/testbed");
+    let bed = up_off_runtime(test, &opts).await?;
+    let netns_of = bed
         .hosts()
         .iter()
         .map(|h| (h.name.clone(), h.netns.clone()))
         .collect();
+    Some((bed, opts, netns_of))
+}
+
+/// `down`, then nothing of the bed may be left.
+async fn down(bed: testbed::DownOnDrop, opts: &Options) {
+    tokio::task::spawn_blocking(move || bed.down())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_nothing_left(&opts.prefix, &opts.dir);
+}
+
+#[tokio::test]
+async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
+    let test = "a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing";
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((bed, opts, netns_of)) = bed_in(test, b'g', tmp.path()).await else {
+        return;
+    };
 
     let began = Instant::now();
     let mut run = start_run(tmp.path());
@@ -195,28 +216,16 @@ async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
         leftovers(&netns_of)
     );
     drop(run);
-    let (prefix, bed_dir) = (opts.prefix.clone(), opts.dir.clone());
-    tokio::task::spawn_blocking(move || bed.down())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_nothing_left(&prefix, &bed_dir);
+    down(bed, &opts).await;
 }
 
 #[tokio::test]
 async fn sigterm_to_the_runner_leaves_nothing_on_any_host() {
     let test = "sigterm_to_the_runner_leaves_nothing_on_any_host";
     let tmp = tempfile::tempdir().unwrap();
-    let mut opts = options(b'h', 3, tmp.path());
-    opts.dir = tmp.path().join("results/testbed");
-    let Some(bed) = up_off_runtime(test, &opts).await else {
+    let Some((bed, opts, netns_of)) = bed_in(test, b'h', tmp.path()).await else {
         return;
     };
-    let netns_of: Vec<(String, String)> = bed
-        .hosts()
-        .iter()
-        .map(|h| (h.name.clone(), h.netns.clone()))
-        .collect();
     let h3 = netns_of[2].1.clone();
     let mut run = start_run(tmp.path());
     // Mid-run: the publishers are running on h3.
@@ -254,10 +263,5 @@ async fn sigterm_to_the_runner_leaves_nothing_on_any_host() {
     let manifest: serde_json::Value =
         serde_json::from_str(&read(&run_dir(tmp.path()).join("manifest.json"))).unwrap();
     assert_eq!(manifest["completed"], false, "{manifest}");
-    let (prefix, bed_dir) = (opts.prefix.clone(), opts.dir.clone());
-    tokio::task::spawn_blocking(move || bed.down())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_nothing_left(&prefix, &bed_dir);
+    down(bed, &opts).await;
 }
