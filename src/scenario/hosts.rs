@@ -457,6 +457,33 @@ methods: [{ name: dns-rr, assign: dns-rr }]
     }
 
     #[test]
+    fn the_shipped_hosts_scenarios_are_the_paper_s_on_bed_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.yaml");
+        std::fs::write(&file, HOSTS).unwrap();
+        let read = |text: &str| {
+            let text = text.replace("results/testbed/hosts.yaml", &file.display().to_string());
+            parse(&text, "x.yaml").unwrap()
+        };
+        let paper = parse(include_str!("../../scenarios/paper.yaml"), "paper.yaml").unwrap();
+        let on_hosts = read(include_str!("../../scenarios/paper-hosts.yaml"));
+        assert_eq!(on_hosts.profiles, paper.profiles);
+        assert_eq!(on_hosts.arrival, paper.arrival);
+        assert_eq!(on_hosts.methods, paper.methods);
+        assert_eq!((on_hosts.trials, on_hosts.seed), (paper.trials, paper.seed));
+        for s in [
+            on_hosts,
+            read(include_str!("../../scenarios/hosts-quick.yaml")),
+        ] {
+            let plan = s.hosts.unwrap();
+            assert_eq!(
+                (plan.broker_hosts, plan.loaders),
+                (vec!["h1".into(), "h2".into()], vec!["h3".to_owned()])
+            );
+        }
+    }
+
+    #[test]
     fn an_included_file_gives_the_hosts_and_its_errors_name_it() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("hosts.yaml");
