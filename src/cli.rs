@@ -36,7 +36,7 @@ pub enum Command {
     /// Run the embedded broker (rumqttd) in this process.
     Broker(crate::broker::Args),
     /// Run fixed-rate publishers against a dispatcher or brokers.
-    Load(crate::loadgen::Args),
+    Load(Box<crate::loadgen::Args>),
     /// Merge the output files of `load --shard K/N` runs into one loader's.
     LoadMerge(crate::loadgen::merge::MergeArgs),
     /// Serve this host's clock, or measure another host's clock offset from this one.
@@ -51,14 +51,14 @@ pub enum Command {
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => crate::run::cli_main(args).await,
-        Command::Validate(args) => crate::scenario::cli_main(args),
+        Command::Validate(args) => crate::scenario::cli_main(args).await,
         Command::Plot(args) => crate::report::cli_main(args).await,
         Command::Publish(args) => crate::report::published::publish_main(args),
         Command::Readme(args) => crate::report::published::readme_main(args),
         Command::Dispatcher(args) => crate::dispatcher::cli_main(*args).await,
         Command::Agent(args) => crate::agent::cli_main(args).await,
         Command::Broker(args) => crate::broker::cli_main(args).await,
-        Command::Load(args) => crate::loadgen::cli_main(args).await,
+        Command::Load(args) => crate::loadgen::cli_main(*args).await,
         Command::LoadMerge(args) => crate::loadgen::merge::merge_main(args),
         Command::Clock(args) => crate::clock::cli_main(args).await,
         Command::Testbed(args) => crate::testbed::cli_main(args).await,

@@ -38,6 +38,15 @@ pub fn format(d: Duration) -> String {
     }
 }
 
+/// Renders a duration for another program's command line: whole milliseconds exactly
+/// (`20000ms`), anything finer in seconds with every digit [`parse`] needs.
+pub fn format_exact(d: Duration) -> String {
+    match d.subsec_nanos() % 1_000_000 {
+        0 => format!("{}ms", d.as_millis()),
+        _ => format!("{}s", d.as_secs_f64()),
+    }
+}
+
 /// For clap: `#[arg(value_parser = crate::duration::parse_arg)]`.
 pub fn parse_arg(text: &str) -> Result<Duration, String> {
     parse(text)

@@ -20,6 +20,7 @@ use crate::loadgen::{ArrivalOrder, ArrivalSpec, Profile, SendMode, SubscriberSpe
 mod brokers;
 mod calibration;
 mod faults;
+pub mod hosts;
 mod length;
 mod rebalance;
 mod sampler;
@@ -31,6 +32,7 @@ pub use calibration::CalibrationPlan;
 use calibration::RawCalibration;
 use faults::RawFault;
 pub use faults::{FaultKind, FaultPlan};
+pub use hosts::{HostSpec, HostsPlan};
 use rebalance::RawRebalance;
 use sampler::RawSampler;
 pub use sampler::{CpuSampling, LoadSourceKind, check_prometheus};
@@ -65,6 +67,9 @@ pub struct Scenario {
     pub tls: bool,
     /// The run's broker-CPU calibration (`calibration:`; wall-clock, not time-scaled).
     pub calibration: CalibrationPlan,
+    /// Machines and the roles placed on them (`hosts:`, `brokers.hosts`, `loaders`); `None`:
+    /// everything runs here.
+    pub hosts: Option<HostsPlan>,
 }
 
 mod duration_serde {
@@ -125,6 +130,10 @@ struct RawScenario {
     tls: Option<Spanned<bool>>,
     #[serde(default)]
     calibration: Option<Spanned<RawCalibration>>,
+    #[serde(default)]
+    hosts: Option<Spanned<hosts::RawHosts>>,
+    #[serde(default)]
+    loaders: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +305,7 @@ impl Checker<'_> {
             .iter()
             .map(|f| self.fault(f, &brokers, time_scale))
             .collect::<Result<Vec<_>, _>>()?;
+        let hosts = self.hosts(raw.hosts.as_ref(), self.placement(&raw, &methods))?;
         Ok(Scenario {
             name,
             seed: raw.seed,
@@ -313,7 +323,43 @@ impl Checker<'_> {
             time_scale,
             tls,
             calibration,
+            hosts,
         })
+    }
+
+    /// Where the scenario puts roles, and what it sets that brokers on hosts cannot do.
+    fn placement<'r>(&self, raw: &'r RawScenario, methods: &[MethodPlan]) -> hosts::Placement<'r> {
+        let b = &raw.brokers.value;
+        let mut conflicts = Vec::new();
+        let mut conflict = |loc: Option<serde_saphyr::Location>, key| {
+            if let Some(loc) = loc {
+                conflicts.push((loc, key));
+            }
+        };
+        let cap = "no brokers.cpu_limit (cap the host: `mqdispatch testbed up --cpu-limit 0.5`)";
+        conflict(b.cpu_limit_at(), cap);
+        conflict(b.cpus_at(), "no brokers.cpus");
+        let tls = raw.tls.as_ref().filter(|t| t.value);
+        conflict(tls.map(|t| t.referenced), "no tls: true");
+        conflict(raw.faults.first().map(|f| f.referenced), "no faults");
+        conflict(
+            raw.subscribers.first().map(|s| s.referenced),
+            "no subscribers",
+        );
+        let fed = methods
+            .iter()
+            .any(|m| m.source == LoadSourceKind::Prometheus);
+        conflict(
+            fed.then_some(raw.methods.referenced),
+            "no Prometheus load source",
+        );
+        hosts::Placement {
+            brokers: b.hosts.as_ref(),
+            loaders: raw.loaders.as_ref(),
+            broker_count: raw.brokers.value.count_or_addresses(),
+            broker_kind: b.kind,
+            conflicts,
+        }
     }
 
     fn profiles(
@@ -530,8 +576,11 @@ pub struct ValidateArgs {
     pub scenario: PathBuf,
 }
 
-pub fn cli_main(args: ValidateArgs) -> anyhow::Result<()> {
+pub async fn cli_main(args: ValidateArgs) -> anyhow::Result<()> {
     let scenario = load(&args.scenario)?;
+    if let Some(plan) = &scenario.hosts {
+        hosts::check_reachable(plan).await?;
+    }
     crate::broker::check_available(scenario.brokers.kind)
         .and_then(|()| check_host(&scenario))
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;

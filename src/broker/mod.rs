@@ -157,6 +157,9 @@ pub struct RunningBroker {
     /// What started it, so a fault can bring it back on the same port.
     spec: BrokerSpec,
     workdir: std::path::PathBuf,
+    /// The scenario host it runs on, when another host runs it (then this process holds no
+    /// child: the runner's host session does).
+    host: Option<String>,
     // Field order matters for drop: the process dies before its cgroup is removed.
     child: Option<ManagedChild>,
     cgroup: Option<CpuCgroup>,
@@ -189,6 +192,31 @@ impl RunningBroker {
             }
         }
         Err(last_error.expect("invariant: at least one attempt"))
+    }
+
+    /// A broker that another host runs (`brokers.hosts`): reached at `addr`, its counters
+    /// read from `stats_addr`; its process and agent belong to the runner's host session.
+    pub fn on_host(id: &str, host: &str, addr: String, stats_addr: String) -> RunningBroker {
+        RunningBroker {
+            id: id.to_owned(),
+            addr,
+            tls_addr: None,
+            kind: BrokerKind::Embedded,
+            version: format!("{} on {host}", embedded::VERSION),
+            counters: Some(CounterSource::Rumqttd { stats_addr }),
+            restarts: 0,
+            spec: BrokerSpec::new(id, BrokerKind::Embedded),
+            workdir: std::path::PathBuf::new(),
+            host: Some(host.to_owned()),
+            child: None,
+            cgroup: None,
+            _io_tasks: Vec::new(),
+        }
+    }
+
+    /// The scenario host that runs it, when not this machine.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
     }
 
     /// Where the broker's cumulative counters are read, when it exposes them.
@@ -340,6 +368,7 @@ async fn start_external(spec: &BrokerSpec) -> Result<RunningBroker, BrokerError>
         restarts: 0,
         spec: spec.clone(),
         workdir: std::path::PathBuf::new(),
+        host: None,
         child: None,
         cgroup: None,
         _io_tasks: Vec::new(),
@@ -477,6 +506,7 @@ async fn start_child(
         restarts: 0,
         spec: spec.clone(),
         workdir: workdir.to_owned(),
+        host: None,
         child: Some(child),
         cgroup,
         _io_tasks: io_tasks,

@@ -73,6 +73,11 @@ pub struct Args {
     /// publisher with its arrival index (`mqdispatch load-merge` joins shards' files).
     #[arg(long, value_name = "FILE.json")]
     summary_out: Option<PathBuf>,
+    /// Every publisher event as one JSON line, as it happens (`-`: stdout, which then carries
+    /// nothing else; the summary table goes to stderr): what `mqdispatch run` reads from its
+    /// loader shards on other hosts.
+    #[arg(long, value_name = "FILE.jsonl|-")]
+    events_out: Option<PathBuf>,
     /// Run shard K of N of the arrival plan: the publishers whose arrival index i has
     /// i mod N = K-1, each with the join instant and broker the whole plan gives it. With
     /// N > 1 it needs --seed and --start-at, and subscribers run in a loader of their own.
@@ -188,6 +193,12 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         Some(path) => Some(create_new(path)?),
         None => None,
     };
+    let to_stdout = args.events_out.as_deref() == Some(Path::new("-"));
+    let events_out: Option<Box<dyn Write + Send>> = match &args.events_out {
+        Some(_) if to_stdout => Some(Box::new(std::io::stdout())),
+        Some(path) => Some(Box::new(create_new(path)?)),
+        None => None,
+    };
     let summary_out = match &args.summary_out {
         Some(path) => Some((create_new(path)?, path.clone())),
         None => None,
@@ -221,7 +232,8 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         ),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = tokio::task::spawn_blocking(move || write_csv(rx, out, profile_of, start_s));
+    let writer =
+        tokio::task::spawn_blocking(move || write_csv(rx, out, events_out, profile_of, start_s));
     let plan = cfg.publishers.clone();
     let result = if cfg.profiles.is_empty() {
         drop(tx);
@@ -255,7 +267,10 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
             file.write_all(&record_json(&LoadRecord::new(&summary, &plan, seed, shard)))
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        print!("{}", render_summary(&summary, seed));
+        match to_stdout {
+            true => eprint!("{}", render_summary(&summary, seed)),
+            false => print!("{}", render_summary(&summary, seed)),
+        }
     }
     if let Some(table) = received {
         print!("{table}");
@@ -315,6 +330,7 @@ pub(super) fn create_new(path: &Path) -> anyhow::Result<File> {
 fn write_csv(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<LoadEvent>,
     out: Option<File>,
+    mut events: Option<Box<dyn Write + Send>>,
     profile_of: HashMap<String, String>,
     start_s: u64,
 ) -> anyhow::Result<SentByBroker> {
@@ -325,6 +341,13 @@ fn write_csv(
         w.flush()?;
     }
     while let Some(event) = rx.blocking_recv() {
+        if let Some(w) = events.as_mut() {
+            serde_json::to_writer(&mut *w, &event)?;
+            w.write_all(b"\n")?;
+            if rx.is_empty() {
+                w.flush()?;
+            }
+        }
         if let LoadEvent::Second {
             publisher,
             broker,
@@ -361,6 +384,9 @@ fn write_csv(
         }
     }
     if let Some(w) = csv.as_mut() {
+        w.flush()?;
+    }
+    if let Some(w) = events.as_mut() {
         w.flush()?;
     }
     Ok(sent_by_broker)

@@ -100,8 +100,10 @@ impl LoadConfig {
     }
 }
 
-/// What publishers report while they run (times are epoch ms, see [`crate::now_ms`]).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// What publishers report while they run (times are epoch ms, see [`crate::now_ms`]); one JSON
+/// object per line with `mqdispatch load --events-out`, e.g.
+/// `{"Joined":{"publisher":"light-1","broker":"198.18.0.11:40123","t_ms":1764930000123,"redirect_ms":0.4}}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum LoadEvent {
     /// First CONNACK from a broker; `redirect_ms` when a dispatcher placed it.
     Joined {

@@ -183,6 +183,31 @@ impl Profile {
         Ok(profile)
     }
 
+    /// The `--profile` spec [`Profile::parse_spec`] reads back as this profile (a topic with a
+    /// comma cannot be written as one).
+    pub fn to_spec(&self) -> String {
+        let d = crate::duration::format_exact;
+        let send = match self.send {
+            SendMode::PerMessage => "per-message",
+            SendMode::Batched => "batched",
+            SendMode::PerMessageViaClient => "per-message-via-client",
+        };
+        let mut spec = format!(
+            "name={},count={},rate={},bytes={},duration={},qos={},topic={},send={send}",
+            self.name,
+            self.count,
+            self.rate,
+            self.payload_bytes,
+            d(self.duration),
+            self.qos,
+            self.topic
+        );
+        if self.send == SendMode::Batched {
+            spec.push_str(&format!(",batch_tick={}", d(self.batch_tick)));
+        }
+        spec
+    }
+
     /// Checks every field; the error names the profile and the field.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
@@ -271,6 +296,37 @@ mod tests {
         );
         assert_eq!(p.target_total(), 200_000);
         assert_eq!(p.topic_for("light-3"), "load/light-3");
+    }
+
+    #[test]
+    fn a_spec_reads_back_as_the_profile_it_was_written_from() {
+        let scaled = |secs: u64, scale: f64| Duration::from_secs(secs).mul_f64(scale);
+        let mut p =
+            Profile::parse_spec("name=heavy,count=1,rate=10000,bytes=600,duration=100s").unwrap();
+        for (duration, rate) in [
+            (scaled(100, 0.05), 10000.0),
+            (scaled(100, 0.013), 333.5),
+            (Duration::from_nanos(1_234_567_891), 0.25),
+        ] {
+            p.duration = duration;
+            p.rate = rate;
+            assert_eq!(
+                Profile::parse_spec(&p.to_spec()).unwrap(),
+                p,
+                "{}",
+                p.to_spec()
+            );
+        }
+        p.send = SendMode::Batched;
+        p.batch_tick = Duration::from_micros(2500);
+        p.qos = 1;
+        p.topic = "t/{profile}/{publisher}".into();
+        assert_eq!(
+            Profile::parse_spec(&p.to_spec()).unwrap(),
+            p,
+            "{}",
+            p.to_spec()
+        );
     }
 
     #[test]

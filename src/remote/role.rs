@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{ChildStdin, Command};
+use tokio::process::{ChildStdin, ChildStdout, Command};
 
 use super::ssh::{Connection, SshError, shell_quote};
 use crate::process::ManagedChild;
@@ -34,6 +34,33 @@ impl RemoteRole {
         workdir: &str,
         log: &Path,
     ) -> Result<RemoteRole, SshError> {
+        let (role, _) = Self::spawn(conn, name, binary, command, workdir, log, false)?;
+        Ok(role)
+    }
+
+    /// [`RemoteRole::start`] with the role's stdout handed to the caller (its stderr still goes
+    /// to `log`): for roles that speak on stdout (`listening on ADDR`, JSON lines).
+    pub fn start_piped(
+        conn: &Connection,
+        name: &str,
+        binary: &str,
+        command: &[String],
+        workdir: &str,
+        log: &Path,
+    ) -> Result<(RemoteRole, ChildStdout), SshError> {
+        let (role, stdout) = Self::spawn(conn, name, binary, command, workdir, log, true)?;
+        Ok((role, stdout.expect("invariant: stdout is piped")))
+    }
+
+    fn spawn(
+        conn: &Connection,
+        name: &str,
+        binary: &str,
+        command: &[String],
+        workdir: &str,
+        log: &Path,
+        piped: bool,
+    ) -> Result<(RemoteRole, Option<ChildStdout>), SshError> {
         let host = conn.target().name.clone();
         // A relative binary (the default cache) is relative to the login's home, not `workdir`.
         let bin = if binary.starts_with('/') {
@@ -52,15 +79,21 @@ impl RemoteRole {
         let out = std::fs::File::create(log).map_err(|e| SshError::Io(e, host.clone()))?;
         let err = out.try_clone().map_err(|e| SshError::Io(e, host.clone()))?;
         let mut cmd: Command = conn.command(&line);
-        cmd.stdin(Stdio::piped()).stdout(out).stderr(err);
+        cmd.stdin(Stdio::piped()).stderr(err);
+        match piped {
+            true => cmd.stdout(Stdio::piped()),
+            false => cmd.stdout(out),
+        };
         let mut session = ManagedChild::spawn(cmd, &format!("{name} on {host}"))
             .map_err(|e| SshError::Io(e, host))?;
         let lifeline = session.take_stdin();
-        Ok(RemoteRole {
+        let stdout = session.take_stdout();
+        let role = RemoteRole {
             name: name.to_owned(),
             session: Some(session),
             lifeline,
-        })
+        };
+        Ok((role, stdout))
     }
 
     pub fn name(&self) -> &str {

@@ -26,8 +26,80 @@ pub struct SshTarget {
     pub destination: String,
     pub port: Option<u16>,
     pub identity: Option<PathBuf>,
+    /// A known_hosts file of its own (checked strictly: an unknown host key is an error).
+    pub known_hosts: Option<PathBuf>,
     /// An ssh configuration file (`ssh -F`), e.g. the test bed's.
     pub config: Option<PathBuf>,
+}
+
+impl SshTarget {
+    /// `user@address` or `user@address:port` (a scenario's `ssh:`), with no key or config.
+    pub fn parse(name: &str, text: &str) -> Result<SshTarget, String> {
+        let text = text.trim();
+        let (user, rest) = text
+            .split_once('@')
+            .filter(|(u, r)| !u.is_empty() && !r.is_empty())
+            .ok_or_else(|| format!("`{text}` is not user@address[:port]"))?;
+        // [v6]:port, v4:port, or a bare address (a v6 address without brackets has colons).
+        let (address, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (addr, tail) = v6
+                    .split_once(']')
+                    .ok_or_else(|| format!("`{text}`: `[` without `]`"))?;
+                (addr, tail.strip_prefix(':'))
+            }
+            None => match rest.split_once(':') {
+                Some((a, p)) if !p.contains(':') => (a, Some(p)),
+                _ => (rest, None),
+            },
+        };
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("`{text}`: port `{p}` is not 1-65535"))
+            })
+            .transpose()?;
+        if address.is_empty() || address.starts_with('-') || user.starts_with('-') {
+            return Err(format!("`{text}` is not user@address[:port]"));
+        }
+        Ok(SshTarget {
+            name: name.to_owned(),
+            destination: format!("{user}@{address}"),
+            port,
+            identity: None,
+            known_hosts: None,
+            config: None,
+        })
+    }
+
+    /// Whether the host accepts a batch-mode login and runs `true` within `timeout`; the error
+    /// is what ssh said.
+    pub async fn check_reachable(&self, timeout: Duration) -> Result<(), SshError> {
+        let mut cmd = Command::new("ssh");
+        cmd.args(base_options(self))
+            .args(["-o", "ControlMaster=no", "-o", "ControlPath=none"])
+            .arg(&self.destination)
+            .args(["--", "true"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let detail = match tokio::time::timeout(timeout, cmd.output()).await {
+            Err(_) => format!("no login within {} s", timeout.as_secs()),
+            Ok(Err(e)) => format!("cannot run ssh: {e}"),
+            Ok(Ok(out)) if out.status.success() => return Ok(()),
+            Ok(Ok(out)) => format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        };
+        Err(SshError::Connect {
+            host: self.name.clone(),
+            destination: self.destination.clone(),
+            detail,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +282,12 @@ fn base_options(target: &SshTarget) -> Vec<String> {
         options.push("-o".into());
         options.push("IdentitiesOnly=yes".into());
     }
+    if let Some(known) = &target.known_hosts {
+        options.push("-o".into());
+        options.push(format!("UserKnownHostsFile={}", known.display()));
+        options.push("-o".into());
+        options.push("StrictHostKeyChecking=yes".into());
+    }
     options
 }
 
@@ -249,6 +327,7 @@ mod tests {
             destination: "root@198.18.0.11".into(),
             port: Some(2222),
             identity: Some("/tmp/bed/id_ed25519".into()),
+            known_hosts: Some("/tmp/bed/known_hosts".into()),
             config: Some("/tmp/bed/ssh_config".into()),
         };
         let options = base_options(&target).join(" ");
@@ -259,5 +338,34 @@ mod tests {
             options.contains("-i /tmp/bed/id_ed25519 -o IdentitiesOnly=yes"),
             "{options}"
         );
+        assert!(
+            options.contains(
+                "-o UserKnownHostsFile=/tmp/bed/known_hosts -o StrictHostKeyChecking=yes"
+            ),
+            "{options}"
+        );
+    }
+
+    #[test]
+    fn scenario_ssh_destinations_parse_with_and_without_a_port() {
+        let t = SshTarget::parse("h1", "root@198.18.0.11").unwrap();
+        assert_eq!((t.destination.as_str(), t.port), ("root@198.18.0.11", None));
+        let t = SshTarget::parse("h1", "lab@10.0.0.7:2222").unwrap();
+        assert_eq!(
+            (t.destination.as_str(), t.port),
+            ("lab@10.0.0.7", Some(2222))
+        );
+        let t = SshTarget::parse("h1", "lab@[fd00::7]:22").unwrap();
+        assert_eq!((t.destination.as_str(), t.port), ("lab@fd00::7", Some(22)));
+        for bad in [
+            "198.18.0.11",
+            "@host",
+            "root@",
+            "root@h:0",
+            "root@h:x",
+            "-oProxy@h",
+        ] {
+            assert!(SshTarget::parse("h1", bad).is_err(), "{bad}");
+        }
     }
 }

@@ -39,7 +39,18 @@ pub(super) async fn calibrate(
     let step = scenario.calibration.step;
     let kind = scenario.brokers.kind;
     let name = format!("{kind:?}").to_lowercase();
+    let on_hosts = scenario
+        .hosts
+        .as_ref()
+        .is_some_and(|h| !h.broker_hosts.is_empty());
     let entry = match kind {
+        _ if on_hosts => KindCalibration {
+            skipped: Some(
+                "brokers run on hosts: a calibration here would measure this machine, not them"
+                    .into(),
+            ),
+            ..empty(name)
+        },
         BrokerKind::External => KindCalibration {
             skipped: Some(
                 "external brokers run elsewhere: their CPU is not the harness's to read".into(),

@@ -32,20 +32,22 @@ pub(super) struct DispatcherSlot {
 }
 
 impl DispatcherSlot {
-    /// Binds its ports (127.0.0.1, free ports; a TLS one too with `tls`) and starts the
-    /// dispatcher.
+    /// Binds its ports (on `bind`: 127.0.0.1, or the address hosts reach this machine at;
+    /// free ports; a TLS one too with `tls`) and starts the dispatcher.
     pub(super) fn start(
         cfg: DispatcherConfig,
         tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+        bind: std::net::IpAddr,
         decisions: mpsc::UnboundedSender<Decision>,
         moves: mpsc::UnboundedSender<MoveRecord>,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let listener = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
-        let reports = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
+        let any_port = SocketAddr::from((bind, 0));
+        let listener = dispatcher::bind_listener(any_port)?;
+        let reports = dispatcher::bind_listener(any_port)?;
         let tls = match tls {
             Some(config) => {
-                let l = dispatcher::bind_listener("127.0.0.1:0".parse()?)?;
+                let l = dispatcher::bind_listener(any_port)?;
                 Some(TlsListener {
                     listener: l,
                     acceptor: config.into(),

@@ -17,6 +17,9 @@ use tracing::{info, warn};
 use super::dispatcher_slot::DispatcherSlot;
 use super::faults::{self, FaultLog};
 use super::harness_meter::HarnessMeter;
+use super::hosts::HostSession;
+use super::hosts::brokers::RemoteBrokers;
+use super::hosts::loaders::ShardedLoad;
 use super::prom_feed;
 use super::recorder::Recorder;
 use super::subscribers::SubscriberRun;
@@ -43,9 +46,16 @@ pub struct MethodRun<'a> {
     pub progress: &'a super::progress::Progress,
     /// `tls: true`: the run's CA; brokers, dispatcher and publishers use TLS.
     pub tls: Option<&'a crate::tls::ThrowawayCa>,
+    /// The scenario's hosts, when it places roles on them.
+    pub hosts: Option<&'a HostSession>,
 }
 
 impl MethodRun<'_> {
+    /// `t1-proposed`: names this method run's files on hosts.
+    fn tag(&self) -> String {
+        format!("t{}-{}", self.trial, self.method.name)
+    }
+
     fn broker_ids(&self) -> Vec<String> {
         (1..=self.scenario.brokers.count)
             .map(|i| format!("b{i}"))
@@ -61,13 +71,23 @@ impl MethodRun<'_> {
         let began = std::time::Instant::now();
         let mut brokers = Vec::new();
         let mut prom = None;
-        let started = self.start_brokers(&mut brokers).await;
+        let mut remote = RemoteBrokers::default();
+        let started = self.start_brokers(&mut brokers, &mut remote).await;
         let tasks = TaskTracker::new();
         let stop = cancel.child_token();
         let result = match started {
             Ok(()) => {
-                self.drive(&mut brokers, &mut prom, writer, faults_log, &tasks, &stop)
-                    .await
+                let on_hosts = &mut remote;
+                self.drive(
+                    &mut brokers,
+                    on_hosts,
+                    &mut prom,
+                    writer,
+                    faults_log,
+                    &tasks,
+                    &stop,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -81,6 +101,7 @@ impl MethodRun<'_> {
             warn!("some agent or dispatcher tasks did not stop within 5 s");
         }
         prom_feed::stop(&mut prom).await;
+        remote.stop().await;
         let versions = brokers.iter().map(RunningBroker::version).collect();
         for broker in brokers {
             if let Err(e) = broker.stop().await {
@@ -105,8 +126,20 @@ impl MethodRun<'_> {
             .unwrap_or_default()
     }
 
-    async fn start_brokers(&self, brokers: &mut Vec<RunningBroker>) -> anyhow::Result<()> {
-        for (i, id) in self.broker_ids().into_iter().enumerate() {
+    async fn start_brokers(
+        &self,
+        brokers: &mut Vec<RunningBroker>,
+        remote: &mut RemoteBrokers,
+    ) -> anyhow::Result<()> {
+        if let Some(hosts) = self.hosts {
+            brokers.extend(hosts.start_brokers(&self.tag(), remote).await?);
+        }
+        for (i, id) in self
+            .broker_ids()
+            .into_iter()
+            .enumerate()
+            .skip(brokers.len())
+        {
             let spec = super::broker_spec::broker_spec(self.scenario, i, &id, self.tls)?;
             let broker = RunningBroker::start(&spec, self.workdir)
                 .await
@@ -117,9 +150,11 @@ impl MethodRun<'_> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
         brokers: &mut [RunningBroker],
+        remote: &mut RemoteBrokers,
         prom: &mut Option<crate::prom_server::PromServer>,
         writer: &mut ResultsWriter,
         faults_log: &mut FaultLog,
@@ -203,7 +238,9 @@ impl MethodRun<'_> {
                     cfg.report_interval = scenario.scrape_interval;
                 }
                 let tls = self.tls.map(|ca| ca.server_config()).transpose()?;
-                let slot = DispatcherSlot::start(cfg, tls, decision_tx, move_tx, stop.clone())?;
+                let bind = super::hosts::dispatcher_side(self.hosts, &mut cfg);
+                let slot =
+                    DispatcherSlot::start(cfg, tls, bind, decision_tx, move_tx, stop.clone())?;
                 let placement = Placement::Dispatcher {
                     dispatchers: vec![slot.listen_addr()],
                     max_hops: 3,
@@ -227,6 +264,9 @@ impl MethodRun<'_> {
         };
         let mut agent_tokens: Vec<Option<CancellationToken>> =
             brokers.iter().map(|b| agents.spawn(b)).collect();
+        if let Some(hosts) = self.hosts {
+            hosts.start_agents(remote, report_addr.clone(), scenario, &sample_tx)?;
+        }
         drop(sample_tx);
 
         // Warm-up: every broker has reported once, so the dispatcher starts from real samples.
@@ -286,7 +326,9 @@ impl MethodRun<'_> {
             stop,
         )
         .await?;
-        let t0 = crate::now_ms();
+        // Loader shards on hosts start at an agreed instant a little ahead.
+        let loaders = self.hosts.filter(|h| h.has_loaders());
+        let t0 = loaders.map_or_else(crate::now_ms, HostSession::loader_start_ms);
         if let Some(s) = subscribers.as_mut() {
             s.set_t0(t0);
         }
@@ -311,7 +353,8 @@ impl MethodRun<'_> {
             client_id_prefix: client_id_prefix(self.trial, &self.method.name),
             tls: self.tls.map(|ca| ca.client_config()).transpose()?,
         };
-        let load = loadgen::run(load_cfg, event_tx, stop.child_token());
+        let sharded = ShardedLoad::new(scenario, self.seed, t0, self.tag());
+        let load = sharded.run(loaders, load_cfg, event_tx, stop.child_token());
         tokio::pin!(load);
         let mut fault_clock = faults::Schedule::new(&scenario.faults, t0);
         let mut flush = tokio::time::interval(Duration::from_secs(1));
@@ -528,6 +571,9 @@ pub(super) struct AgentSet {
 impl AgentSet {
     /// The agent's own stop token; `None` for a broker that cannot be sampled from here.
     pub(super) fn spawn(&self, broker: &RunningBroker) -> Option<CancellationToken> {
+        if broker.host().is_some() {
+            return None; // its agent runs beside it, started by the host session
+        }
         let Some(mut cfg) = broker.agent_config(self.interval) else {
             warn!(broker = %broker.id, "no agent for an external broker: run `mqdispatch agent --host` on its machine");
             return None;

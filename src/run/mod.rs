@@ -18,6 +18,7 @@ mod delivery;
 mod dispatcher_slot;
 mod faults;
 mod harness_meter;
+pub mod hosts;
 mod method_run;
 mod moves;
 mod progress;
@@ -102,6 +103,9 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
     crate::scenario::check_prometheus(&scenario)
         .map_err(|e| InputError(format!("{}: {e}", args.scenario.display())))?;
+    if let Some(plan) = &scenario.hosts {
+        crate::scenario::hosts::check_reachable(plan).await?;
+    }
 
     let cancel = CancellationToken::new();
     let _signals = crate::shutdown::cancel_on_signal(&cancel, |signal| {
@@ -229,9 +233,32 @@ pub async fn run(
         broker_versions: Vec::new(),
         start_ms: crate::now_ms(),
         end_ms: None,
+        hosts: None,
         status: RunStatus {
             trials_detail: Some(trials.iter().map(|(_, d)| d.clone()).collect()),
             ..RunStatus::default()
+        },
+    };
+    manifest.write(&dir)?;
+    // Roles on hosts: connected, binary in place, clocks measured, before anything starts.
+    let session = match scenario.hosts.as_ref().filter(|p| p.places_roles()) {
+        None => None,
+        Some(plan) => match hosts::HostSession::open(plan, &dir).await {
+            Ok(session) => {
+                manifest.hosts = Some(session.record());
+                Some(session)
+            }
+            Err(e) => {
+                let e = e.context("connecting to the scenario's hosts");
+                let status = &mut manifest.status;
+                status
+                    .errors
+                    .push(RunError::new(Stage::Method, format!("{e:#}")));
+                status.incomplete_reason = Some(format!("{e:#}"));
+                manifest.end_ms = Some(crate::now_ms());
+                manifest.write(&dir)?;
+                return Err(e.context(format!("partial results kept in {}", dir.display())));
+            }
         },
     };
     manifest.write(&dir)?;
@@ -282,6 +309,7 @@ pub async fn run(
                 results: &dir,
                 progress: &progress,
                 tls: tls.as_ref(),
+                hosts: session.as_ref(),
             };
             let result = run.execute(&mut writer, &mut faults_log, &cancel).await;
             let late = writer.take_late();
@@ -339,6 +367,9 @@ pub async fn run(
         }
     }
     progress.done();
+    if let Some(session) = session {
+        manifest.hosts = Some(session.finish().await);
+    }
     writer.flush()?;
     drop(writer);
     let _ = std::fs::remove_dir_all(&workdir);

@@ -80,6 +80,10 @@ pub struct Manifest {
     pub broker_versions: Vec<String>,
     pub start_ms: u64,
     pub end_ms: Option<u64>,
+    /// The hosts roles ran on (`hosts:` in the scenario): each one's roles, clock offsets at
+    /// start and end, the test bed's round trips; absent when everything ran here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<super::hosts::HostsRecord>,
     /// `completed`, `incomplete_reason`, `errors`, `trials_detail` (each trial's seed, full-load
     /// window and method runs), `late_contributions`, `late_msgs`: the keys
     /// `mqdispatch plot` reads back ([`crate::report::status`]).

@@ -25,7 +25,7 @@ pub struct BrokersPlan {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBrokers {
-    kind: BrokerKind,
+    pub(super) kind: BrokerKind,
     #[serde(default)]
     count: Option<Spanned<usize>>,
     #[serde(default)]
@@ -36,6 +36,26 @@ pub(super) struct RawBrokers {
     addresses: Vec<Spanned<String>>,
     #[serde(default)]
     plugin: Option<Spanned<bool>>,
+    /// One host per broker (`hosts: [h1, h2]`, names from the scenario's `hosts:`).
+    #[serde(default)]
+    pub(super) hosts: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+impl RawBrokers {
+    pub(super) fn cpu_limit_at(&self) -> Option<serde_saphyr::Location> {
+        self.cpu_limit.as_ref().map(|c| c.referenced)
+    }
+
+    pub(super) fn cpus_at(&self) -> Option<serde_saphyr::Location> {
+        self.cpus.as_ref().map(|c| c.referenced)
+    }
+
+    /// The broker count as [`Checker::brokers`] settles it (run after it succeeded).
+    pub(super) fn count_or_addresses(&self) -> usize {
+        self.count
+            .as_ref()
+            .map_or(self.addresses.len(), |c| c.value)
+    }
 }
 
 impl Checker<'_> {

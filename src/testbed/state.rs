@@ -62,6 +62,7 @@ impl Host {
             destination: self.name.clone(),
             port: None,
             identity: None,
+            known_hosts: None,
             config: Some(self.ssh_config.clone()),
         }
     }

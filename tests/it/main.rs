@@ -7,6 +7,7 @@ mod clock;
 mod dispatcher;
 mod docs;
 mod faults;
+mod hosts;
 mod loadgen;
 mod mosquitto_plugin;
 mod prometheus;

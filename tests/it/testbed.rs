@@ -12,7 +12,7 @@ use crate::util;
 
 /// A prefix and a /24 of this test run's own, so parallel tests, other runs and a user's bed
 /// never collide (`up` refuses a subnet in use rather than sharing it).
-fn options(tag: u8, hosts: u16, tmp: &Path) -> Options {
+pub(crate) fn options(tag: u8, hosts: u16, tmp: &Path) -> Options {
     let pid = std::process::id();
     let mut o = Options::new(hosts);
     o.prefix = format!("mqt{:04x}{}", pid & 0xffff, tag as char);
@@ -61,7 +61,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         .collect()
 }
 
-fn assert_nothing_left(prefix: &str, dir: &Path) {
+pub(crate) fn assert_nothing_left(prefix: &str, dir: &Path) {
     let ours = |n: &String| testbed::is_ours(prefix, n);
     let namespaces: Vec<_> = net::netns_list()
         .unwrap()
@@ -270,7 +270,7 @@ fn the_command_line_brings_a_host_up_and_down() {
 
 /// [`Testbed::up`] (it blocks) off the async runtime, as a guard that takes the bed down when
 /// dropped; `None` (after a message) where a bed cannot be built here.
-async fn up_off_runtime(test: &str, opts: &Options) -> Option<testbed::DownOnDrop> {
+pub(crate) async fn up_off_runtime(test: &str, opts: &Options) -> Option<testbed::DownOnDrop> {
     let up = tokio::task::spawn_blocking({
         let opts = opts.clone();
         move || Testbed::up(&opts)
@@ -328,7 +328,7 @@ async fn remote_connections_reach_a_host_through_its_ssh_target() {
 
 /// Live pids in a namespace whose command line mentions `needle` (zombies count as gone: this
 /// machine's pid 1 may not reap orphans).
-fn pids_in_namespace_mentioning(netns: &str, needle: &str) -> Vec<u32> {
+pub(crate) fn pids_in_namespace_mentioning(netns: &str, needle: &str) -> Vec<u32> {
     net::netns_pids(netns)
         .expect("ip netns pids")
         .into_iter()
@@ -342,7 +342,7 @@ fn pids_in_namespace_mentioning(netns: &str, needle: &str) -> Vec<u32> {
         .collect()
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !done() {
         assert!(

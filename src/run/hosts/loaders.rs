@@ -1,0 +1,283 @@
+//! The publishers on loader hosts: shard k of N on the k-th loader host (`mqdispatch load
+//! --shard k/N --start-at T`, T moved onto that host's clock), each streaming its events as
+//! JSON lines (`--events-out -`) which the runner feeds to its recorder as if one loader ran
+//! here; at the end each shard's files come back and its summary joins the others'
+//! (`load-merge`'s logic) into the method's load summary.
+
+use std::pin::Pin;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::{HostSession, to_local_ms};
+use crate::loadgen::merge::{LoadRecord, merge_records, read_record};
+use crate::loadgen::{
+    ArrivalOrder, LoadConfig, LoadEvent, LoadSummary, Placement, PublisherSummary, Shard,
+};
+use crate::remote::RemoteRole;
+use crate::remote::files::fetch_dir;
+use crate::scenario::Scenario;
+
+const SUMMARY: &str = "summary.json";
+
+/// One method run's load, as the runner would have run it here.
+pub(crate) struct ShardedLoad<'a> {
+    scenario: &'a Scenario,
+    seed: u64,
+    placement: Placement,
+    client_id_prefix: String,
+    /// Join offset 0, epoch ms on this machine's clock.
+    start_ms: u64,
+    /// `t1-proposed`: names logs and folders.
+    tag: String,
+}
+
+type LoadFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<LoadSummary>> + Send + 'a>>;
+
+impl<'a> ShardedLoad<'a> {
+    pub(crate) fn new(scenario: &'a Scenario, seed: u64, start_ms: u64, tag: String) -> Self {
+        ShardedLoad {
+            scenario,
+            seed,
+            placement: Placement::DnsRoundRobin {
+                brokers: Vec::new(),
+            },
+            client_id_prefix: String::new(),
+            start_ms,
+            tag,
+        }
+    }
+
+    /// `cfg` on the loader hosts of `hosts` when there are some, else here.
+    pub(crate) fn run(
+        mut self,
+        hosts: Option<&'a HostSession>,
+        cfg: LoadConfig,
+        events: UnboundedSender<LoadEvent>,
+        stop: CancellationToken,
+    ) -> LoadFuture<'a> {
+        match hosts {
+            Some(hosts) => {
+                self.placement = cfg.placement;
+                self.client_id_prefix = cfg.client_id_prefix;
+                Box::pin(hosts.run_loaders(self, events, stop))
+            }
+            None => Box::pin(crate::loadgen::run(cfg, events, stop)),
+        }
+    }
+}
+
+impl HostSession {
+    /// Runs every shard until all have ended (or `stop`), then merges their summaries.
+    async fn run_loaders(
+        &self,
+        load: ShardedLoad<'_>,
+        events: UnboundedSender<LoadEvent>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<LoadSummary> {
+        let n = self.plan.loaders.len();
+        let mut shards = Vec::new();
+        let mut readers = tokio::task::JoinSet::new();
+        for (k, host) in self.plan.loaders.iter().enumerate() {
+            let shard = Shard::new(k + 1, n).map_err(anyhow::Error::msg)?;
+            let h = self.host(host)?;
+            let start = to_local_ms(load.start_ms, -h.offset_us);
+            let command = load_command(&h.binary, &load, shard, start);
+            let name = format!("{}-load-{}of{n}", load.tag, k + 1);
+            let log = self.files.join(host).join(format!("{name}.log"));
+            let workdir = format!("{}/{name}", h.workdir);
+            let (role, stdout) =
+                RemoteRole::start_piped(&h.conn, &name, &h.binary, &command, &workdir, &log)?;
+            let (events, offset) = (events.clone(), h.offset_us);
+            readers.spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<LoadEvent>(&line) {
+                        Ok(e) => {
+                            let _ = events.send(on_local_clock(e, offset));
+                        }
+                        Err(e) => warn!(error = %e, line, "a loader shard printed something else"),
+                    }
+                }
+            });
+            shards.push((host, name, workdir, log, role));
+        }
+        drop(events);
+        // Every shard's stdout ends when its load does (or its session does).
+        tokio::select! {
+            _ = readers.join_all() => {}
+            _ = stop.cancelled() => {}
+        }
+        let mut records = Vec::new();
+        for (host, name, workdir, log, role) in shards {
+            role.stop().await;
+            let local = self.files.join(host).join(&name);
+            let h = self.host(host)?;
+            fetch_dir(&h.conn, &workdir, &local)
+                .await
+                .with_context(|| format!("fetching {name}'s files from host {host}"))?;
+            let record = read_record(&local.join(SUMMARY)).with_context(|| {
+                format!(
+                    "{name} on host {host} left no summary (log: {})",
+                    log.display()
+                )
+            })?;
+            records.push((record, h.offset_us));
+        }
+        let merged = merge_records(records.iter().map(|(r, _)| r.clone()).collect())?;
+        Ok(summary_of(merged, &records, load.start_ms))
+    }
+}
+
+/// `mqdispatch load` for shard `shard` of the method's plan, started at `start_ms` (the host's
+/// clock).
+fn load_command(binary: &str, load: &ShardedLoad<'_>, shard: Shard, start_ms: u64) -> Vec<String> {
+    let scenario = load.scenario;
+    let mut c: Vec<String> = vec![binary.into(), "load".into()];
+    match &load.placement {
+        Placement::Dispatcher {
+            dispatchers,
+            max_hops,
+        } => {
+            for d in dispatchers {
+                c.extend(["--dispatcher".into(), d.clone()]);
+            }
+            c.extend(["--max-hops".into(), max_hops.to_string()]);
+        }
+        Placement::DnsRoundRobin { brokers } => {
+            for b in brokers {
+                c.extend(["--broker".into(), b.clone()]);
+            }
+        }
+    }
+    for p in &scenario.profiles {
+        c.extend(["--profile".into(), p.to_spec()]);
+    }
+    let a = &scenario.arrival;
+    let d = crate::duration::format_exact;
+    c.extend(["--arrival-interval".into(), d(a.interval)]);
+    c.extend(["--jitter".into(), d(a.jitter)]);
+    c.extend([
+        "--order".into(),
+        match &a.order {
+            ArrivalOrder::Random => "random".into(),
+            ArrivalOrder::Explicit(names) => names.join(","),
+        },
+    ]);
+    if let Some(burst) = a.burst {
+        c.extend(["--burst".into(), burst.to_string()]);
+    }
+    c.extend([
+        "--seed".into(),
+        load.seed.to_string(),
+        "--shard".into(),
+        shard.to_string(),
+        "--start-at".into(),
+        start_ms.to_string(),
+        "--client-id-prefix".into(),
+        load.client_id_prefix.clone(),
+        "--inflight".into(),
+        "100".into(),
+        "--out".into(),
+        "seconds.csv".into(),
+        "--summary-out".into(),
+        SUMMARY.into(),
+        "--events-out".into(),
+        "-".into(),
+    ]);
+    c
+}
+
+/// An event's times moved from its host's clock onto this machine's.
+fn on_local_clock(mut event: LoadEvent, offset_us: i64) -> LoadEvent {
+    match &mut event {
+        LoadEvent::Joined { t_ms, .. }
+        | LoadEvent::Second { t_ms, .. }
+        | LoadEvent::Down { t_ms, .. }
+        | LoadEvent::Up { t_ms, .. } => *t_ms = to_local_ms(*t_ms, offset_us),
+        LoadEvent::Finished { .. } => {}
+    }
+    event
+}
+
+/// The merged shards as the summary one loader here would have returned (join times on this
+/// machine's clock; message lateness stays in each shard's log, not carried back).
+fn summary_of(merged: LoadRecord, parts: &[(LoadRecord, i64)], start_ms: u64) -> LoadSummary {
+    let offset_of = |name: &str| {
+        parts
+            .iter()
+            .find(|(r, _)| r.publishers.iter().any(|p| p.name == name))
+            .map_or(0, |(_, o)| *o)
+    };
+    let publishers = merged
+        .publishers
+        .into_iter()
+        .map(|p| PublisherSummary {
+            joined_ms: p.joined_ms.map(|t| to_local_ms(t, offset_of(&p.name))),
+            name: p.name,
+            profile: p.profile,
+            broker: p.broker,
+            redirect_ms: p.redirect_ms,
+            sent_total: p.sent_total,
+            target_total: p.target_total,
+            downtime_ms: p.downtime_ms,
+            reconnects: p.reconnects,
+            skipped: p.skipped,
+            lateness: Default::default(),
+        })
+        .collect();
+    LoadSummary {
+        publishers,
+        start_ms,
+        cancelled: merged.cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_s_command_line_is_one_mqdispatch_load_accepts() {
+        let text = include_str!("../../../scenarios/quick.yaml");
+        let scenario = crate::scenario::parse(text, "quick.yaml").unwrap();
+        let placement = Placement::Dispatcher {
+            dispatchers: vec!["198.18.0.1:40000".into()],
+            max_hops: 3,
+        };
+        let mut load = ShardedLoad::new(&scenario, 7, 1_764_930_000_000, "t1-proposed".into());
+        load.placement = placement;
+        load.client_id_prefix = "t1-proposed-".into();
+        let shard = Shard::new(2, 3).unwrap();
+        let command = load_command("/bin/mqdispatch", &load, shard, 1_764_930_000_004);
+        let line = command.join(" ");
+        for part in [
+            "--dispatcher 198.18.0.1:40000 --max-hops 3",
+            "--seed 7 --shard 2/3 --start-at 1764930000004",
+            "--events-out -",
+        ] {
+            assert!(line.contains(part), "{line}");
+        }
+        let mut args = vec!["mqdispatch".to_owned()];
+        args.extend(command.into_iter().skip(1));
+        let parsed = <crate::cli::Cli as clap::Parser>::try_parse_from(&args);
+        assert!(parsed.is_ok(), "{line}: {parsed:?}");
+    }
+
+    #[test]
+    fn event_times_move_onto_this_machine_s_clock() {
+        let e = LoadEvent::Second {
+            publisher: "light-1".into(),
+            broker: "b".into(),
+            t_ms: 10_000,
+            sent: 5,
+        };
+        match on_local_clock(e, 2_000) {
+            LoadEvent::Second { t_ms, .. } => assert_eq!(t_ms, 9_998),
+            other => panic!("{other:?}"),
+        }
+    }
+}
