@@ -20,7 +20,7 @@ const CONTROL: &str = "$CONTROL/mqdispatch/v1";
 const RESPONSE: &str = "$CONTROL/mqdispatch/v1/response";
 const GUARD: Duration = Duration::from_secs(15);
 
-fn mosquitto_missing(test: &str) -> bool {
+pub(crate) fn mosquitto_missing(test: &str) -> bool {
     match mqdispatch::broker::check_available(BrokerKind::Mosquitto) {
         Ok(()) => false,
         Err(e) => {
@@ -31,7 +31,7 @@ fn mosquitto_missing(test: &str) -> bool {
 }
 
 /// A Mosquitto with the plugin, started the way a scenario with `plugin: true` starts it.
-async fn start_with_plugin(dir: &Path) -> RunningBroker {
+pub(crate) async fn start_with_plugin(dir: &Path) -> RunningBroker {
     let plugin = mosquitto::find_plugin().unwrap_or_else(|e| panic!("{e}"));
     let spec = BrokerSpec {
         mosquitto_plugin: Some(plugin),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mqdispatch::client::connect_following_redirects;
-use mqdispatch::dispatcher::rebalance::{MoveRecord, RebalanceConfig};
+use mqdispatch::dispatcher::rebalance::{MoveRecord, MoverKind, RebalanceConfig};
 use mqdispatch::dispatcher::{
     BrokerEntry, DispatcherConfig, Extras, Policy, Role, bind_listener, run_with,
 };
@@ -17,7 +17,7 @@ use mqdispatch::proto::SUBSCRIBE_PROPERTY;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,11 @@ struct Running {
 }
 
 fn start_dispatcher(b1: &Broker, b2: &Broker) -> Running {
-    let brokers: Vec<BrokerEntry> = [("b1", b1.addr()), ("b2", b2.addr())]
+    start_dispatcher_for(b1.addr(), b2.addr(), MoverKind::Takeover)
+}
+
+fn start_dispatcher_for(b1: String, b2: String, mover: MoverKind) -> Running {
+    let brokers: Vec<BrokerEntry> = [("b1", b1), ("b2", b2)]
         .map(|(id, addr)| BrokerEntry {
             id: id.into(),
             addr,
@@ -47,6 +51,7 @@ fn start_dispatcher(b1: &Broker, b2: &Broker) -> Running {
         })
         .to_vec();
     let mut cfg = DispatcherConfig::new(brokers, Policy::RoundRobin);
+    cfg.mover = mover;
     cfg.report_interval = INTERVAL;
     cfg.window = 5 * INTERVAL;
     cfg.rebalance = Some(RebalanceConfig {
@@ -276,3 +281,159 @@ async fn publish_every_10ms(broker: String) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Unmodified Paho on Mosquitto with the plugin: placed by the `subscribe` property, moved live
+/// by the plugin, and sent to its new broker either by the DISCONNECT's Server Reference (as
+/// `on_disconnect` gets it) or, after the kick, by the dispatcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paho_member_is_moved_live_through_the_plugin() {
+    if crate::mosquitto_plugin::mosquitto_missing("paho_member_move")
+        || !super::subscribers::paho_available("paho_member_move")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2) = (dir.path().join("m1"), dir.path().join("m2"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let m1 = crate::mosquitto_plugin::start_with_plugin(&d1).await;
+    let m2 = crate::mosquitto_plugin::start_with_plugin(&d2).await;
+    let mut d = start_dispatcher_for(m1.addr.clone(), m2.addr.clone(), MoverKind::MosquittoPlugin);
+    // Two loader members first (b1, b2), then Paho: the tie goes to b1.
+    let spec = SubscriberSpec::parse_spec("name=s,count=2,topic=$share/g/load/#").unwrap();
+    let (events_tx, _events) = tokio::sync::mpsc::unbounded_channel();
+    let members = start_via(
+        SubscriberConfig {
+            specs: vec![spec],
+            brokers: vec![
+                ("b1".into(), m1.addr.clone()),
+                ("b2".into(), m2.addr.clone()),
+            ],
+            publishers_by_topic: HashMap::new(),
+            client_id_prefix: "t-".into(),
+            tls: None,
+        },
+        Via::Dispatchers {
+            addrs: vec![d.addr.clone()],
+            max_hops: 3,
+        },
+        events_tx,
+        d.cancel.child_token(),
+    )
+    .await
+    .unwrap();
+    let (host, port) = d.addr.rsplit_once(':').unwrap();
+    let mut paho = tokio::process::Command::new("python3")
+        .args(["-c", PAHO_MEMBER, host, port, "$share/g/load/#"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(paho.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        timeout(BOUND, lines.next_line())
+            .await
+            .expect("paho said nothing")
+            .unwrap()
+            .expect("paho ended")
+    };
+    assert_eq!(next().await, format!("CONNACK 156 {}", m1.addr));
+    assert_eq!(next().await, format!("SUBSCRIBED {}", m1.addr));
+    // Inflow on b2 only: one of b1's two members ("paho-member" sorts first) goes to b2.
+    let agent = inflow_on("b2", d.report_addr);
+    let m = timeout(BOUND, d.moves.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (m.client_id.as_str(), m.from.as_str(), m.to.as_str(), m.role),
+        ("paho-member", "b1", "b2", Role::Subscriber)
+    );
+    // The plugin sends DISCONNECT 0x9C with the reference to a client whose connection it knows
+    // from a PUBLISH; a pure subscriber gets the public kick (0x98, no reference) and comes
+    // back through the dispatcher, which sends it to where it was pinned.
+    match m.outcome.as_str() {
+        "disconnect-0x9c" => assert_eq!(next().await, format!("DISCONNECT 156 {}", m2.addr)),
+        "kick-0x98" => {
+            assert_eq!(next().await, "DISCONNECT 152 None");
+            assert_eq!(next().await, format!("CONNACK 156 {}", m2.addr));
+        }
+        other => panic!("move outcome {other}"),
+    }
+    assert!(
+        timeout(BOUND, paho.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    agent.abort();
+    d.cancel.cancel();
+    members
+        .finish(Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap();
+    timeout(BOUND, d.task).await.unwrap().unwrap().unwrap();
+    m1.stop().await.unwrap();
+    m2.stop().await.unwrap();
+}
+
+/// Paho (1.6 or 2.x): CONNECT to the dispatcher with `subscribe` = the filter, print the
+/// CONNACK's code and reference, connect there and subscribe, print SUBSCRIBED, then print the
+/// broker's DISCONNECT code and reference as `on_disconnect` gets them; after a kick (0x98, no
+/// reference) ask the dispatcher again and print its CONNACK.
+const PAHO_MEMBER: &str = r#"
+import sys
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+args = dict(client_id="paho-member", protocol=mqtt.MQTTv5)
+if hasattr(mqtt, "CallbackAPIVersion"):
+    args["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
+state = {"ref": None, "moved": 0, "done": False}
+def code_of(rc):
+    return rc.value if hasattr(rc, "value") else int(rc)
+def say(line):
+    print(line, flush=True)
+def on_connect(client, userdata, flags, reason_code, properties=None, *rest):
+    if code_of(reason_code) == 156:
+        state["ref"] = properties.ServerReference
+        say(f"CONNACK 156 {state['ref']}")
+    else:
+        client.subscribe(topic, qos=0)
+def on_subscribe(client, userdata, mid, *rest):
+    say(f"SUBSCRIBED {state['ref']}")
+def on_disconnect(client, userdata, *rest):
+    reason = rest[-2] if len(rest) >= 2 else rest[0]
+    props = rest[-1] if len(rest) >= 2 else None
+    # At a broker (not the dispatcher's refusal): the move.
+    if state["ref"] and client._port != port and code_of(reason) in (152, 156):
+        say(f"DISCONNECT {code_of(reason)} {getattr(props, 'ServerReference', None)}")
+        state["moved"] = code_of(reason)
+client = mqtt.Client(**args)
+client.on_connect = on_connect
+client.on_subscribe = on_subscribe
+client.on_disconnect = on_disconnect
+props = Properties(PacketTypes.CONNECT)
+props.UserProperty = ("subscribe", topic)
+client.connect(host, port, properties=props)
+for _ in range(50):
+    client.loop(timeout=0.1)
+    if state["ref"]:
+        break
+client.disconnect()
+rhost, rport = state["ref"].rsplit(":", 1)
+client.connect(rhost, int(rport))
+for _ in range(300):
+    client.loop(timeout=0.1)
+    if state["moved"]:
+        break
+if state["moved"] == 152:
+    # The kick names no broker: ask the dispatcher again, with the same hint.
+    state["ref"] = None
+    client.connect(host, port, properties=props)
+    for _ in range(50):
+        client.loop(timeout=0.1)
+        if state["ref"]:
+            break
+state["done"] = bool(state["moved"]) and bool(state["ref"])
+sys.exit(0 if state["done"] else 1)
+"#;

@@ -254,7 +254,7 @@ async fn no_live_broker_means_0x88_with_a_hint_and_disconnect_0x89_without() {
 }
 
 /// True when `python3 -c 'import paho.mqtt.client'` works; under CI a missing Paho fails.
-fn paho_available(test: &str) -> bool {
+pub(crate) fn paho_available(test: &str) -> bool {
     let ok = std::process::Command::new("python3")
         .args(["-c", "import paho.mqtt.client"])
         .stderr(Stdio::null())
