@@ -142,6 +142,16 @@ impl Groups {
             .map_or_else(|| vec![0; self.brokers], |g| g.counts.clone())
     }
 
+    /// Members of `group` per broker, not counting `client_id` (a member being placed again is
+    /// placed as if it had left).
+    pub fn counts_without(&self, group: &str, client_id: &str) -> Vec<u32> {
+        let mut counts = self.counts(group);
+        if let Some(&b) = (self.groups.get(group)).and_then(|g| g.members.get(client_id)) {
+            counts[b] -= 1;
+        }
+        counts
+    }
+
     /// Members of `group` placed so far, replacements included.
     pub fn joined(&self, group: &str) -> u64 {
         self.groups.get(group).map_or(0, |g| g.joined)
@@ -362,6 +372,8 @@ mod tests {
             "a client id placed again is not a new member"
         );
         assert_eq!(g.members_on(&share[0], 1), ["a"]);
+        assert_eq!(g.counts_without(&share[0], "a"), [1, 0]);
+        assert_eq!(g.counts_without(&share[0], "stranger"), [1, 1]);
         assert_eq!(g.members_on(&share[0], 0), ["b"]);
         // A plain filter is a group of its own; one client may be in several.
         let two = vec!["$share/g/load/#".to_owned(), "alerts/#".to_owned()];

@@ -215,7 +215,8 @@ impl Placer {
                     pinned.or_else(|| policy::choose(self.policy, &inner.views, &mut inner.state))
                 }
                 Client::Subscriber { filters } => pinned.or_else(|| {
-                    subscriber_choice(self.subscriber_policy, inner, filters.first()?, now)
+                    let group = filters.first()?;
+                    subscriber_choice(self.subscriber_policy, inner, group, client_id, now)
                 }),
             };
             if let Some(i) = chosen {
@@ -377,15 +378,18 @@ impl Placer {
     }
 }
 
-/// The subscriber policy's choice for one more member of `group` at `now`.
+/// The subscriber policy's choice for `client_id` as a member of `group` at `now` (not counting
+/// its own earlier placement).
 fn subscriber_choice(
     policy: SubscriberPolicy,
     inner: &Inner,
     group: &str,
+    client_id: &str,
     now: Instant,
 ) -> Option<usize> {
     let inflows = inner.table.inflows(now);
-    let slots: Vec<Slot> = (inflows.into_iter().zip(inner.groups.counts(group)))
+    let counts = inner.groups.counts_without(group, client_id);
+    let slots: Vec<Slot> = (inflows.into_iter().zip(counts))
         .map(|((live, inflow), members)| Slot {
             live,
             inflow,

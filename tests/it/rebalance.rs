@@ -279,7 +279,7 @@ fn heavy_last_moves_and_closes_the_gap(name: &str) {
     let mut lines = moves.lines();
     assert_eq!(
         lines.next(),
-        Some("trial,method,t_s,client_id,from,to,rate_msgs_per_s,not_sent")
+        Some("trial,method,t_s,client_id,from,to,rate_msgs_per_s,not_sent,role")
     );
     let rows: Vec<Vec<String>> = lines
         .map(|l| l.split(',').map(str::to_owned).collect())

@@ -324,7 +324,8 @@ fn quick_scenario_end_to_end() {
     assert_eq!(
         header[5..],
         [
-            "load_b1", "load_b2", "pred_b1", "pred_b2", "age_b1", "age_b2", "source"
+            "load_b1", "load_b2", "pred_b1", "pred_b2", "age_b1", "age_b2", "source", "role",
+            "group"
         ]
     );
     assert_eq!(rows.iter().filter(|r| r[1] == "proposed").count(), 10);

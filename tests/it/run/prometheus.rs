@@ -63,7 +63,7 @@ fn prometheus_quick_feeds_the_dispatcher_through_a_real_prometheus() {
 
     // Every decision names what fed it: reports for the agent method, Prometheus for the other.
     let (header, rows) = read_csv(&dir.join("decisions.csv"));
-    assert_eq!(header.last().map(String::as_str), Some("source"));
+    assert_eq!(header[header.len() - 3..], ["source", "role", "group"]);
     let (method_c, source_c) = (column(&header, "method"), column(&header, "source"));
     let sources = |method: &str| -> Vec<&str> {
         rows.iter()
