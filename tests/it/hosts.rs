@@ -13,7 +13,7 @@ use mqdispatch::testbed::{self, Options, net};
 use tokio::process::{Child, Command};
 
 use crate::testbed::{
-    assert_nothing_left, options, pids_in_namespace_mentioning, until, up_off_runtime,
+    down_off_runtime, options, pids_in_namespace_mentioning, until, up_off_runtime,
 };
 use crate::util::bin;
 
@@ -96,15 +96,6 @@ async fn bed_in(
         .map(|h| (h.name.clone(), h.netns.clone()))
         .collect();
     Some((bed, opts, netns_of))
-}
-
-/// `down`, then nothing of the bed may be left.
-async fn down(bed: testbed::DownOnDrop, opts: &Options) {
-    tokio::task::spawn_blocking(move || bed.down())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_nothing_left(&opts.prefix, &opts.dir);
 }
 
 #[tokio::test]
@@ -216,7 +207,7 @@ async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
         leftovers(&netns_of)
     );
     drop(run);
-    down(bed, &opts).await;
+    down_off_runtime(bed, &opts).await;
 }
 
 #[tokio::test]
@@ -263,5 +254,5 @@ async fn sigterm_to_the_runner_leaves_nothing_on_any_host() {
     let manifest: serde_json::Value =
         serde_json::from_str(&read(&run_dir(tmp.path()).join("manifest.json"))).unwrap();
     assert_eq!(manifest["completed"], false, "{manifest}");
-    down(bed, &opts).await;
+    down_off_runtime(bed, &opts).await;
 }

@@ -283,7 +283,7 @@ pub(crate) async fn up_off_runtime(test: &str, opts: &Options) -> Option<testbed
 }
 
 /// `down` off the async runtime, then nothing of the bed may be left.
-async fn down_off_runtime(bed: testbed::DownOnDrop, opts: &Options) {
+pub(crate) async fn down_off_runtime(bed: testbed::DownOnDrop, opts: &Options) {
     tokio::task::spawn_blocking(move || bed.down())
         .await
         .unwrap()
