@@ -62,6 +62,13 @@ impl RemoteRole {
         piped: bool,
     ) -> Result<(RemoteRole, Option<ChildStdout>), SshError> {
         let host = conn.target().name.clone();
+        if let Some(why) = conn.lost() {
+            return Err(SshError::Connect {
+                host,
+                destination: conn.target().destination.clone(),
+                detail: why,
+            });
+        }
         // A relative binary (the default cache) is relative to the login's home, not `workdir`.
         let bin = if binary.starts_with('/') {
             shell_quote(binary)

@@ -166,6 +166,19 @@ impl Connection {
         &self.target
     }
 
+    /// `Some(what ssh said)` once the master has exited: the connection, and every session
+    /// over it, is gone. (A command over a lost master would quietly log in anew.)
+    pub fn lost(&self) -> Option<String> {
+        if !self.master.as_ref().is_none_or(ManagedChild::has_exited) {
+            return None;
+        }
+        let said = std::fs::read_to_string(&self.log).unwrap_or_default();
+        Some(match said.trim() {
+            "" => "the ssh master connection ended".to_owned(),
+            said => format!("the ssh master connection ended: {said}"),
+        })
+    }
+
     async fn wait_until_up(&mut self) -> Result<(), SshError> {
         let give_up = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         loop {
@@ -226,6 +239,9 @@ impl Connection {
 
     /// Runs `remote` to completion; its stdout, or an error with its stderr.
     pub async fn run(&self, remote: &str, timeout: Duration) -> Result<String, SshError> {
+        if let Some(why) = self.lost() {
+            return Err(self.command_error(remote, why));
+        }
         let mut cmd = self.command(remote);
         cmd.stdin(Stdio::null()).kill_on_drop(true);
         let output = tokio::time::timeout(timeout, cmd.output())

@@ -354,7 +354,7 @@ impl MethodRun<'_> {
             tls: self.tls.map(|ca| ca.client_config()).transpose()?,
         };
         let sharded = ShardedLoad::new(scenario, self.seed, t0, self.tag());
-        let load = sharded.run(loaders, load_cfg, event_tx, stop.child_token());
+        let load = sharded.run(self.hosts, load_cfg, event_tx, stop.child_token());
         tokio::pin!(load);
         let mut fault_clock = faults::Schedule::new(&scenario.faults, t0);
         let mut flush = tokio::time::interval(Duration::from_secs(1));

@@ -17,16 +17,21 @@ use crate::testbed::{
 };
 use crate::util::bin;
 
-fn scenario() -> PathBuf {
+pub(crate) fn scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/hosts-quick.yaml")
 }
 
 /// `mqdispatch run` from `cwd` (where `results/testbed` is the bed), its output in files.
-fn start_run(cwd: &Path) -> Child {
+pub(crate) fn start_run(cwd: &Path) -> Child {
+    start_run_of(cwd, &scenario())
+}
+
+/// `mqdispatch run SCENARIO` from `cwd`, as [`start_run`].
+pub(crate) fn start_run_of(cwd: &Path, scenario: &Path) -> Child {
     let log = std::fs::File::create(cwd.join("run.log")).unwrap();
     Command::new(bin())
         .arg("run")
-        .arg(scenario())
+        .arg(scenario)
         .args(["--out", "out"])
         .current_dir(cwd)
         // Builds and run folders on the hosts (this machine's file system) stay in the test's.
@@ -54,7 +59,7 @@ fn roles_in(netns_of: &[(String, String)], binary: &str, seen: &mut BTreeSet<(St
 }
 
 /// Nothing but each host's sshd left in its namespace.
-fn leftovers(netns_of: &[(String, String)]) -> Vec<String> {
+pub(crate) fn leftovers(netns_of: &[(String, String)]) -> Vec<String> {
     let mut left = Vec::new();
     for (_, netns) in netns_of {
         for pid in net::netns_pids(netns).unwrap() {
@@ -68,12 +73,12 @@ fn leftovers(netns_of: &[(String, String)]) -> Vec<String> {
     left
 }
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The one run folder under `out/hosts-quick/`.
-fn run_dir(cwd: &Path) -> PathBuf {
+pub(crate) fn run_dir(cwd: &Path) -> PathBuf {
     cwd.join("out/hosts-quick/latest")
         .canonicalize()
         .expect("a results folder")
@@ -82,7 +87,7 @@ fn run_dir(cwd: &Path) -> PathBuf {
 /// A three-host bed made where the shipped scenario's include finds it (`results/testbed` of
 /// `tmp`), and each host's (name, namespace); `None` (after a message) where a bed cannot be
 /// made here.
-async fn bed_in(
+pub(crate) async fn bed_in(
     test: &str,
     tag: u8,
     tmp: &Path,

@@ -7,6 +7,7 @@ mod clock;
 mod dispatcher;
 mod docs;
 mod faults;
+mod hostkill;
 mod hosts;
 mod loadgen;
 mod mosquitto_plugin;

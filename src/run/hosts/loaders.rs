@@ -51,7 +51,9 @@ impl<'a> ShardedLoad<'a> {
         }
     }
 
-    /// `cfg` on the loader hosts of `hosts` when there are some, else here.
+    /// `cfg` on the loader hosts of `hosts` when there are some, else here. With hosts, the
+    /// load fails if any host's connection is lost before it ends (stopped, and what it sent
+    /// until then already streamed to `events`).
     pub(crate) fn run(
         mut self,
         hosts: Option<&'a HostSession>,
@@ -59,14 +61,29 @@ impl<'a> ShardedLoad<'a> {
         events: UnboundedSender<LoadEvent>,
         stop: CancellationToken,
     ) -> LoadFuture<'a> {
-        match hosts {
-            Some(hosts) => {
-                self.placement = cfg.placement;
-                self.client_id_prefix = cfg.client_id_prefix;
-                Box::pin(hosts.run_loaders(self, events, stop))
+        let Some(hosts) = hosts else {
+            return Box::pin(crate::loadgen::run(cfg, events, stop));
+        };
+        let load: LoadFuture<'a> = if hosts.has_loaders() {
+            self.placement = cfg.placement;
+            self.client_id_prefix = cfg.client_id_prefix;
+            Box::pin(hosts.run_loaders(self, events, stop.clone()))
+        } else {
+            Box::pin(crate::loadgen::run(cfg, events, stop.clone()))
+        };
+        Box::pin(async move {
+            tokio::pin!(load);
+            tokio::select! {
+                result = &mut load => result,
+                lost = hosts.lost() => {
+                    stop.cancel();
+                    if let Err(e) = load.await {
+                        warn!(error = %format!("{e:#}"), "the load, stopped for a lost host");
+                    }
+                    Err(lost)
+                }
             }
-            None => Box::pin(crate::loadgen::run(cfg, events, stop)),
-        }
+        })
     }
 }
 

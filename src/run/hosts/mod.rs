@@ -7,7 +7,8 @@
 //!
 //! Every remote process runs under `mqdispatch lifeline`: it ends with its ssh session, so a
 //! stop, an error, SIGTERM or a dropped connection all leave nothing behind (the masters are
-//! killed when the session is dropped).
+//! killed when the session is dropped, or by the process guard if the runner is killed
+//! outright). A connection lost mid-run ends the run with an error ([`HostSession::lost`]).
 
 pub(super) mod brokers;
 mod clock;
@@ -230,6 +231,20 @@ impl HostSession {
     /// The instant (epoch ms, this machine's clock) loader shards are told to start at.
     pub(crate) fn loader_start_ms(&self) -> u64 {
         crate::now_ms() + LOADER_LEAD.as_millis() as u64
+    }
+
+    /// Completes, with an error naming the host, once any host's connection is lost (its ssh
+    /// master ended: the host went away, or someone killed the master).
+    pub(crate) async fn lost(&self) -> anyhow::Error {
+        loop {
+            for host in self.hosts.values() {
+                if let Some(why) = host.conn.lost() {
+                    let (name, ssh) = (&host.spec.name, &host.spec.ssh);
+                    return anyhow::anyhow!("lost the connection to host {name} ({ssh}): {why}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn host(&self, name: &str) -> anyhow::Result<&Host> {

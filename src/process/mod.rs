@@ -1,6 +1,9 @@
 //! Child processes that never outlive us: each runs in its own process group, and the whole
 //! group is killed (SIGKILL) and the child reaped when its [`ManagedChild`] drops, on every exit
-//! path (success, error, panic unwinding, cancellation).
+//! path (success, error, panic unwinding, cancellation); if this process is killed outright,
+//! the [`guard`] kills the groups.
+
+pub mod guard;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -50,10 +53,14 @@ impl ManagedChild {
     /// Spawns `cmd` as the leader of a new process group (so grandchildren are killed with it).
     pub fn spawn(mut cmd: Command, name: &str) -> std::io::Result<Self> {
         cmd.process_group(0);
+        let guard = guard::global();
         let child = cmd.spawn()?;
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("spawned child has no pid"))?;
+        if let Some(guard) = guard {
+            guard.watch(pid);
+        }
         debug!(name, pid, "spawned child");
         Ok(ManagedChild {
             name: name.to_owned(),
@@ -116,6 +123,7 @@ impl ManagedChild {
             warn!(name = %self.name, pid = self.pid, "no exit after SIGTERM, killing");
         }
         let _ = kill_group(self.pid, libc::SIGKILL);
+        release(self.pid);
         child.wait().await
     }
 }
@@ -126,6 +134,7 @@ impl Drop for ManagedChild {
             return;
         };
         let _ = kill_group(self.pid, libc::SIGKILL);
+        release(self.pid);
         // SIGKILL takes effect within microseconds; poll briefly so the zombie is reaped here.
         // If it is not (a task stuck in the kernel), tokio's orphan reaper collects it later.
         let deadline = Instant::now() + DROP_REAP_WAIT;
@@ -139,6 +148,13 @@ impl Drop for ManagedChild {
                 Ok(None) => std::thread::sleep(Duration::from_millis(1)),
             }
         }
+    }
+}
+
+/// The group is about to be reaped: the guard must forget it first.
+fn release(pgid: u32) {
+    if let Some(guard) = guard::global() {
+        guard.release(pgid);
     }
 }
 
