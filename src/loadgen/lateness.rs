@@ -4,6 +4,10 @@
 //! Buckets: 10 µs wide up to 1 ms (where per-message pacing must stay), 1 ms wide up to
 //! 100 ms, then one overflow bucket. A percentile is reported as its bucket's upper edge, so
 //! it never understates lateness.
+//!
+//! In a loader's `summary.json` (so shards on other hosts merge exactly as one loader's
+//! publishers do) it is `{"count", "max_us", "buckets": [{"le_us", "count"}, ...]}`: the
+//! non-empty buckets by upper edge, `le_us: null` for the overflow bucket.
 
 use std::time::Duration;
 
@@ -13,7 +17,8 @@ const COARSE_STEP_US: u64 = 1_000;
 const COARSE_BUCKETS: usize = 99; // 1–100 ms
 const BUCKETS: usize = FINE_BUCKETS + COARSE_BUCKETS + 1;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "LatenessRecord", try_from = "LatenessRecord")]
 pub struct Lateness {
     counts: Vec<u64>,
     total: u64,
@@ -72,6 +77,69 @@ impl Lateness {
     }
 }
 
+/// [`Lateness`] as written to JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatenessRecord {
+    count: u64,
+    max_us: u64,
+    buckets: Vec<BucketRecord>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BucketRecord {
+    /// Upper edge in µs (exclusive); `None` for the overflow bucket.
+    le_us: Option<u64>,
+    count: u64,
+}
+
+impl From<Lateness> for LatenessRecord {
+    fn from(l: Lateness) -> Self {
+        let buckets = l
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, &count)| BucketRecord {
+                le_us: (i + 1 < BUCKETS).then(|| upper_edge_us(i)),
+                count,
+            })
+            .collect();
+        LatenessRecord {
+            count: l.total,
+            max_us: l.max_us,
+            buckets,
+        }
+    }
+}
+
+impl TryFrom<LatenessRecord> for Lateness {
+    type Error = String;
+
+    fn try_from(r: LatenessRecord) -> Result<Self, String> {
+        let mut l = Lateness::default();
+        for b in r.buckets {
+            let i = match b.le_us {
+                None => BUCKETS - 1,
+                Some(le) => (0..BUCKETS - 1)
+                    .find(|&i| upper_edge_us(i) == le)
+                    .ok_or_else(|| format!("lateness: {le} µs is not a bucket's upper edge"))?,
+            };
+            l.counts[i] += b.count;
+            l.total += b.count;
+        }
+        if l.total != r.count {
+            return Err(format!(
+                "lateness: buckets hold {} messages, count says {}",
+                l.total, r.count
+            ));
+        }
+        l.max_us = r.max_us;
+        Ok(l)
+    }
+}
+
 fn bucket(us: u64) -> usize {
     if us < FINE_STEP_US * FINE_BUCKETS as u64 {
         (us / FINE_STEP_US) as usize
@@ -126,6 +194,31 @@ mod tests {
         assert_eq!(a.count(), 3);
         assert_eq!(a.quantile(0.34), Some(us(910)));
         assert_eq!(a.quantile(1.0), Some(us(1_000)));
+    }
+
+    #[test]
+    fn json_round_trips_and_inconsistent_json_is_refused() {
+        let mut l = Lateness::default();
+        for late in [5, 15, 15, 2_500, 250_000] {
+            l.record(us(late));
+        }
+        let json = serde_json::to_string(&l).unwrap();
+        assert_eq!(
+            json,
+            r#"{"count":5,"max_us":250000,"buckets":[{"le_us":10,"count":1},{"le_us":20,"count":2},{"le_us":3000,"count":1},{"le_us":null,"count":1}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Lateness>(&json).unwrap(), l);
+        let empty = serde_json::to_string(&Lateness::default()).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Lateness>(&empty).unwrap(),
+            Lateness::default()
+        );
+        for bad in [
+            r#"{"count":2,"max_us":9,"buckets":[{"le_us":10,"count":1}]}"#,
+            r#"{"count":1,"max_us":9,"buckets":[{"le_us":15,"count":1}]}"#,
+        ] {
+            assert!(serde_json::from_str::<Lateness>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use anyhow::Context;
 
 use super::arrival::PlannedPublisher;
 use super::shard::Shard;
-use super::{LoadSummary, PublisherSummary};
+use super::{Lateness, LoadSummary, PublisherSummary};
 use crate::InputError;
 
 /// What `mqdispatch load --summary-out FILE.json` writes.
@@ -62,6 +62,10 @@ pub struct PublisherRecord {
     pub downtime_ms: u64,
     pub reconnects: u32,
     pub skipped: u64,
+    /// How late each message was handed to the client (the histogram, so shards merge as one
+    /// loader's publishers do); empty in files written before it was recorded.
+    #[serde(default)]
+    pub lateness: Lateness,
 }
 
 /// The per-second CSV's header (`mqdispatch load --out`).
@@ -140,6 +144,26 @@ impl PublisherRecord {
             downtime_ms: p.downtime_ms,
             reconnects: p.reconnects,
             skipped: p.skipped,
+            lateness: p.lateness.clone(),
+        }
+    }
+}
+
+/// A record's publisher as its loader summed it up (`joined_ms` on that loader's clock).
+impl From<PublisherRecord> for PublisherSummary {
+    fn from(p: PublisherRecord) -> Self {
+        PublisherSummary {
+            name: p.name,
+            profile: p.profile,
+            broker: p.broker,
+            joined_ms: p.joined_ms,
+            redirect_ms: p.redirect_ms,
+            sent_total: p.sent_total,
+            target_total: p.target_total,
+            downtime_ms: p.downtime_ms,
+            reconnects: p.reconnects,
+            skipped: p.skipped,
+            lateness: p.lateness,
         }
     }
 }
@@ -362,6 +386,7 @@ mod tests {
             downtime_ms: 0,
             reconnects: 0,
             skipped: 0,
+            lateness: Lateness::default(),
         }
     }
 

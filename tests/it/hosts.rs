@@ -205,6 +205,11 @@ async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
     }
     let delivery = &manifest["trials_detail"][0]["methods"][1]["delivery"];
     assert_eq!(delivery["sent"], delivery["received"], "{delivery}");
+    // The loader shard's lateness came back with its summary.
+    for m in manifest["trials_detail"][0]["methods"].as_array().unwrap() {
+        let (p50, p99) = (&m["lateness_p50_ms"], &m["lateness_p99_ms"]);
+        assert!(p50.as_f64().is_some() && p99.as_f64().is_some(), "{m}");
+    }
 
     assert!(
         leftovers(&netns_of).is_empty(),

@@ -220,8 +220,9 @@ fn on_local_clock(mut event: LoadEvent, offset_us: i64) -> LoadEvent {
     event
 }
 
-/// The merged shards as the summary one loader here would have returned (join times on this
-/// machine's clock; message lateness stays in each shard's log, not carried back).
+/// The merged shards as the summary one loader here would have returned (join times moved
+/// onto this machine's clock; each publisher's lateness histogram as its shard recorded it,
+/// so the method's lateness merges every publisher's, as one loader's does).
 fn summary_of(merged: LoadRecord, parts: &[(LoadRecord, i64)], start_ms: u64) -> LoadSummary {
     let offset_of = |name: &str| {
         parts
@@ -232,18 +233,11 @@ fn summary_of(merged: LoadRecord, parts: &[(LoadRecord, i64)], start_ms: u64) ->
     let publishers = merged
         .publishers
         .into_iter()
-        .map(|p| PublisherSummary {
-            joined_ms: p.joined_ms.map(|t| to_local_ms(t, offset_of(&p.name))),
-            name: p.name,
-            profile: p.profile,
-            broker: p.broker,
-            redirect_ms: p.redirect_ms,
-            sent_total: p.sent_total,
-            target_total: p.target_total,
-            downtime_ms: p.downtime_ms,
-            reconnects: p.reconnects,
-            skipped: p.skipped,
-            lateness: Default::default(),
+        .map(|p| {
+            let offset = offset_of(&p.name);
+            let mut summary = PublisherSummary::from(p);
+            summary.joined_ms = summary.joined_ms.map(|t| to_local_ms(t, offset));
+            summary
         })
         .collect();
     LoadSummary {
@@ -282,6 +276,64 @@ mod tests {
         args.extend(command.into_iter().skip(1));
         let parsed = <crate::cli::Cli as clap::Parser>::try_parse_from(&args);
         assert!(parsed.is_ok(), "{line}: {parsed:?}");
+    }
+
+    #[test]
+    fn shards_lateness_comes_back_merged_as_one_loader_s() {
+        use crate::loadgen::Lateness;
+        use crate::loadgen::merge::PublisherRecord;
+        use std::time::Duration;
+        let late = |us: &[u64]| {
+            let mut l = Lateness::default();
+            for &u in us {
+                l.record(Duration::from_micros(u));
+            }
+            l
+        };
+        let publisher = |index: usize, name: &str, lateness: Lateness| PublisherRecord {
+            index,
+            name: name.into(),
+            profile: "light".into(),
+            broker: Some("b1".into()),
+            joined_ms: Some(10_000),
+            join_s: Some(0.0),
+            redirect_ms: None,
+            sent_total: lateness.count(),
+            target_total: lateness.count(),
+            downtime_ms: 0,
+            reconnects: 0,
+            skipped: 0,
+            lateness,
+        };
+        let shard = |k: usize, publishers: Vec<PublisherRecord>| LoadRecord {
+            seed: 1,
+            shard_count: 2,
+            shards: vec![k],
+            start_ms: 10_000,
+            cancelled: false,
+            sent_total: publishers.iter().map(|p| p.sent_total).sum(),
+            target_total: publishers.iter().map(|p| p.target_total).sum(),
+            publishers,
+        };
+        // Through JSON, as the files come back from the hosts.
+        let json = |r: LoadRecord| {
+            serde_json::from_slice::<LoadRecord>(&crate::loadgen::merge::record_json(&r)).unwrap()
+        };
+        let a = json(shard(1, vec![publisher(0, "light-1", late(&[5, 15, 15]))]));
+        let b = json(shard(
+            2,
+            vec![publisher(1, "light-2", late(&[2_500, 250_000]))],
+        ));
+        let merged = merge_records(vec![a.clone(), b.clone()]).unwrap();
+        let summary = summary_of(merged, &[(a, 1_000), (b, -2_000)], 9_000);
+
+        assert_eq!(summary.lateness(), late(&[5, 15, 15, 2_500, 250_000]));
+        assert_eq!(
+            summary.lateness().quantile(0.5),
+            Some(Duration::from_micros(20))
+        );
+        let joined: Vec<_> = summary.publishers.iter().map(|p| p.joined_ms).collect();
+        assert_eq!(joined, [Some(9_999), Some(10_002)]);
     }
 
     #[test]
