@@ -339,6 +339,19 @@ impl Checker<'_> {
         let cap = "no brokers.cpu_limit (cap the host: `mqdispatch testbed up --cpu-limit 0.5`)";
         conflict(b.cpu_limit_at(), cap);
         conflict(b.cpus_at(), "no brokers.cpus");
+        let plugin = "no brokers.plugin (the Mosquitto plugin is not put on hosts: moves on \
+                      Mosquitto brokers on hosts are not supported)";
+        conflict(b.plugin_at(), plugin);
+        let plugin_moves = b.kind == BrokerKind::Mosquitto
+            && methods.iter().any(|m| {
+                m.rebalance.is_some()
+                    && m.mover.unwrap_or(MoverKind::MosquittoPlugin) == MoverKind::MosquittoPlugin
+            });
+        conflict(
+            plugin_moves.then_some(raw.methods.referenced),
+            "no moves through the Mosquitto plugin (`mover: mosquitto-plugin`, the default on \
+             Mosquitto): the plugin is not put on hosts",
+        );
         let tls = raw.tls.as_ref().filter(|t| t.value);
         conflict(tls.map(|t| t.referenced), "no tls: true");
         conflict(raw.faults.first().map(|f| f.referenced), "no faults");

@@ -51,6 +51,16 @@ impl std::str::FromStr for CounterSource {
     }
 }
 
+/// The command-line form [`std::str::FromStr`] reads (`agent --counters`).
+impl std::fmt::Display for CounterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CounterSource::Rumqttd { stats_addr } => write!(f, "rumqttd={stats_addr}"),
+            CounterSource::MosquittoSys { addr } => write!(f, "mosquitto={addr}"),
+        }
+    }
+}
+
 /// A counter update: cumulative messages received since broker start, and connected clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterReading {
@@ -279,6 +289,10 @@ mod tests {
         assert!("mosquitto=h:1".parse::<CounterSource>().is_ok());
         assert!("other=h:1".parse::<CounterSource>().is_err());
         assert!("rumqttd=".parse::<CounterSource>().is_err());
+        for text in ["rumqttd=127.0.0.1:9", "mosquitto=198.18.0.11:1883"] {
+            let source = text.parse::<CounterSource>().unwrap();
+            assert_eq!(source.to_string(), text, "the command line it came from");
+        }
         let bad = "mosquitto=::1:1883".parse::<CounterSource>().unwrap_err();
         assert!(bad.contains("needs brackets"), "{bad}");
     }

@@ -194,18 +194,25 @@ impl RunningBroker {
         Err(last_error.expect("invariant: at least one attempt"))
     }
 
-    /// A broker that another host runs (`brokers.hosts`): reached at `addr`, its counters
-    /// read from `stats_addr`; its process and agent belong to the runner's host session.
-    pub fn on_host(id: &str, host: &str, addr: String, stats_addr: String) -> RunningBroker {
+    /// A broker of `kind` (`version`) that another host runs (`brokers.hosts`): reached at
+    /// `addr`, its counters read from `counters`; its process and agent belong to the runner's
+    /// host session.
+    pub fn on_host(
+        id: &str,
+        host: &str,
+        (kind, version): (BrokerKind, &str),
+        addr: String,
+        counters: CounterSource,
+    ) -> RunningBroker {
         RunningBroker {
             id: id.to_owned(),
             addr,
             tls_addr: None,
-            kind: BrokerKind::Embedded,
-            version: format!("{} on {host}", embedded::VERSION),
-            counters: Some(CounterSource::Rumqttd { stats_addr }),
+            kind,
+            version: format!("{version} on {host}"),
+            counters: Some(counters),
             restarts: 0,
-            spec: BrokerSpec::new(id, BrokerKind::Embedded),
+            spec: BrokerSpec::new(id, kind),
             workdir: std::path::PathBuf::new(),
             host: Some(host.to_owned()),
             child: None,

@@ -243,7 +243,7 @@ pub async fn run(
     // Roles on hosts: connected, binary in place, clocks measured, before anything starts.
     let session = match scenario.hosts.as_ref().filter(|p| p.places_roles()) {
         None => None,
-        Some(plan) => match hosts::HostSession::open(plan, &dir).await {
+        Some(plan) => match hosts::HostSession::open(plan, scenario.brokers.kind, &dir).await {
             Ok(session) => {
                 manifest.hosts = Some(session.record());
                 Some(session)

@@ -50,6 +50,14 @@ impl RawBrokers {
         self.cpus.as_ref().map(|c| c.referenced)
     }
 
+    /// Where `plugin: true` is written, if it is.
+    pub(super) fn plugin_at(&self) -> Option<serde_saphyr::Location> {
+        self.plugin
+            .as_ref()
+            .filter(|p| p.value)
+            .map(|p| p.referenced)
+    }
+
     /// The broker count as [`Checker::brokers`] settles it (run after it succeeded).
     pub(super) fn count_or_addresses(&self) -> usize {
         self.count

@@ -236,11 +236,11 @@ impl Checker<'_> {
                     ),
                 ));
             }
-            if placement.broker_kind != BrokerKind::Embedded {
+            if placement.broker_kind == BrokerKind::External {
                 return Err(self.at(
                     list,
-                    "brokers on hosts are `kind: embedded` (the runner starts `mqdispatch \
-                     broker` there)",
+                    "brokers on hosts are `kind: embedded` or `kind: mosquitto` (the runner \
+                     starts them there); an external broker has `addresses` instead",
                 ));
             }
             if let Some((loc, key)) = placement.conflicts.first() {
@@ -447,8 +447,21 @@ methods: [{ name: dns-rr, assign: dns-rr }]
         let e = parse(&format!("{capped}{HOSTS}"), "s.yaml").unwrap_err().0;
         assert!(e.contains("brokers on hosts: no brokers.cpu_limit"), "{e}");
         let mosq = BASE.replace("embedded", "mosquitto");
-        let e = parse(&format!("{mosq}{HOSTS}"), "s.yaml").unwrap_err().0;
-        assert!(e.contains("kind: embedded"), "{e}");
+        assert!(parse(&format!("{mosq}{HOSTS}"), "s.yaml").is_ok());
+        let plugin = BASE.replace("embedded,", "mosquitto, plugin: true,");
+        let e = parse(&format!("{plugin}{HOSTS}"), "s.yaml").unwrap_err().0;
+        assert!(
+            e.starts_with("s.yaml:2:") && e.contains("brokers on hosts: no brokers.plugin"),
+            "{e}"
+        );
+        let moving = mosq.replace(
+            "[{ name: dns-rr, assign: dns-rr }]",
+            "[{ name: p, assign: dispatcher, policy: least-cpu, rebalance: {} }]",
+        );
+        let e = parse(&format!("{moving}{HOSTS}"), "s.yaml").unwrap_err().0;
+        assert!(e.contains("no moves through the Mosquitto plugin"), "{e}");
+        let takeover = moving.replace("rebalance: {}", "rebalance: { mover: takeover }");
+        assert!(parse(&format!("{takeover}{HOSTS}"), "s.yaml").is_ok());
         let local = BASE.replace(", hosts: [h1, h2]", "");
         let e = parse(&format!("{local}{HOSTS}loaders: [h3]\n"), "s.yaml")
             .unwrap_err()

@@ -266,3 +266,98 @@ async fn sigterm_to_the_runner_leaves_nothing_on_any_host() {
     assert_eq!(manifest["completed"], false, "{manifest}");
     down_off_runtime(bed, &opts).await;
 }
+
+/// `kind: mosquitto` on hosts: each broker host runs Mosquitto (with the config a local one
+/// gets, on the host's address), the agent beside it samples it, and the brokers' `$SYS`
+/// counters, read over the network, count every message sent.
+#[tokio::test]
+async fn mosquitto_brokers_run_on_their_hosts() {
+    let test = "mosquitto_brokers_run_on_their_hosts";
+    if mqdispatch::broker::mosquitto::find_binary().is_none() {
+        eprintln!("SKIPPED {test}: mosquitto is not installed (apt-get install -y mosquitto)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((bed, opts, netns_of)) = bed_in(test, b'r', tmp.path()).await else {
+        return;
+    };
+    let shipped = read(&scenario());
+    let text = shipped.replace("kind: embedded", "kind: mosquitto");
+    assert_ne!(text, shipped);
+    let path = tmp.path().join("hosts-quick.yaml");
+    std::fs::write(&path, text).unwrap();
+    let mut run = start_run_of(tmp.path(), &path);
+    let began = Instant::now();
+    let mut seen = BTreeSet::new();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(150),
+            "the run took over 150 s: {}",
+            read(&tmp.path().join("run.log"))
+        );
+        for (host, netns) in &netns_of {
+            for (role, needle) in [
+                ("mosquitto", "mosquitto -c "),
+                ("agent", "mqdispatch agent "),
+            ] {
+                if !pids_in_namespace_mentioning(netns, needle).is_empty() {
+                    seen.insert((host.clone(), role.to_owned()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = read(&tmp.path().join("run.log"));
+    assert!(status.success(), "{status}: {log}");
+    let expected: BTreeSet<(String, String)> = [
+        ("h1", "agent"),
+        ("h1", "mosquitto"),
+        ("h2", "agent"),
+        ("h2", "mosquitto"),
+    ]
+    .iter()
+    .map(|(h, r)| (h.to_string(), r.to_string()))
+    .collect();
+    assert_eq!(seen, expected, "roles seen in the namespaces\n{log}");
+
+    let dir = run_dir(tmp.path());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read(&dir.join("manifest.json"))).unwrap();
+    assert_eq!(manifest["completed"], true, "{manifest}");
+    let versions = manifest.to_string();
+    assert!(
+        versions.contains("mosquitto 2") && versions.contains(" on h1"),
+        "{manifest}"
+    );
+    for method in manifest["trials_detail"][0]["methods"].as_array().unwrap() {
+        let delivery = &method["delivery"];
+        assert!(
+            delivery["sent"].as_u64().is_some_and(|n| n > 0),
+            "{delivery}"
+        );
+        assert_eq!(delivery["sent"], delivery["received"], "{delivery}");
+    }
+    let brokers = read(&dir.join("brokers.csv"));
+    for b in ["b1", "b2"] {
+        let cpu_rows = brokers
+            .lines()
+            .filter(|l| l.split(',').nth(3) == Some(b))
+            .filter(|l| {
+                l.split(',')
+                    .nth(4)
+                    .is_some_and(|c| c.parse::<f64>().is_ok())
+            })
+            .count();
+        assert!(cpu_rows >= 10, "{b}: {cpu_rows} CPU rows\n{brokers}");
+    }
+    assert!(
+        leftovers(&netns_of).is_empty(),
+        "{:?}",
+        leftovers(&netns_of)
+    );
+    drop(run);
+    down_off_runtime(bed, &opts).await;
+}

@@ -23,6 +23,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tracing::info;
 
+use crate::broker::BrokerKind;
 use crate::remote::binary::{DEFAULT_CACHE, Placed, ensure_binary};
 use crate::remote::{Connection, ssh::shell_quote};
 use crate::scenario::{HostSpec, HostsPlan};
@@ -46,6 +47,8 @@ struct Host {
     workdir: String,
     /// Its clock minus this machine's, measured at the start (0 until measured).
     offset_us: i64,
+    /// Its Mosquitto (path, version), found at connect time when it runs a Mosquitto broker.
+    mosquitto: Option<(String, String)>,
 }
 
 /// What `manifest.json` says about the hosts (`hosts`).
@@ -83,6 +86,7 @@ pub struct HostRecord {
 /// The connected hosts of one run.
 pub(crate) struct HostSession {
     plan: HostsPlan,
+    broker_kind: BrokerKind,
     local: IpAddr,
     hosts: BTreeMap<String, Host>,
     /// Control sockets of the masters (short path: a socket path has at most 107 bytes).
@@ -95,9 +99,14 @@ pub(crate) struct HostSession {
 }
 
 impl HostSession {
-    /// Connects to every host a role is placed on, puts the binary there, makes the run's
-    /// work folders and measures the clocks.
-    pub(crate) async fn open(plan: &HostsPlan, results: &Path) -> anyhow::Result<HostSession> {
+    /// Connects to every host a role is placed on, puts the binary there (and checks that a
+    /// host of a Mosquitto broker has Mosquitto), makes the run's work folders and measures
+    /// the clocks.
+    pub(crate) async fn open(
+        plan: &HostsPlan,
+        broker_kind: BrokerKind,
+        results: &Path,
+    ) -> anyhow::Result<HostSession> {
         let local = plan
             .local_address
             .context("invariant: the scenario check requires `local: { address }`")?;
@@ -119,6 +128,7 @@ impl HostSession {
             .and_then(|dir| crate::testbed::TestbedState::read(dir).ok());
         let mut session = HostSession {
             plan: plan.clone(),
+            broker_kind,
             local,
             hosts: BTreeMap::new(),
             control,
@@ -182,6 +192,12 @@ impl HostSession {
             false => format!("{home}/{cache}"),
         };
         let workdir = format!("{cache}/runs/{run_id}-{name}");
+        let mosquitto = match self.broker_kind {
+            BrokerKind::Mosquitto if self.plan.broker_hosts.contains(name) => {
+                Some(find_mosquitto(&conn, name).await?)
+            }
+            _ => None,
+        };
         info!(host = %name, %binary, copied = placed == Placed::Copied, "host ready");
         let host = Host {
             spec: spec.clone(),
@@ -189,6 +205,7 @@ impl HostSession {
             binary,
             workdir,
             offset_us: 0,
+            mosquitto,
         };
         Ok((host, placed == Placed::Copied))
     }
@@ -296,6 +313,28 @@ pub(crate) fn dispatcher_side(
         }
         None => [127, 0, 0, 1].into(),
     }
+}
+
+/// The Mosquitto binary on a host (its PATH, then the sbin folders Debian and a source
+/// install use) and its version line; an error naming the host when it has none.
+async fn find_mosquitto(conn: &Connection, name: &str) -> anyhow::Result<(String, String)> {
+    let find = "for p in \"$(command -v mosquitto)\" /usr/sbin/mosquitto /usr/local/sbin/mosquitto; \
+                do if [ -x \"$p\" ]; then echo \"$p\"; \"$p\" -h 2>/dev/null | head -n 1; exit 0; fi; \
+                done; exit 3";
+    let found = conn.run(find, QUICK).await.map_err(|e| {
+        anyhow::anyhow!(
+            "host {name} runs a Mosquitto broker but has no `mosquitto` (`command -v mosquitto` \
+             found none, nor /usr/sbin/mosquitto): install it there (`apt-get install -y \
+             mosquitto`) ({e})"
+        )
+    })?;
+    let mut lines = found.lines();
+    let path = lines.next().unwrap_or_default().trim().to_owned();
+    let version = lines
+        .next()
+        .and_then(crate::broker::mosquitto::parse_version)
+        .unwrap_or_else(|| "mosquitto (unknown version)".to_owned());
+    Ok((path, version))
 }
 
 /// What the scenario places on host `name`, for the manifest.
