@@ -342,10 +342,6 @@ impl Checker<'_> {
         let tls = raw.tls.as_ref().filter(|t| t.value);
         conflict(tls.map(|t| t.referenced), "no tls: true");
         conflict(raw.faults.first().map(|f| f.referenced), "no faults");
-        conflict(
-            raw.subscribers.first().map(|s| s.referenced),
-            "no subscribers",
-        );
         let fed = methods
             .iter()
             .any(|m| m.source == LoadSourceKind::Prometheus);

@@ -322,6 +322,10 @@ impl MethodRun<'_> {
                 client_id_prefix: client_id_prefix(self.trial, &self.method.name),
                 tls: self.tls.map(|ca| ca.client_config()).transpose()?,
                 dir: self.results,
+                sender_clocks_us: self
+                    .hosts
+                    .map(|h| h.sender_clocks_us(self.plan))
+                    .unwrap_or_default(),
             },
             stop,
         )

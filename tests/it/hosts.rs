@@ -172,6 +172,14 @@ async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
     }
     let summary = read(&dir.join("summary.csv"));
     assert!(summary.contains("\n1,dns-rr,") && summary.contains("\n1,proposed,"));
+    // The subscribers here timed messages sent from h3: corrected by its clock, and said so.
+    let receipts = read(&dir.join("receipts.csv"));
+    assert!(receipts.lines().count() > 1, "{receipts}");
+    let md = read(&dir.join("summary.md"));
+    assert!(
+        md.contains("Latency across hosts") && md.contains("h3 "),
+        "{md}"
+    );
 
     // The manifest names the hosts, their roles and clocks; every role's files came back.
     let manifest: serde_json::Value =

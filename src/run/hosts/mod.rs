@@ -24,6 +24,7 @@ use tracing::info;
 
 use crate::remote::binary::{DEFAULT_CACHE, Placed, ensure_binary};
 use crate::remote::{Connection, ssh::shell_quote};
+use crate::report::clocks::LOADER_ROLE;
 use crate::scenario::{HostSpec, HostsPlan};
 pub use clock::ClockRecord;
 
@@ -297,7 +298,7 @@ fn roles_of(plan: &HostsPlan, name: &str) -> Vec<String> {
         .iter()
         .enumerate()
         .filter(|(_, h)| *h == name)
-        .map(|(k, _)| format!("loader shard {}/{n}", k + 1));
+        .map(|(k, _)| format!("{LOADER_ROLE} {}/{n}", k + 1));
     brokers.chain(loaders).collect()
 }
 
