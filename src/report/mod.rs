@@ -40,6 +40,7 @@ pub mod status;
 pub mod subscriber_tables;
 pub mod subscribers;
 pub mod summary;
+mod summary_csv;
 pub mod tables;
 pub mod verdict;
 pub mod window;
