@@ -19,10 +19,7 @@ pub(super) enum MethodDispatcher {
 }
 
 /// Where a dispatcher's placements and moves go.
-pub(super) struct Outputs {
-    pub decisions: UnboundedSender<Decision>,
-    pub moves: UnboundedSender<MoveRecord>,
-}
+pub(super) type Outputs = (UnboundedSender<Decision>, UnboundedSender<MoveRecord>);
 
 impl MethodDispatcher {
     /// Starts `cfg`'s dispatcher where the scenario puts it; `tag` (`t1-proposed`) names its
@@ -32,18 +29,16 @@ impl MethodDispatcher {
         tag: &str,
         mut cfg: DispatcherConfig,
         tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-        out: Outputs,
+        (decisions, moves): Outputs,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         if let Some(hosts) = hosts.filter(|h| h.dispatcher_host().is_some()) {
             anyhow::ensure!(tls.is_none(), "a dispatcher on a host has no TLS port");
-            let remote = hosts
-                .start_dispatcher(tag, cfg, out.decisions, out.moves)
-                .await?;
+            let remote = hosts.start_dispatcher(tag, cfg, decisions, moves).await?;
             return Ok(Self::Host(remote));
         }
         let bind = super::hosts::dispatcher_side(hosts, &mut cfg);
-        let slot = DispatcherSlot::start(cfg, tls, bind, out.decisions, out.moves, stop)?;
+        let slot = DispatcherSlot::start(cfg, tls, bind, decisions, moves, stop)?;
         Ok(Self::Here(slot))
     }
 

@@ -19,7 +19,7 @@ use super::harness_meter::HarnessMeter;
 use super::hosts::HostSession;
 use super::hosts::brokers::RemoteBrokers;
 use super::hosts::loaders::ShardedLoad;
-use super::method_dispatcher::{MethodDispatcher, Outputs};
+use super::method_dispatcher::MethodDispatcher;
 use super::prom_feed;
 use super::recorder::Recorder;
 use super::subscribers::SubscriberRun;
@@ -238,10 +238,7 @@ impl MethodRun<'_> {
                     cfg.report_interval = scenario.scrape_interval;
                 }
                 let tls = self.tls.map(|ca| ca.server_config()).transpose()?;
-                let out = Outputs {
-                    decisions: decision_tx,
-                    moves: move_tx,
-                };
+                let out = (decision_tx, move_tx);
                 let slot =
                     MethodDispatcher::start(self.hosts, &self.tag(), cfg, tls, out, stop.clone())
                         .await?;
@@ -514,8 +511,7 @@ pub struct Measures {
     meter: Option<HarnessMeter>,
     /// ... and when it is over (`None` if the load did not finish).
     pub harness: Option<HarnessMeasures>,
-    /// CPU time of the dispatcher's thread here, or its process on its host (`None` without a
-    /// dispatcher, or when one on a host did not say).
+    /// CPU time of the dispatcher (its thread here, its process on a host), when known.
     dispatcher_cpu: Option<Duration>,
     /// Messages sent against the brokers' own count (`None` if the load did not finish).
     pub delivery: Option<crate::report::delivery::Delivery>,
