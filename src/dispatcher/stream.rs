@@ -107,6 +107,8 @@ impl Channels {
         let mut fed_open = true;
         loop {
             let event = tokio::select! {
+                // What is queued goes out before `done` ends the loop.
+                biased;
                 Some(d) = self.decisions.recv() => self.decision(d),
                 Some(m) = self.moves.recv() => StreamEvent::Move(m),
                 changed = self.fed.changed(), if fed_open => match changed {
