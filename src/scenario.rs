@@ -134,6 +134,8 @@ struct RawScenario {
     hosts: Option<Spanned<hosts::RawHosts>>,
     #[serde(default)]
     loaders: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    dispatcher_host: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +354,10 @@ impl Checker<'_> {
         hosts::Placement {
             brokers: b.hosts.as_ref(),
             loaders: raw.loaders.as_ref(),
+            dispatcher: raw.dispatcher_host.as_ref(),
+            dispatcher_methods: methods
+                .iter()
+                .any(|m| matches!(m.assign, Assignment::Dispatcher { .. })),
             broker_count: raw.brokers.value.count_or_addresses(),
             broker_kind: b.kind,
             conflicts,

@@ -17,17 +17,23 @@ use crate::testbed::{
 };
 use crate::util::bin;
 
-fn scenario() -> PathBuf {
+pub(crate) fn scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/hosts-quick.yaml")
 }
 
 /// `mqdispatch run` from `cwd` (where `results/testbed` is the bed), its output in files.
 fn start_run(cwd: &Path) -> Child {
+    start_run_of(cwd, &scenario(), &[])
+}
+
+/// [`start_run`] of `scenario` with `extra` arguments.
+pub(crate) fn start_run_of(cwd: &Path, scenario: &Path, extra: &[&str]) -> Child {
     let log = std::fs::File::create(cwd.join("run.log")).unwrap();
     Command::new(bin())
         .arg("run")
-        .arg(scenario())
+        .arg(scenario)
         .args(["--out", "out"])
+        .args(extra)
         .current_dir(cwd)
         // Builds and run folders on the hosts (this machine's file system) stay in the test's.
         .env("MQDISPATCH_HOST_CACHE", cwd.join("host-cache"))
@@ -40,11 +46,15 @@ fn start_run(cwd: &Path) -> Child {
         .expect("mqdispatch run starts")
 }
 
-/// Roles seen in each host's namespace: (host, role) for every `mqdispatch broker`, `agent`
-/// and `load` found there.
-fn roles_in(netns_of: &[(String, String)], binary: &str, seen: &mut BTreeSet<(String, String)>) {
+/// Roles seen in each host's namespace: (host, role) for every `mqdispatch broker`, `agent`,
+/// `load` and `dispatcher` found there.
+pub(crate) fn roles_in(
+    netns_of: &[(String, String)],
+    binary: &str,
+    seen: &mut BTreeSet<(String, String)>,
+) {
     for (host, netns) in netns_of {
-        for role in ["broker", "agent", "load"] {
+        for role in ["broker", "agent", "load", "dispatcher"] {
             let needle = format!("{binary} {role} ");
             if !pids_in_namespace_mentioning(netns, &needle).is_empty() {
                 seen.insert((host.clone(), role.to_owned()));
@@ -54,7 +64,7 @@ fn roles_in(netns_of: &[(String, String)], binary: &str, seen: &mut BTreeSet<(St
 }
 
 /// Nothing but each host's sshd left in its namespace.
-fn leftovers(netns_of: &[(String, String)]) -> Vec<String> {
+pub(crate) fn leftovers(netns_of: &[(String, String)]) -> Vec<String> {
     let mut left = Vec::new();
     for (_, netns) in netns_of {
         for pid in net::netns_pids(netns).unwrap() {
@@ -68,26 +78,27 @@ fn leftovers(netns_of: &[(String, String)]) -> Vec<String> {
     left
 }
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The one run folder under `out/hosts-quick/`.
-fn run_dir(cwd: &Path) -> PathBuf {
+pub(crate) fn run_dir(cwd: &Path) -> PathBuf {
     cwd.join("out/hosts-quick/latest")
         .canonicalize()
         .expect("a results folder")
 }
 
-/// A three-host bed made where the shipped scenario's include finds it (`results/testbed` of
-/// `tmp`), and each host's (name, namespace); `None` (after a message) where a bed cannot be
-/// made here.
-async fn bed_in(
+/// A bed of `hosts` hosts made where the shipped scenario's include finds it
+/// (`results/testbed` of `tmp`), and each host's (name, namespace); `None` (after a message)
+/// where a bed cannot be made here.
+pub(crate) async fn bed_in(
     test: &str,
     tag: u8,
+    hosts: u16,
     tmp: &Path,
 ) -> Option<(testbed::DownOnDrop, Options, Vec<(String, String)>)> {
-    let mut opts = options(tag, 3, tmp);
+    let mut opts = options(tag, hosts, tmp);
     opts.dir = tmp.join("results/testbed");
     let bed = up_off_runtime(test, &opts).await?;
     let netns_of = bed
@@ -102,7 +113,7 @@ async fn bed_in(
 async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
     let test = "a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing";
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bed, opts, netns_of)) = bed_in(test, b'g', tmp.path()).await else {
+    let Some((bed, opts, netns_of)) = bed_in(test, b'g', 3, tmp.path()).await else {
         return;
     };
 
@@ -222,7 +233,7 @@ async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
 async fn sigterm_to_the_runner_leaves_nothing_on_any_host() {
     let test = "sigterm_to_the_runner_leaves_nothing_on_any_host";
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bed, opts, netns_of)) = bed_in(test, b'h', tmp.path()).await else {
+    let Some((bed, opts, netns_of)) = bed_in(test, b'h', 3, tmp.path()).await else {
         return;
     };
     let h3 = netns_of[2].1.clone();

@@ -8,6 +8,7 @@ mod dispatcher;
 mod docs;
 mod faults;
 mod hosts;
+mod hosts_dispatcher;
 mod loadgen;
 mod mosquitto_plugin;
 mod prometheus;

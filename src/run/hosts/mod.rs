@@ -2,7 +2,7 @@
 //! placed on, this build's binary put there by checksum, a work folder per host for the run,
 //! the hosts' clock offsets to this machine measured at start and end, and a report token
 //! for the agents that report across the bridge. [`brokers`] starts brokers and their agents
-//! on hosts, [`loaders`] the loader shards. Every role's stderr log and files land in the
+//! on hosts, [`loaders`] the loader shards, [`dispatcher`] the method's dispatcher. Every role's stderr log and files land in the
 //! run's `hosts/<host>/` folder.
 //!
 //! Every remote process runs under `mqdispatch lifeline`: it ends with its ssh session, so a
@@ -11,6 +11,7 @@
 
 pub(super) mod brokers;
 mod clock;
+pub(super) mod dispatcher;
 pub(super) mod loaders;
 
 use std::collections::BTreeMap;
@@ -65,7 +66,7 @@ pub struct HostRecord {
     pub name: String,
     pub ssh: String,
     pub address: IpAddr,
-    /// What runs there: `broker b1`, `loader shard 1/1`.
+    /// What runs there: `broker b1 and its agent`, `loader shard 1/1`, `dispatcher`.
     pub roles: Vec<String>,
     /// This build's binary on the host, and whether this run had to copy it.
     pub binary: String,
@@ -299,7 +300,8 @@ fn roles_of(plan: &HostsPlan, name: &str) -> Vec<String> {
         .enumerate()
         .filter(|(_, h)| *h == name)
         .map(|(k, _)| format!("{LOADER_ROLE} {}/{n}", k + 1));
-    brokers.chain(loaders).collect()
+    let dispatcher = (plan.dispatcher.as_deref() == Some(name)).then(|| "dispatcher".to_owned());
+    brokers.chain(loaders).chain(dispatcher).collect()
 }
 
 /// 32 random bytes, hex: the agents' report token for this run.
