@@ -109,10 +109,15 @@ impl MethodRun<'_> {
             }
         }
         result.map(|mut measures| {
-            measures.harness = measures
-                .meter
-                .take()
-                .map(|meter| meter.finish(began.elapsed(), self.length(), measures.dispatcher_cpu));
+            let dispatcher_host = self.hosts.and_then(HostSession::dispatcher_host);
+            measures.harness = measures.meter.take().map(|meter| {
+                let mut harness =
+                    meter.finish(began.elapsed(), self.length(), measures.dispatcher_cpu);
+                if harness.dispatcher_cpu_pct.is_some() {
+                    harness.dispatcher_host = dispatcher_host.map(str::to_owned);
+                }
+                harness
+            });
             MethodResult { versions, measures }
         })
     }
