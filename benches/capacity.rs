@@ -80,6 +80,7 @@ async fn measure(addr: &str, offered: u64, secs: u64) -> anyhow::Result<Step> {
         brokers: vec![("b1".to_owned(), addr.to_owned())],
         publishers_by_topic: loadgen::streams::publishers_by_topic(&topics)
             .map_err(anyhow::Error::msg)?,
+        sender_clocks_us: Default::default(),
         client_id_prefix: "cap-sub-".to_owned(),
         tls: None,
     };

@@ -134,6 +134,8 @@ struct RawScenario {
     hosts: Option<Spanned<hosts::RawHosts>>,
     #[serde(default)]
     loaders: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    dispatcher_host: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,10 +357,6 @@ impl Checker<'_> {
         let tls = raw.tls.as_ref().filter(|t| t.value);
         conflict(tls.map(|t| t.referenced), "no tls: true");
         conflict(raw.faults.first().map(|f| f.referenced), "no faults");
-        conflict(
-            raw.subscribers.first().map(|s| s.referenced),
-            "no subscribers",
-        );
         let fed = methods
             .iter()
             .any(|m| m.source == LoadSourceKind::Prometheus);
@@ -369,6 +367,10 @@ impl Checker<'_> {
         hosts::Placement {
             brokers: b.hosts.as_ref(),
             loaders: raw.loaders.as_ref(),
+            dispatcher: raw.dispatcher_host.as_ref(),
+            dispatcher_methods: methods
+                .iter()
+                .any(|m| matches!(m.assign, Assignment::Dispatcher { .. })),
             broker_count: raw.brokers.value.count_or_addresses(),
             broker_kind: b.kind,
             conflicts,

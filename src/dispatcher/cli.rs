@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BrokerEntry, DispatcherConfig, Extras, LoadSource, Metric, Policy, PrometheusSource, SourceArg,
-    Stale, SubscriberPolicy, Unhinted, bind_listener, events, rebalance, reports, run_with, tls,
+    Stale, SubscriberPolicy, Unhinted, bind_listener, events, rebalance, reports, run_with, stream,
+    tls,
 };
 use crate::InputError;
 use crate::proto::RedirectReason;
@@ -72,6 +73,11 @@ pub struct Args {
     /// Write every placement to this CSV file.
     #[arg(long, value_name = "FILE.csv")]
     pub events: Option<PathBuf>,
+    /// Every placement and move, when every broker first has a sample, and the CPU time used
+    /// at the end, as JSON lines (`-`: stdout, after the `listening on` lines): what
+    /// `mqdispatch run` reads from a dispatcher it started on another host.
+    #[arg(long, value_name = "FILE.jsonl|-")]
+    pub events_out: Option<PathBuf>,
     /// Shared secret the load reports must carry.
     #[arg(long, env = "MQDISPATCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -207,12 +213,30 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
     }
 
     let ids: Vec<String> = cfg.brokers.iter().map(|b| b.id.clone()).collect();
-    let (decisions, writer) = match &args.events {
+    let (mut decisions, writer) = match &args.events {
         Some(path) => {
             let (tx, handle) = events::csv_writer(path, &ids, crate::now_ms())?;
             (Some(tx), Some(handle))
         }
         None => (None, None),
+    };
+    let mut moves = None;
+    let stream = match &args.events_out {
+        Some(path) => {
+            let out: Box<dyn std::io::Write + Send> = match path.to_str() {
+                Some("-") => Box::new(std::io::stdout()),
+                _ => Box::new(
+                    std::fs::File::create_new(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
+            };
+            let stream = stream::EventStream::start(out, decisions.take());
+            decisions = Some(stream.decisions.clone());
+            moves = Some(stream.moves.clone());
+            cfg.fed = Some(stream.fed.clone());
+            Some(stream)
+        }
+        None => None,
     };
 
     run_with(
@@ -223,11 +247,14 @@ pub async fn cli_main(args: Args) -> anyhow::Result<()> {
         Extras {
             tls: tls_listener,
             metrics: metrics_listener,
-            moves: None,
+            moves,
         },
         cancel,
     )
     .await?;
+    if let Some(stream) = stream {
+        stream.finish().await.context("--events-out")?;
+    }
     if let Some(handle) = writer {
         handle.await.context("events writer")??;
     }

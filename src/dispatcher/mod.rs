@@ -11,6 +11,7 @@
 //! - [`reports`]: the agents' report port ([`report_slots`]: who may hold its slots).
 //! - [`source`], [`prometheus`]: loads from a Prometheus server's instant query instead.
 //! - [`metrics`]: `/metrics` (`--metrics-listen`).  [`events`]: `--events` CSV.
+//! - [`stream`]: `--events-out` JSON lines (what a runner reads from a remote dispatcher).
 //! - [`tls`]: the TLS client port.
 //! - [`rebalance`]: live rebalancing of connected clients (opt-in, `--rebalance`).
 //! - `cli`: the `mqdispatch dispatcher` command line and its wiring ([`Args`], [`cli_main`]).
@@ -30,6 +31,7 @@ pub mod rebalance;
 pub mod report_slots;
 pub mod reports;
 pub mod source;
+pub mod stream;
 pub mod tls;
 
 use std::collections::HashSet;
@@ -222,7 +224,8 @@ pub enum Unhinted {
 }
 
 /// Whom a placement was for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     Publisher,
     Subscriber,
@@ -238,7 +241,7 @@ impl Role {
 }
 
 /// One placement, as sent to the `decisions` channel of [`run`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     /// [`crate::now_ms`] when chosen.
     pub t_ms: u64,

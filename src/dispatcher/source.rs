@@ -144,7 +144,8 @@ impl LoadSource {
 }
 
 /// What fed the loads a decision was made on (the `source` column of `--events`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum FedBy {
     Reports = 0,

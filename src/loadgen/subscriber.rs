@@ -40,6 +40,10 @@ pub struct SubscriberConfig {
     /// Publisher topic → publisher name: whose sequence numbers a message carries. A topic
     /// not listed is a stream of its own, named by the topic.
     pub publishers_by_topic: HashMap<String, String>,
+    /// Publisher name → its clock minus this machine's, in µs, for publishers sending from
+    /// another host: their send times are moved onto this clock before a latency is taken. A
+    /// publisher not listed shares this clock.
+    pub sender_clocks_us: HashMap<String, i64>,
     /// Client id = prefix + member name.
     pub client_id_prefix: String,
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -143,6 +147,7 @@ pub async fn start_via(
     let stop = cancel.child_token();
     let received = Arc::new(AtomicU64::new(0));
     let topics = Arc::new(cfg.publishers_by_topic);
+    let sender_clocks = Arc::new(cfg.sender_clocks_us);
     let mut subs = Subscribers {
         members: Vec::new(),
         units: Vec::new(),
@@ -201,6 +206,7 @@ pub async fn start_via(
                 entry,
                 id_of: id_of.clone(),
                 topics: topics.clone(),
+                sender_clocks: sender_clocks.clone(),
                 streams,
                 received: received.clone(),
                 events: events.clone(),
@@ -314,6 +320,7 @@ struct MemberCtx {
     id_of: Arc<HashMap<String, String>>,
     connector: Connector,
     topics: Arc<HashMap<String, String>>,
+    sender_clocks: Arc<HashMap<String, i64>>,
     streams: Streams,
     received: Arc<AtomicU64>,
     events: UnboundedSender<SubscriberEvent>,
@@ -479,9 +486,6 @@ fn take(
     ctx.received.fetch_add(1, Ordering::Relaxed);
     match Header::read(payload) {
         Some(h) => {
-            let lat = latency_us(at, h.sent_us);
-            summary.latency_us.saturating_record(lat);
-            second.record(lat);
             // A topic no planned publisher uses is its own stream (a subscriber run beside
             // publishers it was not told about).
             let topic = String::from_utf8_lossy(topic);
@@ -489,6 +493,10 @@ fn take(
                 .topics
                 .get(topic.as_ref())
                 .map_or(topic.as_ref(), String::as_str);
+            let clock_us = ctx.sender_clocks.get(publisher).copied().unwrap_or(0);
+            let lat = latency_us(at, on_receiver_clock(h.sent_us, clock_us));
+            summary.latency_us.saturating_record(lat);
+            second.record(lat);
             ctx.streams
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -502,6 +510,11 @@ fn take(
         }
     }
     work.spend();
+}
+
+/// A send time read on a clock `clock_us` ahead of the receiver's, on the receiver's clock.
+fn on_receiver_clock(sent_us: u64, clock_us: i64) -> u64 {
+    sent_us.saturating_add_signed(-clock_us)
 }
 
 /// The current wall-clock second's count and latencies.
@@ -556,5 +569,19 @@ impl SecondWindow {
             moves: self.moves,
         });
         self.t_ms = (now_ms / 1000 * 1000).max(self.t_ms + 1000);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_time_from_a_clock_ahead_moves_back_onto_the_receiver_s() {
+        // Sent at receiver time 1,000 µs by a host whose clock is 300 µs ahead: it reads 1,300.
+        assert_eq!(on_receiver_clock(1_300, 300), 1_000);
+        assert_eq!(on_receiver_clock(1_000, -250), 1_250);
+        assert_eq!(on_receiver_clock(1_000, 0), 1_000);
+        assert_eq!(on_receiver_clock(100, 500), 0);
     }
 }

@@ -78,6 +78,7 @@ impl Session {
             specs: specs.clone(),
             brokers: broker_ids(brokers),
             publishers_by_topic,
+            sender_clocks_us: HashMap::new(),
             client_id_prefix: format!("{}sub-", load.client_id_prefix),
             tls: load.tls.clone(),
         };

@@ -17,9 +17,13 @@ pub struct HarnessMeasures {
     /// CPU of the harness process while publishing, in % of one core (the in-process
     /// dispatcher's thread included).
     pub loader_cpu_pct: Option<f64>,
-    /// CPU of the in-process dispatcher's own thread over the same span, in % of one core.
+    /// CPU of the dispatcher over the same span, in % of one core: the in-process one's own
+    /// thread, or the whole `mqdispatch dispatcher` process on `dispatcher_host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatcher_cpu_pct: Option<f64>,
+    /// The host the dispatcher ran on (`dispatcher_host`); `None`: in the harness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatcher_host: Option<String>,
     /// Redirect exchanges (dispatcher TCP connect → CONNACK 0x9C parsed) of first placements.
     pub redirect_p50_ms: Option<f64>,
     pub redirect_p99_ms: Option<f64>,
@@ -65,8 +69,12 @@ impl HarnessMeasures {
         if let Some(cpu) = self.loader_cpu_pct {
             line.push_str(&format!(", harness CPU {cpu:.0} % of one core"));
         }
-        if let Some(cpu) = self.dispatcher_cpu_pct {
-            line.push_str(&format!(" (dispatcher thread {cpu:.1} %)"));
+        match (self.dispatcher_cpu_pct, &self.dispatcher_host) {
+            (Some(cpu), None) => line.push_str(&format!(" (dispatcher thread {cpu:.1} %)")),
+            (Some(cpu), Some(host)) => line.push_str(&format!(
+                "; dispatcher on host {host} {cpu:.1} % of one core (not in the harness's)"
+            )),
+            (None, _) => {}
         }
         line
     }
@@ -104,6 +112,7 @@ mod tests {
             loader_rss_kib_per_publisher: Some(41.0),
             loader_cpu_pct: Some(12.0),
             dispatcher_cpu_pct: Some(2.5),
+            dispatcher_host: None,
             redirect_p50_ms: Some(1.0),
             redirect_p99_ms: Some(9.5),
             connect_p50_ms: Some(3.0),
@@ -117,6 +126,18 @@ mod tests {
              joined; largest share of one wave on one broker 26 % (4 waves); redirect p50 1.0 ms, \
              p99 9.5 ms; join → CONNACK p50 3.0 ms, p99 40.0 ms; harness RSS 41.0 KiB per \
              publisher, harness CPU 12 % of one core (dispatcher thread 2.5 %)"
+        );
+        let remote = HarnessMeasures {
+            dispatcher_host: Some("h4".into()),
+            ..m
+        };
+        assert!(
+            remote.describe(1, "m").ends_with(
+                "harness CPU 12 % of one core; dispatcher on host h4 2.5 % of one core (not in \
+                 the harness's)"
+            ),
+            "{}",
+            remote.describe(1, "m")
         );
     }
 }

@@ -15,6 +15,7 @@
 //! - [`optimum`]: the online-optimum yardstick.
 //! - [`subscribers`]: the subscriber half's files (`subscribers.csv`, `latency.csv`,
 //!   `receipts.csv`, `latency-<method>-t<k>.hlog`) and the figures drawn from them.
+//! - [`clocks`]: how far latencies across hosts can be trusted (loader hosts' clocks).
 //! - [`members`]: per-member figures of shared groups (fairness, offered load against the best
 //!   split, messages to brokers without a member, moves).
 //! - [`plots`]: `throughput.png`, `cpu-<method>-t<k>.png`, `rate-<method>-t<k>.png`, `gap.png`.
@@ -23,6 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub mod calibration;
+pub mod clocks;
 pub mod decisions;
 pub mod delivery;
 pub mod faults;
@@ -38,6 +40,7 @@ pub mod status;
 pub mod subscriber_tables;
 pub mod subscribers;
 pub mod summary;
+mod summary_csv;
 pub mod tables;
 pub mod verdict;
 pub mod window;
@@ -122,6 +125,9 @@ pub struct Report {
     pub subscribers: summary::SubscriberFiguresByRun,
     /// Each shared group's per-member figures, per (trial, method); empty without groups.
     pub members: members::MemberFiguresByRun,
+    /// The clock correction of latencies across hosts, and its warnings; empty without
+    /// loader hosts or subscribers.
+    pub clocks: Vec<String>,
 }
 
 impl Report {
@@ -209,6 +215,11 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
         report.errors.push(summary_err(&e));
         summary::SubscriberFiguresByRun::new()
     });
+    let sender_clocks = clocks::read(dir).unwrap_or_else(|e| {
+        report.errors.push(summary_err(&e));
+        clocks::SenderClocks::default()
+    });
+    report.clocks = clocks::describe(&sender_clocks, &report.subscribers);
     let publishers = rows_or_error(records::read_publishers(dir), &mut report.errors);
     if !report.subscribers.is_empty() {
         let members = rows_or_error(subscribers::read_subscribers(dir), &mut report.errors);

@@ -49,6 +49,9 @@ pub fn render_markdown(report: &Report) -> String {
     if !report.window_lines.is_empty() {
         md.push('\n');
     }
+    for line in &report.clocks {
+        let _ = writeln!(md, "{line}\n");
+    }
     if !report.notes.is_empty() {
         let _ = writeln!(md, "Notes:\n");
         for n in &report.notes {
@@ -204,6 +207,13 @@ pub fn render_console(report: &Report) -> String {
     }
     if let Some(v) = verdict(&groups, report.fault_run).text() {
         let _ = writeln!(out, "{}", v.replace("**", ""));
+    }
+    for warning in report
+        .clocks
+        .iter()
+        .filter(|l| l.starts_with("**Warning**"))
+    {
+        let _ = writeln!(out, "{}", warning.replace("**", ""));
     }
     if report.fault_run {
         for d in &report.delivery {

@@ -118,6 +118,7 @@ impl HarnessMeter {
             dispatcher_cpu_pct: dispatcher_cpu
                 .filter(|_| publishing > 0.0)
                 .map(|d| 100.0 * d.as_secs_f64() / publishing),
+            dispatcher_host: None,
             redirect_p50_ms: quantile(&mut self.redirect_ms, 0.5),
             redirect_p99_ms: quantile(&mut self.redirect_ms, 0.99),
             connect_p50_ms: quantile(&mut self.connect_ms, 0.5),

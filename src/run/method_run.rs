@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::dispatcher_slot::DispatcherSlot;
 use super::faults::{self, FaultLog};
 use super::harness_meter::HarnessMeter;
 use super::hosts::HostSession;
 use super::hosts::brokers::RemoteBrokers;
 use super::hosts::loaders::ShardedLoad;
+use super::method_dispatcher::MethodDispatcher;
 use super::prom_feed;
 use super::recorder::Recorder;
 use super::subscribers::SubscriberRun;
@@ -109,10 +109,15 @@ impl MethodRun<'_> {
             }
         }
         result.map(|mut measures| {
-            measures.harness = measures
-                .meter
-                .take()
-                .map(|meter| meter.finish(began.elapsed(), self.length(), measures.dispatcher_cpu));
+            let dispatcher_host = self.hosts.and_then(HostSession::dispatcher_host);
+            measures.harness = measures.meter.take().map(|meter| {
+                let mut harness =
+                    meter.finish(began.elapsed(), self.length(), measures.dispatcher_cpu);
+                if harness.dispatcher_cpu_pct.is_some() {
+                    harness.dispatcher_host = dispatcher_host.map(str::to_owned);
+                }
+                harness
+            });
             MethodResult { versions, measures }
         })
     }
@@ -190,8 +195,8 @@ impl MethodRun<'_> {
         };
 
         let mut prom_source = None;
-        // Dispatcher (in this process) and where agents report.
-        let mut dispatcher_slot: Option<DispatcherSlot> = None;
+        // Dispatcher (here or on its host) and where agents report.
+        let mut dispatcher_slot: Option<MethodDispatcher> = None;
         let mut dispatcher_fed: Option<tokio::sync::watch::Receiver<bool>> = None;
         let (placement, report_addr) = match self.method.assign {
             Assignment::DnsRr => (
@@ -238,9 +243,10 @@ impl MethodRun<'_> {
                     cfg.report_interval = scenario.scrape_interval;
                 }
                 let tls = self.tls.map(|ca| ca.server_config()).transpose()?;
-                let bind = super::hosts::dispatcher_side(self.hosts, &mut cfg);
+                let out = (decision_tx, move_tx);
                 let slot =
-                    DispatcherSlot::start(cfg, tls, bind, decision_tx, move_tx, stop.clone())?;
+                    MethodDispatcher::start(self.hosts, &self.tag(), cfg, tls, out, stop.clone())
+                        .await?;
                 let placement = Placement::Dispatcher {
                     dispatchers: vec![slot.listen_addr()],
                     max_hops: 3,
@@ -322,6 +328,10 @@ impl MethodRun<'_> {
                 client_id_prefix: client_id_prefix(self.trial, &self.method.name),
                 tls: self.tls.map(|ca| ca.client_config()).transpose()?,
                 dir: self.results,
+                sender_clocks_us: self
+                    .hosts
+                    .map(|h| h.sender_clocks_us(self.plan))
+                    .unwrap_or_default(),
             },
             stop,
         )
@@ -404,7 +414,7 @@ impl MethodRun<'_> {
                             brokers,
                             agent_tokens: &mut agent_tokens,
                             agents: &agents,
-                            dispatcher: dispatcher_slot.as_mut(),
+                            dispatcher: dispatcher_slot.as_mut().and_then(MethodDispatcher::here),
                         };
                         faults::inject(&fault, targets, self, faults_log, t0).await;
                     }
@@ -434,8 +444,7 @@ impl MethodRun<'_> {
         // The dispatcher (and its rebalancer, whose control requests a Mosquitto broker counts
         // as received messages) stops first, so the count below sees all of them.
         if let Some(slot) = dispatcher_slot.as_mut() {
-            slot.stop().await;
-            measures.dispatcher_cpu = Some(slot.cpu_time());
+            measures.dispatcher_cpu = slot.stop().await;
         }
         // The brokers' whole-run count, once their counters include the last publisher's
         // messages and the last control request.
@@ -512,7 +521,7 @@ pub struct Measures {
     meter: Option<HarnessMeter>,
     /// ... and when it is over (`None` if the load did not finish).
     pub harness: Option<HarnessMeasures>,
-    /// CPU time of the in-process dispatcher's thread (`None` without a dispatcher).
+    /// CPU time of the dispatcher (its thread here, its process on a host), when known.
     dispatcher_cpu: Option<Duration>,
     /// Messages sent against the brokers' own count (`None` if the load did not finish).
     pub delivery: Option<crate::report::delivery::Delivery>,

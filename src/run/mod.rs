@@ -19,6 +19,7 @@ mod dispatcher_slot;
 mod faults;
 mod harness_meter;
 pub mod hosts;
+mod method_dispatcher;
 mod method_run;
 mod moves;
 mod progress;

@@ -68,6 +68,8 @@ pub(super) struct Start<'a> {
     pub client_id_prefix: String,
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub dir: &'a Path,
+    /// Publisher → its host's clock minus this machine's (µs), for publishers on loader hosts.
+    pub sender_clocks_us: HashMap<String, i64>,
 }
 
 impl SubscriberRun {
@@ -93,6 +95,7 @@ impl SubscriberRun {
                 specs,
                 brokers: s.brokers.to_vec(),
                 publishers_by_topic: publishers_by_topic(&publishers).map_err(crate::InputError)?,
+                sender_clocks_us: s.sender_clocks_us.clone(),
                 client_id_prefix: format!("{}sub-", s.client_id_prefix),
                 tls: s.tls.clone(),
             })

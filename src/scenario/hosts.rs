@@ -2,7 +2,8 @@
 //! `known_hosts`, `address`; `local: { address }` for the runner's own), or
 //! `hosts: { include: PATH }` reading such a block from a file (a test bed's `hosts.yaml`), and
 //! where roles go: `brokers.hosts` (one host per broker) and `loaders` (hosts sharing the
-//! publishers by arrival index). The dispatcher runs on the runner's machine.
+//! publishers by arrival index) and `dispatcher_host` (the method's dispatcher; default the
+//! runner's machine).
 //!
 //! Names are checked here, with `file:line:column`; whether each host takes a login is
 //! [`check_reachable`], run by `validate` and before a run starts.
@@ -38,6 +39,8 @@ pub struct HostsPlan {
     pub broker_hosts: Vec<String>,
     /// Hosts that run the publishers, shard k of N on the k-th (empty: here).
     pub loaders: Vec<String>,
+    /// The host of every dispatcher method's dispatcher (`None`: here).
+    pub dispatcher: Option<String>,
     /// The test bed's folder, when the hosts came from a bed's `hosts.yaml` (its
     /// `testbed.json` lies beside it and gives the measured round trips).
     pub testbed_dir: Option<PathBuf>,
@@ -68,14 +71,18 @@ impl HostsPlan {
 
     /// Whether any role runs on another host.
     pub fn places_roles(&self) -> bool {
-        !self.broker_hosts.is_empty() || !self.loaders.is_empty()
+        !self.broker_hosts.is_empty() || !self.loaders.is_empty() || self.dispatcher.is_some()
     }
 
     /// The hosts roles are placed on, each once, in name order.
     pub fn used(&self) -> Vec<&HostSpec> {
         self.hosts
             .iter()
-            .filter(|h| self.broker_hosts.contains(&h.name) || self.loaders.contains(&h.name))
+            .filter(|h| {
+                self.broker_hosts.contains(&h.name)
+                    || self.loaders.contains(&h.name)
+                    || self.dispatcher.as_ref() == Some(&h.name)
+            })
             .collect()
     }
 }
@@ -114,6 +121,9 @@ struct IncludedHosts {
 pub(super) struct Placement<'a> {
     pub brokers: Option<&'a Spanned<Vec<Spanned<String>>>>,
     pub loaders: Option<&'a Spanned<Vec<Spanned<String>>>>,
+    pub dispatcher: Option<&'a Spanned<String>>,
+    /// Whether any method has `assign: dispatcher`.
+    pub dispatcher_methods: bool,
     pub broker_count: usize,
     pub broker_kind: BrokerKind,
     /// Keys that cannot be combined with brokers on hosts, and where they are.
@@ -131,6 +141,13 @@ impl Checker<'_> {
                 return Err(self.at(
                     list,
                     "roles on hosts need a `hosts:` block naming them, e.g. \
+                     `hosts: { include: results/testbed/hosts.yaml }`",
+                ));
+            }
+            if let Some(d) = placement.dispatcher.filter(|d| d.value != LOCAL) {
+                return Err(self.at(
+                    d,
+                    "dispatcher_host needs a `hosts:` block naming it, e.g. \
                      `hosts: { include: results/testbed/hosts.yaml }`",
                 ));
             }
@@ -262,12 +279,14 @@ impl Checker<'_> {
                 "loaders lists no host: leave it out to load from here",
             ));
         }
+        let dispatcher = self.dispatcher_host(&placement, &known, &source)?;
         let plan = HostsPlan {
             source,
             local_address,
             hosts,
             broker_hosts,
             loaders,
+            dispatcher,
             testbed_dir,
         };
         if plan.places_roles() && plan.local_address.is_none() {
@@ -281,6 +300,40 @@ impl Checker<'_> {
             ));
         }
         Ok(Some(plan))
+    }
+
+    /// `dispatcher_host`: a defined host (`local`: here, as without the key), with the brokers
+    /// on hosts (here they listen on 127.0.0.1, which a dispatcher elsewhere cannot hand out
+    /// or reach to move clients) and a method that has a dispatcher.
+    fn dispatcher_host(
+        &self,
+        placement: &Placement<'_>,
+        known: &dyn Fn(&str) -> bool,
+        source: &str,
+    ) -> Result<Option<String>, InputError> {
+        let Some(name) = placement.dispatcher.filter(|d| d.value != LOCAL) else {
+            return Ok(None);
+        };
+        if !known(&name.value) {
+            return Err(self.at(
+                name,
+                format!("dispatcher_host: no host `{}` in {source}", name.value),
+            ));
+        }
+        if placement.brokers.is_none() {
+            return Err(self.at(
+                name,
+                "dispatcher_host needs the brokers on hosts too (`brokers: { hosts: [...] }`): \
+                 brokers here listen on 127.0.0.1, out of its reach",
+            ));
+        }
+        if !placement.dispatcher_methods {
+            return Err(self.at(
+                name,
+                "dispatcher_host: no method has `assign: dispatcher`; leave the key out",
+            ));
+        }
+        Ok(Some(name.value.clone()))
     }
 
     fn host(
@@ -433,6 +486,52 @@ methods: [{ name: dns-rr, assign: dns-rr }]
         assert!(e.contains("not an IP address"), "{e}");
         let e = with(&format!("{HOSTS}loaders: [local]\n")).unwrap_err();
         assert!(e.contains("`local` cannot be listed"), "{e}");
+    }
+
+    #[test]
+    fn the_dispatcher_goes_on_a_defined_host_beside_brokers_on_hosts() {
+        let dispatched = BASE.replace(
+            "[{ name: dns-rr, assign: dns-rr }]",
+            "[{ name: dns-rr, assign: dns-rr }, { name: p, assign: dispatcher, policy: least-cpu }]",
+        );
+        let read = |base: &str, extra: &str| {
+            parse(&format!("{base}{HOSTS}{extra}"), "s.yaml").map_err(|e| e.0)
+        };
+        let plan = read(&dispatched, "dispatcher_host: h3\n")
+            .unwrap()
+            .hosts
+            .unwrap();
+        assert_eq!(plan.dispatcher.as_deref(), Some("h3"));
+        assert_eq!(plan.used().len(), 3, "h3 is used by the dispatcher alone");
+        let here = read(&dispatched, "dispatcher_host: local\n").unwrap();
+        assert_eq!(here.hosts.unwrap().dispatcher, None);
+
+        let e = read(&dispatched, "dispatcher_host: h9\n").unwrap_err();
+        assert!(
+            e.starts_with("s.yaml:11:18:") && e.contains("no host `h9`"),
+            "{e}"
+        );
+        let e = read(BASE, "dispatcher_host: h3\n").unwrap_err();
+        assert!(e.contains("no method has `assign: dispatcher`"), "{e}");
+        let local = dispatched.replace(", hosts: [h1, h2]", "");
+        let e = read(&local, "dispatcher_host: h3\n").unwrap_err();
+        assert!(
+            e.starts_with("s.yaml:11:") && e.contains("needs the brokers on hosts too"),
+            "{e}"
+        );
+        let e = parse(&format!("{local}dispatcher_host: h3\n"), "s.yaml")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("s.yaml:6:") && e.contains("needs a `hosts:` block"),
+            "{e}"
+        );
+        // What a dispatcher on a host cannot do is refused with the brokers on hosts.
+        let tls = read(&dispatched, "dispatcher_host: h3\ntls: true\n").unwrap_err();
+        assert!(tls.contains("tls: true"), "{tls}");
+        let restart = "dispatcher_host: h3\nfaults: [{ at: 1s, kind: restart-dispatcher }]\n";
+        let e = read(&dispatched, restart).unwrap_err();
+        assert!(e.contains("brokers on hosts: no faults"), "{e}");
     }
 
     #[test]

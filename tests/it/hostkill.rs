@@ -118,7 +118,7 @@ async fn sigkill(run: &mut Child) {
 async fn sigkill_to_a_hosts_run_leaves_nothing_here_or_on_any_host() {
     let test = "sigkill_to_a_hosts_run_leaves_nothing_here_or_on_any_host";
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bed, opts, netns_of)) = bed_in(test, b'p', tmp.path()).await else {
+    let Some((bed, opts, netns_of)) = bed_in(test, b'p', 3, tmp.path()).await else {
         return;
     };
     let h3 = netns_of[2].1.clone();
@@ -165,7 +165,7 @@ async fn sigkill_to_a_local_run_leaves_no_broker() {
             ),
         )
         .unwrap();
-        let mut run = start_run_of(tmp.path(), &scenario);
+        let mut run = start_run_of(tmp.path(), &scenario, &[]);
         let tree = tree_with(&mut run, tmp.path(), &[needle]).await;
         let brokers = tree.iter().filter(|p| p.cmdline.contains(needle)).count();
         sigkill(&mut run).await;
@@ -184,7 +184,7 @@ fn which(program: &str) -> bool {
 async fn a_dropped_connection_ends_the_run_with_an_error_and_leaves_nothing() {
     let test = "a_dropped_connection_ends_the_run_with_an_error_and_leaves_nothing";
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bed, opts, netns_of)) = bed_in(test, b'q', tmp.path()).await else {
+    let Some((bed, opts, netns_of)) = bed_in(test, b'q', 3, tmp.path()).await else {
         return;
     };
     let h3 = netns_of[2].1.clone();

@@ -23,16 +23,17 @@ pub(crate) fn scenario() -> PathBuf {
 
 /// `mqdispatch run` from `cwd` (where `results/testbed` is the bed), its output in files.
 pub(crate) fn start_run(cwd: &Path) -> Child {
-    start_run_of(cwd, &scenario())
+    start_run_of(cwd, &scenario(), &[])
 }
 
-/// `mqdispatch run SCENARIO` from `cwd`, as [`start_run`].
-pub(crate) fn start_run_of(cwd: &Path, scenario: &Path) -> Child {
+/// [`start_run`] of `scenario` with `extra` arguments.
+pub(crate) fn start_run_of(cwd: &Path, scenario: &Path, extra: &[&str]) -> Child {
     let log = std::fs::File::create(cwd.join("run.log")).unwrap();
     Command::new(bin())
         .arg("run")
         .arg(scenario)
         .args(["--out", "out"])
+        .args(extra)
         .current_dir(cwd)
         // Builds and run folders on the hosts (this machine's file system) stay in the test's.
         .env("MQDISPATCH_HOST_CACHE", cwd.join("host-cache"))
@@ -45,11 +46,15 @@ pub(crate) fn start_run_of(cwd: &Path, scenario: &Path) -> Child {
         .expect("mqdispatch run starts")
 }
 
-/// Roles seen in each host's namespace: (host, role) for every `mqdispatch broker`, `agent`
-/// and `load` found there.
-fn roles_in(netns_of: &[(String, String)], binary: &str, seen: &mut BTreeSet<(String, String)>) {
+/// Roles seen in each host's namespace: (host, role) for every `mqdispatch broker`, `agent`,
+/// `load` and `dispatcher` found there.
+pub(crate) fn roles_in(
+    netns_of: &[(String, String)],
+    binary: &str,
+    seen: &mut BTreeSet<(String, String)>,
+) {
     for (host, netns) in netns_of {
-        for role in ["broker", "agent", "load"] {
+        for role in ["broker", "agent", "load", "dispatcher"] {
             let needle = format!("{binary} {role} ");
             if !pids_in_namespace_mentioning(netns, &needle).is_empty() {
                 seen.insert((host.clone(), role.to_owned()));
@@ -84,15 +89,16 @@ pub(crate) fn run_dir(cwd: &Path) -> PathBuf {
         .expect("a results folder")
 }
 
-/// A three-host bed made where the shipped scenario's include finds it (`results/testbed` of
-/// `tmp`), and each host's (name, namespace); `None` (after a message) where a bed cannot be
-/// made here.
+/// A bed of `hosts` hosts made where the shipped scenario's include finds it
+/// (`results/testbed` of `tmp`), and each host's (name, namespace); `None` (after a message)
+/// where a bed cannot be made here.
 pub(crate) async fn bed_in(
     test: &str,
     tag: u8,
+    hosts: u16,
     tmp: &Path,
 ) -> Option<(testbed::DownOnDrop, Options, Vec<(String, String)>)> {
-    let mut opts = options(tag, 3, tmp);
+    let mut opts = options(tag, hosts, tmp);
     opts.dir = tmp.join("results/testbed");
     let bed = up_off_runtime(test, &opts).await?;
     let netns_of = bed
@@ -107,7 +113,7 @@ pub(crate) async fn bed_in(
 async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
     let test = "a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing";
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bed, opts, netns_of)) = bed_in(test, b'g', tmp.path()).await else {
+    let Some((bed, opts, netns_of)) = bed_in(test, b'g', 3, tmp.path()).await else {
         return;
     };
 
@@ -177,6 +183,14 @@ async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
     }
     let summary = read(&dir.join("summary.csv"));
     assert!(summary.contains("\n1,dns-rr,") && summary.contains("\n1,proposed,"));
+    // The subscribers here timed messages sent from h3: corrected by its clock, and said so.
+    let receipts = read(&dir.join("receipts.csv"));
+    assert!(receipts.lines().count() > 1, "{receipts}");
+    let md = read(&dir.join("summary.md"));
+    assert!(
+        md.contains("Latency across hosts") && md.contains("h3 "),
+        "{md}"
+    );
 
     // The manifest names the hosts, their roles and clocks; every role's files came back.
     let manifest: serde_json::Value =
@@ -224,7 +238,7 @@ async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
 async fn sigterm_to_the_runner_leaves_nothing_on_any_host() {
     let test = "sigterm_to_the_runner_leaves_nothing_on_any_host";
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bed, opts, netns_of)) = bed_in(test, b'h', tmp.path()).await else {
+    let Some((bed, opts, netns_of)) = bed_in(test, b'h', 3, tmp.path()).await else {
         return;
     };
     let h3 = netns_of[2].1.clone();
@@ -278,7 +292,7 @@ async fn mosquitto_brokers_run_on_their_hosts() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let Some((bed, opts, netns_of)) = bed_in(test, b'r', tmp.path()).await else {
+    let Some((bed, opts, netns_of)) = bed_in(test, b'r', 3, tmp.path()).await else {
         return;
     };
     let shipped = read(&scenario());
@@ -286,7 +300,7 @@ async fn mosquitto_brokers_run_on_their_hosts() {
     assert_ne!(text, shipped);
     let path = tmp.path().join("hosts-quick.yaml");
     std::fs::write(&path, text).unwrap();
-    let mut run = start_run_of(tmp.path(), &path);
+    let mut run = start_run_of(tmp.path(), &path, &[]);
     let began = Instant::now();
     let mut seen = BTreeSet::new();
     let status = loop {

@@ -9,6 +9,7 @@ mod docs;
 mod faults;
 mod hostkill;
 mod hosts;
+mod hosts_dispatcher;
 mod loadgen;
 mod mosquitto_plugin;
 mod prometheus;

@@ -37,7 +37,7 @@ use super::{BrokerEntry, Role};
 use crate::proto::RedirectReason;
 
 /// One move made, as sent to the `moves` channel (the runner writes `moves.csv` from these).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MoveRecord {
     /// [`crate::now_ms`] when ordered.
     pub t_ms: u64,
@@ -91,6 +91,24 @@ pub fn parse_arg(text: &str) -> Result<RebalanceConfig, String> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The `--rebalance` value [`parse_arg`] reads back as `cfg`.
+pub fn to_arg(cfg: &RebalanceConfig) -> String {
+    let d = crate::duration::format_exact;
+    let on = |b: bool| if b { "on" } else { "off" };
+    format!(
+        "threshold={},hysteresis={},cooldown={},max-moves-per-s={},hold={},publishers={},\
+         members={},member-threshold={}",
+        cfg.threshold,
+        cfg.hysteresis,
+        d(cfg.cooldown),
+        cfg.max_moves_per_s,
+        d(cfg.hold),
+        on(cfg.publishers),
+        on(cfg.members),
+        cfg.member_threshold
+    )
 }
 
 fn on_off(key: &str, value: &str) -> Result<bool, String> {
@@ -221,6 +239,23 @@ impl Rebalancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_written_as_a_flag_reads_back_the_same() {
+        let cfg = RebalanceConfig {
+            threshold: 412.5,
+            hysteresis: 2,
+            cooldown: Duration::from_millis(1_250),
+            max_moves_per_s: 0.5,
+            hold: Duration::from_secs(7),
+            publishers: false,
+            members: true,
+            member_threshold: 33.25,
+        };
+        assert_eq!(parse_arg(&to_arg(&cfg)).unwrap(), cfg);
+        let default = RebalanceConfig::default();
+        assert_eq!(parse_arg(&to_arg(&default)).unwrap(), default);
+    }
 
     #[test]
     fn the_flag_parses_keys_and_refuses_unknown_ones() {

@@ -52,13 +52,16 @@ pub enum MoveError {
 }
 
 /// What a move did, as recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// Client-id takeover: the old connection was closed by the broker.
     Takeover,
     /// DISCONNECT 0x9C with a Server Reference.
+    #[serde(rename = "disconnect-0x9c")]
     Disconnect9c,
     /// DISCONNECT 0x98 (public kick): the client comes back through the dispatcher.
+    #[serde(rename = "kick-0x98")]
     Kick98,
     /// The broker did not know the client (it had left).
     NotConnected,

@@ -4,6 +4,7 @@
 //! here; at the end each shard's files come back and its summary joins the others'
 //! (`load-merge`'s logic) into the method's load summary.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 
 use anyhow::Context;
@@ -15,7 +16,8 @@ use tracing::warn;
 use super::{HostSession, to_local_ms};
 use crate::loadgen::merge::{LoadRecord, merge_records, read_record};
 use crate::loadgen::{
-    ArrivalOrder, LoadConfig, LoadEvent, LoadSummary, Placement, PublisherSummary, Shard,
+    ArrivalOrder, LoadConfig, LoadEvent, LoadSummary, Placement, PlannedPublisher,
+    PublisherSummary, Shard,
 };
 use crate::remote::RemoteRole;
 use crate::remote::files::fetch_dir;
@@ -88,6 +90,19 @@ impl<'a> ShardedLoad<'a> {
 }
 
 impl HostSession {
+    /// Each planned publisher's clock against this machine's: its loader host's offset at the
+    /// start (shard k of N runs the arrival indices `i` with `i mod N = k - 1`); empty without
+    /// loader hosts.
+    pub(crate) fn sender_clocks_us(&self, plan: &[PlannedPublisher]) -> HashMap<String, i64> {
+        let n = self.plan.loaders.len();
+        plan.iter()
+            .filter_map(|p| {
+                let host = self.plan.loaders.get(p.index % n.max(1))?;
+                Some((p.name.clone(), self.hosts.get(host)?.offset_us))
+            })
+            .collect()
+    }
+
     /// Runs every shard until all have ended (or `stop`), then merges their summaries.
     async fn run_loaders(
         &self,

@@ -2,7 +2,7 @@
 //! placed on, this build's binary put there by checksum, a work folder per host for the run,
 //! the hosts' clock offsets to this machine measured at start and end, and a report token
 //! for the agents that report across the bridge. [`brokers`] starts brokers and their agents
-//! on hosts, [`loaders`] the loader shards. Every role's stderr log and files land in the
+//! on hosts, [`loaders`] the loader shards, [`dispatcher`] the method's dispatcher. Every role's stderr log and files land in the
 //! run's `hosts/<host>/` folder.
 //!
 //! Every remote process runs under `mqdispatch lifeline`: it ends with its ssh session, so a
@@ -12,6 +12,7 @@
 
 pub(super) mod brokers;
 mod clock;
+pub(super) mod dispatcher;
 pub(super) mod loaders;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use tracing::info;
 use crate::broker::BrokerKind;
 use crate::remote::binary::{DEFAULT_CACHE, Placed, ensure_binary};
 use crate::remote::{Connection, ssh::shell_quote};
+use crate::report::clocks::LOADER_ROLE;
 use crate::scenario::{HostSpec, HostsPlan};
 pub use clock::ClockRecord;
 
@@ -68,7 +70,7 @@ pub struct HostRecord {
     pub name: String,
     pub ssh: String,
     pub address: IpAddr,
-    /// What runs there: `broker b1`, `loader shard 1/1`.
+    /// What runs there: `broker b1 and its agent`, `loader shard 1/1`, `dispatcher`.
     pub roles: Vec<String>,
     /// This build's binary on the host, and whether this run had to copy it.
     pub binary: String,
@@ -351,8 +353,9 @@ fn roles_of(plan: &HostsPlan, name: &str) -> Vec<String> {
         .iter()
         .enumerate()
         .filter(|(_, h)| *h == name)
-        .map(|(k, _)| format!("loader shard {}/{n}", k + 1));
-    brokers.chain(loaders).collect()
+        .map(|(k, _)| format!("{LOADER_ROLE} {}/{n}", k + 1));
+    let dispatcher = (plan.dispatcher.as_deref() == Some(name)).then(|| "dispatcher".to_owned());
+    brokers.chain(loaders).chain(dispatcher).collect()
 }
 
 /// 32 random bytes, hex: the agents' report token for this run.

@@ -6,9 +6,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use mqdispatch::payload::{Header, now_us, template};
 use mqdispatch::proto::{self, Hello, RedirectReason};
+use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet,
+    ConnectReturnCode, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp,
+    Publish,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -228,4 +232,38 @@ pub async fn fake_broker_that_moves_us(
         }
     });
     (addr, AbortOnDropHandle::new(task))
+}
+
+/// Publishes `n` loader-format messages (sequence 0..n) on `topic` at `broker`, QoS 0, stamped
+/// by a clock `clock_us` ahead of this machine's, and waits for a PINGRESP behind them (the
+/// broker has read them all).
+pub async fn publish_sequence(broker: &str, topic: &str, n: u64, clock_us: i64) {
+    let mut s = TcpStream::connect(broker).await.unwrap();
+    s.write_all(&proto::connect_packet("seq-pub"))
+        .await
+        .unwrap();
+    let connack = proto::read_connack(&mut s).await.unwrap();
+    assert_eq!(connack.code, ConnectReturnCode::Success);
+    let mut out = BytesMut::new();
+    for seq in 0..n {
+        let mut payload = template(32);
+        let header = Header {
+            sent_us: now_us().saturating_add_signed(clock_us),
+            seq,
+        };
+        header.write(&mut payload);
+        Publish::new(topic, QoS::AtMostOnce, payload, None)
+            .write(&mut out)
+            .unwrap();
+    }
+    out.extend_from_slice(&[0xC0, 0x00]);
+    s.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        match Packet::read(&mut buf, None) {
+            Ok(Packet::PingResp(PingResp)) => return,
+            Ok(_) => {}
+            Err(_) => assert!(s.read_buf(&mut buf).await.unwrap() > 0, "broker closed"),
+        }
+    }
 }

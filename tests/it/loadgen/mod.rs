@@ -21,6 +21,7 @@ use crate::util::bin;
 pub mod fakes;
 mod header;
 mod interop_subscribers;
+mod sender_clocks;
 mod shard;
 mod subscribers_via_dispatcher;
 mod tls;

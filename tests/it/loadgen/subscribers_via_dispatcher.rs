@@ -8,20 +8,17 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mqdispatch::loadgen::subscriber::{SubscriberConfig, SubscriberEvent, Via, start_via};
 use mqdispatch::loadgen::subscription::SubscriberSpec;
-use mqdispatch::payload::{Header, now_us, template};
 use mqdispatch::proto::{self, Hello, RedirectReason};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, Packet, PingResp, Publish, SubAck, SubscribeReasonCode,
-};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, SubAck, SubscribeReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::fakes::Broker;
+use super::fakes::{Broker, publish_sequence};
 use crate::util::{bin, spawn_listening};
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -141,39 +138,6 @@ async fn broker_that_moves_its_subscriber(
     (addr, AbortOnDropHandle::new(task))
 }
 
-/// Publishes `n` loader-format messages (sequence 0..n) on `topic` at `broker`, QoS 0, and
-/// waits for a PINGRESP behind them (the broker has read them all).
-async fn publish_sequence(broker: &str, topic: &str, n: u64) {
-    let mut s = TcpStream::connect(broker).await.unwrap();
-    s.write_all(&proto::connect_packet("seq-pub"))
-        .await
-        .unwrap();
-    let connack = proto::read_connack(&mut s).await.unwrap();
-    assert_eq!(connack.code, ConnectReturnCode::Success);
-    let mut out = BytesMut::new();
-    for seq in 0..n {
-        let mut payload = template(32);
-        let header = Header {
-            sent_us: now_us(),
-            seq,
-        };
-        header.write(&mut payload);
-        Publish::new(topic, QoS::AtMostOnce, payload, None)
-            .write(&mut out)
-            .unwrap();
-    }
-    out.extend_from_slice(&[0xC0, 0x00]);
-    s.write_all(&out).await.unwrap();
-    let mut buf = BytesMut::new();
-    loop {
-        match Packet::read(&mut buf, None) {
-            Ok(Packet::PingResp(PingResp)) => return,
-            Ok(_) => {}
-            Err(_) => assert!(s.read_buf(&mut buf).await.unwrap() > 0, "broker closed"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_moved_by_disconnect_0x9c_subscribes_there_and_keeps_counting() {
     let real = Broker::spawn();
@@ -183,6 +147,7 @@ async fn a_member_moved_by_disconnect_0x9c_subscribes_there_and_keeps_counting()
         specs: vec![SubscriberSpec::parse_spec("name=s,count=1,topic=load/#").unwrap()],
         brokers: vec![("b1".into(), fake.clone())],
         publishers_by_topic: HashMap::from([("load/p".into(), "p".into())]),
+        sender_clocks_us: HashMap::new(),
         client_id_prefix: "moved-".into(),
         tls: None,
     };
@@ -206,7 +171,7 @@ async fn a_member_moved_by_disconnect_0x9c_subscribes_there_and_keeps_counting()
     })
     .await
     .expect("a second after the move");
-    publish_sequence(&real.addr(), "load/p", 50).await;
+    publish_sequence(&real.addr(), "load/p", 50, 0).await;
     let summary = subs
         .finish(Duration::from_millis(500), BOUND)
         .await
