@@ -175,7 +175,7 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = crate::duration::parse_arg)]
     pub interval: Duration,
     /// Shared secret the dispatcher expects in each report.
-    #[arg(long)]
+    #[arg(long, env = "MQDISPATCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Capacity in cores that 100 % stands for (a capped broker's limit, e.g. 0.25).
     #[arg(long, value_name = "CORES")]

@@ -1,5 +1,6 @@
-//! A role's files brought back: the remote directory is packed by `tar` on the host and unpacked
-//! by `tar` here, over the master connection, so nothing needs to be installed on either side.
+//! Files to and from a host over the master connection, with nothing to install on either
+//! side: a role's files brought back (the remote directory packed by `tar` on the host and
+//! unpacked by `tar` here), and a private file written there.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use super::ssh::{Connection, SshError, shell_quote};
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+const PUT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Copies every file under `remote_dir` on the host into `local_dir` (created if missing),
 /// keeping relative paths.
@@ -65,6 +67,52 @@ pub async fn fetch_dir(
                 ),
             });
         }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` on the host, readable by the login's user alone (umask 077; its
+/// folder made if missing): for secrets, which a command line would show to every user of
+/// either machine in `ps`.
+pub async fn put_private(conn: &Connection, path: &str, bytes: &[u8]) -> Result<(), SshError> {
+    use tokio::io::AsyncWriteExt;
+    let host = conn.target().name.clone();
+    let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
+    let script = format!(
+        "set -e; umask 077; mkdir -p -- {}; cat > {}",
+        shell_quote(dir),
+        shell_quote(path)
+    );
+    let mut cmd = conn.command(&script);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let write = async {
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin.write_all(bytes).await?;
+        drop(stdin);
+        child.wait_with_output().await
+    };
+    let output = tokio::time::timeout(PUT_TIMEOUT, write)
+        .await
+        .map_err(|_| SshError::Command {
+            host: host.clone(),
+            command: format!("write {path}"),
+            detail: format!("not done within {PUT_TIMEOUT:?}"),
+        })?
+        .map_err(|e| SshError::Io(e, host.clone()))?;
+    if !output.status.success() {
+        return Err(SshError::Command {
+            host,
+            command: format!("write {path}"),
+            detail: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
     }
     Ok(())
 }

@@ -47,7 +47,8 @@ pub(crate) fn start_run_of(cwd: &Path, scenario: &Path, extra: &[&str]) -> Child
 }
 
 /// Roles seen in each host's namespace: (host, role) for every `mqdispatch broker`, `agent`,
-/// `load` and `dispatcher` found there.
+/// `load` and `dispatcher` found there, and (host, `--token`) for a command line that shows a
+/// token (roles read it from a file).
 pub(crate) fn roles_in(
     netns_of: &[(String, String)],
     binary: &str,
@@ -59,6 +60,9 @@ pub(crate) fn roles_in(
             if !pids_in_namespace_mentioning(netns, &needle).is_empty() {
                 seen.insert((host.clone(), role.to_owned()));
             }
+        }
+        if !pids_in_namespace_mentioning(netns, " --token ").is_empty() {
+            seen.insert((host.clone(), "--token".to_owned()));
         }
     }
 }

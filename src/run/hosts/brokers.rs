@@ -256,9 +256,9 @@ impl HostSession {
                 _ => command.extend(["--pid".into(), b.pid.to_string()]),
             }
             if let Some(addr) = &report {
-                let token = self.token.clone();
-                command.extend(["--dispatcher".into(), addr.clone(), "--token".into(), token]);
+                command.extend(["--dispatcher".into(), addr.clone()]);
             }
+            let command = h.with_token(command);
             let name = format!("{}-agent-{}", b.tag, b.id);
             let log = self.files.join(&b.host).join(format!("{name}.log"));
             let workdir = format!("{}/{name}", h.workdir);

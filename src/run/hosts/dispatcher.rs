@@ -85,8 +85,9 @@ impl HostSession {
             .dispatcher_host()
             .context("invariant: a dispatcher host is set")?;
         let h = self.host(host)?;
-        cfg.token = Some(self.token.clone());
-        let command = dispatcher_command(&h.binary, &cfg, h.spec.address)?;
+        // The token comes from the host's token file, not the command line.
+        cfg.token = None;
+        let command = h.with_token(dispatcher_command(&h.binary, &cfg, h.spec.address)?);
         let name = format!("{tag}-dispatcher");
         let log = self.files.join(host).join(format!("{name}.log"));
         let workdir = format!("{}/{name}", h.workdir);

@@ -26,6 +26,7 @@ use tracing::info;
 
 use crate::broker::BrokerKind;
 use crate::remote::binary::{DEFAULT_CACHE, Placed, ensure_binary};
+use crate::remote::files::put_private;
 use crate::remote::{Connection, ssh::shell_quote};
 use crate::report::clocks::LOADER_ROLE;
 use crate::scenario::{HostSpec, HostsPlan};
@@ -47,6 +48,8 @@ struct Host {
     binary: String,
     /// Absolute path of the run's work folder there.
     workdir: String,
+    /// The run's report token there (only its user may read it; removed with the folder).
+    token_file: String,
     /// Its clock minus this machine's, measured at the start (0 until measured).
     offset_us: i64,
     /// Its Mosquitto (path, version), found at connect time when it runs a Mosquitto broker.
@@ -194,6 +197,10 @@ impl HostSession {
             false => format!("{home}/{cache}"),
         };
         let workdir = format!("{cache}/runs/{run_id}-{name}");
+        let token_file = format!("{workdir}/token");
+        put_private(&conn, &token_file, self.token.as_bytes())
+            .await
+            .with_context(|| format!("writing the run's token on host {name}"))?;
         let mosquitto = match self.broker_kind {
             BrokerKind::Mosquitto if self.plan.broker_hosts.contains(name) => {
                 Some(find_mosquitto(&conn, name).await?)
@@ -206,6 +213,7 @@ impl HostSession {
             conn,
             binary,
             workdir,
+            token_file,
             offset_us: 0,
             mosquitto,
         };
@@ -337,6 +345,23 @@ async fn find_mosquitto(conn: &Connection, name: &str) -> anyhow::Result<(String
         .and_then(crate::broker::mosquitto::parse_version)
         .unwrap_or_else(|| "mosquitto (unknown version)".to_owned());
     Ok((path, version))
+}
+
+/// Reads the token file (the script's `$1`) into `MQDISPATCH_TOKEN`, then becomes the role.
+const TOKEN_FROM_FILE: &str =
+    "MQDISPATCH_TOKEN=$(cat -- \"$1\"); export MQDISPATCH_TOKEN; shift; exec \"$@\"";
+
+impl Host {
+    /// `command` (program first) with the run's token in its environment, read from the
+    /// host's token file: on no command line, where every user of either machine would see it
+    /// in `ps` (the role's `--token` reads `MQDISPATCH_TOKEN`).
+    fn with_token(&self, command: Vec<String>) -> Vec<String> {
+        let mut wrapped: Vec<String> = ["sh", "-c", TOKEN_FROM_FILE, "sh", &self.token_file]
+            .map(str::to_owned)
+            .into();
+        wrapped.extend(command);
+        wrapped
+    }
 }
 
 /// What the scenario places on host `name`, for the manifest.
