@@ -17,7 +17,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(mqdispatch::cli::dispatch(cli.command)) {
+    let result = runtime.block_on(mqdispatch::cli::dispatch(cli.command));
+    // Every task (and the children it owns) ends with the runtime; then the child guard.
+    drop(runtime);
+    mqdispatch::process::guard::finish();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

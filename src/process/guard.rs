@@ -34,7 +34,7 @@ for g in $live; do kill -9 "-$g" 2>/dev/null; done
 /// A running guard; dropping it closes the pipe, which makes it kill what is still listed.
 pub struct Guard {
     stdin: Mutex<Option<ChildStdin>>,
-    child: Child,
+    child: Mutex<Child>,
 }
 
 impl Guard {
@@ -50,12 +50,19 @@ impl Guard {
         let stdin = child.stdin.take();
         Ok(Guard {
             stdin: Mutex::new(stdin),
-            child,
+            child: Mutex::new(child),
         })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
+    /// Closes the pipe and reaps the guard, which kills what is still listed first; later
+    /// children go unguarded.
+    pub fn close(&self) {
+        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let _ = self.child.lock().unwrap_or_else(|e| e.into_inner()).wait();
     }
 
     /// Group `pgid` is to be killed if we end before [`Guard::release`] of it.
@@ -86,15 +93,15 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let _ = self.child.wait();
+        self.close();
     }
 }
+
+static GUARD: OnceLock<Option<Guard>> = OnceLock::new();
 
 /// This process's guard, started with the first child (`None`, after a warning, if `sh`
 /// cannot be started: children then die only with a clean exit).
 pub fn global() -> Option<&'static Guard> {
-    static GUARD: OnceLock<Option<Guard>> = OnceLock::new();
     GUARD
         .get_or_init(|| match Guard::start() {
             Ok(guard) => Some(guard),
@@ -104,6 +111,14 @@ pub fn global() -> Option<&'static Guard> {
             }
         })
         .as_ref()
+}
+
+/// At a clean exit, once every child is reaped: the guard closed and reaped too, so no
+/// process of ours outlives this one (a static is never dropped).
+pub fn finish() {
+    if let Some(Some(guard)) = GUARD.get() {
+        guard.close();
+    }
 }
 
 #[cfg(test)]
