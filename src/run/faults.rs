@@ -9,8 +9,9 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::agents::AgentSet;
 use super::dispatcher_slot::DispatcherSlot;
-use super::method_run::{AgentSet, MethodRun};
+use super::method_run::MethodRun;
 use crate::broker::RunningBroker;
 use crate::scenario::{FaultKind, FaultPlan};
 

@@ -12,6 +12,7 @@
 //! wrote no row, a failed summary or plot each appear under Errors in `summary.md`, make the
 //! manifest say `completed: false` with the reason, and make `mqdispatch run` exit non-zero.
 
+mod agents;
 mod broker_spec;
 mod calibration;
 mod delivery;
