@@ -4,10 +4,7 @@
 //! against the checksum on arrival, then renamed into place (no half-copied binary is ever run).
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
-
-use tokio::io::AsyncWriteExt;
 
 use super::ssh::{Connection, SshError, shell_quote};
 
@@ -65,33 +62,8 @@ pub async fn ensure_binary(
          chmod 755 \"$part\"; mv -f \"$part\" {quoted}",
         dir = shell_quote(path.rsplit_once('/').map_or(".", |(d, _)| d)),
     );
-    let mut cmd = conn.command(&script);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let copy = async {
-        let mut child = cmd.spawn()?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin.write_all(&bytes).await?;
-        drop(stdin);
-        child.wait_with_output().await
-    };
-    let output = tokio::time::timeout(COPY_TIMEOUT, copy)
-        .await
-        .map_err(|_| SshError::Command {
-            host: host.clone(),
-            command: "copy mqdispatch".into(),
-            detail: format!("not done within {COPY_TIMEOUT:?}"),
-        })?
-        .map_err(|e| SshError::Io(e, host.clone()))?;
-    if !output.status.success() {
-        return Err(SshError::Command {
-            host,
-            command: "copy mqdispatch".into(),
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+    conn.run_with_input(&script, &bytes, "copy mqdispatch", COPY_TIMEOUT)
+        .await?;
     Ok((path, Placed::Copied))
 }
 

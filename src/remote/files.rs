@@ -75,44 +75,12 @@ pub async fn fetch_dir(
 /// folder made if missing): for secrets, which a command line would show to every user of
 /// either machine in `ps`.
 pub async fn put_private(conn: &Connection, path: &str, bytes: &[u8]) -> Result<(), SshError> {
-    use tokio::io::AsyncWriteExt;
-    let host = conn.target().name.clone();
     let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
     let script = format!(
         "set -e; umask 077; mkdir -p -- {}; cat > {}",
         shell_quote(dir),
         shell_quote(path)
     );
-    let mut cmd = conn.command(&script);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let write = async {
-        let mut child = cmd.spawn()?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin.write_all(bytes).await?;
-        drop(stdin);
-        child.wait_with_output().await
-    };
-    let output = tokio::time::timeout(PUT_TIMEOUT, write)
+    conn.run_with_input(&script, bytes, &format!("write {path}"), PUT_TIMEOUT)
         .await
-        .map_err(|_| SshError::Command {
-            host: host.clone(),
-            command: format!("write {path}"),
-            detail: format!("not done within {PUT_TIMEOUT:?}"),
-        })?
-        .map_err(|e| SshError::Io(e, host.clone()))?;
-    if !output.status.success() {
-        return Err(SshError::Command {
-            host,
-            command: format!("write {path}"),
-            detail: format!(
-                "{}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        });
-    }
-    Ok(())
 }

@@ -255,6 +255,42 @@ impl Connection {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Runs `remote` to completion with `input` as its stdin (a file's bytes); `what` names it
+    /// in errors (the script itself may be long).
+    pub async fn run_with_input(
+        &self,
+        remote: &str,
+        input: &[u8],
+        what: &str,
+        timeout: Duration,
+    ) -> Result<(), SshError> {
+        use tokio::io::AsyncWriteExt;
+        if let Some(why) = self.lost() {
+            return Err(self.command_error(what, why));
+        }
+        let mut cmd = self.command(remote);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let feed = async {
+            let mut child = cmd.spawn()?;
+            let mut stdin = child.stdin.take().expect("stdin is piped");
+            stdin.write_all(input).await?;
+            drop(stdin);
+            child.wait_with_output().await
+        };
+        let output = tokio::time::timeout(timeout, feed)
+            .await
+            .map_err(|_| self.command_error(what, format!("not done within {timeout:?}")))?
+            .map_err(|e| SshError::Io(e, self.target.name.clone()))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(self.command_error(what, format!("{}: {}", output.status, stderr.trim())));
+        }
+        Ok(())
+    }
+
     fn command_error(&self, command: &str, detail: String) -> SshError {
         SshError::Command {
             host: self.target.name.clone(),
