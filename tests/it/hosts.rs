@@ -67,6 +67,40 @@ pub(crate) fn roles_in(
     }
 }
 
+/// Waits for `run` (started in `cwd`) to end, at most `limit`, calling `look` every 100 ms
+/// meanwhile; asserts it succeeded and returns its log.
+pub(crate) async fn succeeds_watched(
+    run: &mut Child,
+    cwd: &Path,
+    limit: Duration,
+    mut look: impl FnMut(),
+) -> String {
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            began.elapsed() < limit,
+            "the run took over {limit:?}: {}",
+            read(&cwd.join("run.log"))
+        );
+        look();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = read(&cwd.join("run.log"));
+    assert!(status.success(), "{status}: {log}");
+    log
+}
+
+/// `(host, role)` pairs as [`roles_in`] collects them.
+pub(crate) fn host_roles(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    pairs
+        .iter()
+        .map(|(h, r)| (h.to_string(), r.to_string()))
+        .collect()
+}
+
 /// Nothing but each host's sshd left in its namespace.
 pub(crate) fn leftovers(netns_of: &[(String, String)]) -> Vec<String> {
     let mut left = Vec::new();
@@ -121,35 +155,20 @@ async fn a_scenario_runs_its_roles_on_their_hosts_and_leaves_nothing() {
         return;
     };
 
-    let began = Instant::now();
     let mut run = start_run(tmp.path());
     // Which roles run where, while the run goes on.
     let mut seen = BTreeSet::new();
-    let binary = "mqdispatch";
-    let status = loop {
-        if let Some(status) = run.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(150),
-            "the run took over 150 s: {}",
-            read(&tmp.path().join("run.log"))
-        );
-        roles_in(&netns_of, binary, &mut seen);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let log = read(&tmp.path().join("run.log"));
-    assert!(status.success(), "{status}: {log}");
-    let expected: BTreeSet<(String, String)> = [
+    let log = succeeds_watched(&mut run, tmp.path(), Duration::from_secs(150), || {
+        roles_in(&netns_of, "mqdispatch", &mut seen)
+    })
+    .await;
+    let expected = host_roles(&[
         ("h1", "broker"),
         ("h1", "agent"),
         ("h2", "broker"),
         ("h2", "agent"),
         ("h3", "load"),
-    ]
-    .iter()
-    .map(|(h, r)| (h.to_string(), r.to_string()))
-    .collect();
+    ]);
     assert_eq!(seen, expected, "roles seen in the namespaces\n{log}");
 
     // The files of a local run, in the same form.
@@ -305,17 +324,8 @@ async fn mosquitto_brokers_run_on_their_hosts() {
     let path = tmp.path().join("hosts-quick.yaml");
     std::fs::write(&path, text).unwrap();
     let mut run = start_run_of(tmp.path(), &path, &[]);
-    let began = Instant::now();
     let mut seen = BTreeSet::new();
-    let status = loop {
-        if let Some(status) = run.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(150),
-            "the run took over 150 s: {}",
-            read(&tmp.path().join("run.log"))
-        );
+    let log = succeeds_watched(&mut run, tmp.path(), Duration::from_secs(150), || {
         for (host, netns) in &netns_of {
             for (role, needle) in [
                 ("mosquitto", "mosquitto -c "),
@@ -326,19 +336,14 @@ async fn mosquitto_brokers_run_on_their_hosts() {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let log = read(&tmp.path().join("run.log"));
-    assert!(status.success(), "{status}: {log}");
-    let expected: BTreeSet<(String, String)> = [
+    })
+    .await;
+    let expected = host_roles(&[
         ("h1", "agent"),
         ("h1", "mosquitto"),
         ("h2", "agent"),
         ("h2", "mosquitto"),
-    ]
-    .iter()
-    .map(|(h, r)| (h.to_string(), r.to_string()))
-    .collect();
+    ]);
     assert_eq!(seen, expected, "roles seen in the namespaces\n{log}");
 
     let dir = run_dir(tmp.path());

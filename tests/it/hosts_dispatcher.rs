@@ -4,9 +4,12 @@
 //! permitted.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::hosts::{bed_in, leftovers, read, roles_in, run_dir, scenario, start_run_of};
+use crate::hosts::{
+    bed_in, host_roles, leftovers, read, roles_in, run_dir, scenario, start_run_of,
+    succeeds_watched,
+};
 use crate::testbed::down_off_runtime;
 
 #[tokio::test]
@@ -19,34 +22,20 @@ async fn a_dispatcher_on_its_own_host_places_every_publisher_and_leaves_nothing(
     let file = tmp.path().join("dispatcher-host.yaml");
     std::fs::write(&file, read(&scenario()) + "dispatcher_host: h4\n").unwrap();
 
-    let began = Instant::now();
     let mut run = start_run_of(tmp.path(), &file, &["--method", "proposed"]);
     let mut seen = BTreeSet::new();
-    let status = loop {
-        if let Some(status) = run.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(90),
-            "the run took over 90 s: {}",
-            read(&tmp.path().join("run.log"))
-        );
-        roles_in(&netns_of, "mqdispatch", &mut seen);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let log = read(&tmp.path().join("run.log"));
-    assert!(status.success(), "{status}: {log}");
-    let expected: BTreeSet<(String, String)> = [
+    let log = succeeds_watched(&mut run, tmp.path(), Duration::from_secs(90), || {
+        roles_in(&netns_of, "mqdispatch", &mut seen)
+    })
+    .await;
+    let expected = host_roles(&[
         ("h1", "broker"),
         ("h1", "agent"),
         ("h2", "broker"),
         ("h2", "agent"),
         ("h3", "load"),
         ("h4", "dispatcher"),
-    ]
-    .iter()
-    .map(|(h, r)| (h.to_string(), r.to_string()))
-    .collect();
+    ]);
     assert_eq!(seen, expected, "roles seen in the namespaces\n{log}");
 
     // Every publisher was placed by the dispatcher on h4, when it joined (on this clock).
