@@ -6,12 +6,8 @@
 //! was applied throughout. A method run whose latency p50 is not at least 1 / [`SHARE`] times
 //! the largest uncertainty gets a warning: its latencies are within the clocks' error.
 
-use std::path::Path;
-
 use serde::Deserialize;
 
-use super::ReportError;
-use super::status::MANIFEST_JSON;
 use super::summary::SubscriberFiguresByRun;
 
 /// The largest share of a latency p50 the clocks' uncertainty may be before a run warns.
@@ -31,19 +27,16 @@ pub struct SenderClock {
     pub uncertainty_us: i64,
 }
 
-#[derive(Deserialize)]
-struct Manifest {
-    hosts: Option<Hosts>,
-}
-
-#[derive(Deserialize)]
-struct Hosts {
+/// The manifest's `hosts` as the report reads it back (the runner writes it from its own
+/// record, `run::hosts::HostsRecord`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ManifestHosts {
     hosts: Vec<Host>,
     /// Set only for a test bed's hosts, whose namespaces share this machine's clock.
     link_delay_emulated: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct Host {
     name: String,
     roles: Vec<String>,
@@ -51,7 +44,7 @@ struct Host {
     clock_end: Option<Probe>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 struct Probe {
     offset_us: i64,
     uncertainty_us: i64,
@@ -65,24 +58,15 @@ pub struct SenderClocks {
     pub test_bed: bool,
 }
 
-/// The loader hosts' clocks from `dir`'s manifest; none for a run without loader hosts (or
-/// without a manifest).
-pub fn read(dir: &Path) -> Result<SenderClocks, ReportError> {
-    let path = dir.join(MANIFEST_JSON);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SenderClocks::default()),
-        Err(e) => return Err(ReportError::io(&path, e)),
-    };
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| ReportError::Invalid(format!("{}: {e}", path.display())))?;
-    let Some(hosts) = manifest.hosts else {
-        return Ok(SenderClocks::default());
+/// The loader hosts' clocks from the manifest's `hosts`; none for a run without loader hosts.
+pub fn of(hosts: Option<&ManifestHosts>) -> SenderClocks {
+    let Some(hosts) = hosts else {
+        return SenderClocks::default();
     };
     let test_bed = hosts.link_delay_emulated.is_some();
     let hosts = hosts
         .hosts
-        .into_iter()
+        .iter()
         .filter(|h| h.roles.iter().any(|r| r.starts_with(LOADER_ROLE)))
         .filter_map(|h| {
             let start = h.clock_start?;
@@ -92,14 +76,14 @@ pub fn read(dir: &Path) -> Result<SenderClocks, ReportError> {
                 .map_or(start.uncertainty_us, |end| end.uncertainty_us)
                 .max(start.uncertainty_us);
             Some(SenderClock {
-                host: h.name,
+                host: h.name.clone(),
                 offset_us: start.offset_us,
                 drift_us,
                 uncertainty_us: probes + drift_us.map_or(0, i64::abs),
             })
         })
         .collect();
-    Ok(SenderClocks { hosts, test_bed })
+    SenderClocks { hosts, test_bed }
 }
 
 /// What `summary.md` says about the clocks of a run whose subscribers timed messages from
@@ -236,8 +220,13 @@ mod tests {
               "clock_start": { "offset_us": 100, "uncertainty_us": 12 },
               "clock_end": { "offset_us": 80, "uncertainty_us": 15 } },
         ]}});
-        std::fs::write(dir.path().join(MANIFEST_JSON), manifest.to_string()).unwrap();
-        let clocks = read(dir.path()).unwrap();
+        std::fs::write(
+            dir.path().join(crate::report::status::MANIFEST_JSON),
+            manifest.to_string(),
+        )
+        .unwrap();
+        let status = crate::report::status::read(dir.path()).unwrap();
+        let clocks = of(status.hosts.as_ref());
         assert!(!clocks.test_bed);
         assert_eq!(
             clocks.hosts,
@@ -249,6 +238,7 @@ mod tests {
             }]
         );
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(read(empty.path()).unwrap(), SenderClocks::default());
+        let status = crate::report::status::read(empty.path()).unwrap();
+        assert_eq!(of(status.hosts.as_ref()), SenderClocks::default());
     }
 }

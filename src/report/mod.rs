@@ -215,11 +215,7 @@ pub fn build(dir: &Path, optimum_gaps: &HashMap<u32, f64>) -> Report {
         report.errors.push(summary_err(&e));
         summary::SubscriberFiguresByRun::new()
     });
-    let sender_clocks = clocks::read(dir).unwrap_or_else(|e| {
-        report.errors.push(summary_err(&e));
-        clocks::SenderClocks::default()
-    });
-    report.clocks = clocks::describe(&sender_clocks, &report.subscribers);
+    report.clocks = clocks::describe(&clocks::of(status.hosts.as_ref()), &report.subscribers);
     let publishers = rows_or_error(records::read_publishers(dir), &mut report.errors);
     if !report.subscribers.is_empty() {
         let members = rows_or_error(subscribers::read_subscribers(dir), &mut report.errors);

@@ -41,6 +41,10 @@ pub struct RunStatus {
     /// Read back from the manifest's scenario (written by the runner's own `scenario` key).
     #[serde(default, skip_serializing)]
     pub scenario: Option<ScenarioSampler>,
+    /// Read back from the manifest's `hosts` (written by the runner's own record): the loader
+    /// hosts' clocks.
+    #[serde(default, skip_serializing)]
+    pub hosts: Option<super::clocks::ManifestHosts>,
 }
 
 /// The part of the manifest's scenario the summary states: what `cpu_pct` measures.
@@ -274,6 +278,7 @@ mod tests {
                 }],
             }),
             scenario: None,
+            hosts: None,
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["trials_detail"][0]["window_start_s"], 47);
